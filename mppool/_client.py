@@ -1,0 +1,693 @@
+"""The user-facing pool: ``Pool``, its option views, its futures and its two threads.
+
+Data flow in the user process::
+
+    submit()/map() ──▶ pending messages ──(sender thread, or inline when the batch is full)──▶
+        dispatcher pipe
+    dispatcher pipe ──▶ reader thread ──▶ futures resolved / map chunks filled
+
+The threads hold a reference to :class:`_Core`, never to :class:`Pool`, so a pool that is
+dropped without ``shutdown()`` is garbage collected and its finaliser starts a graceful
+shutdown. An ``atexit`` hook ends any pool still open when the interpreter exits, killing
+running tasks, so the exit never hangs and no process is left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from . import _messages as m
+from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from ._retry import RetryPolicy
+from ._scheduler import DEFAULT_AGING_RATE
+from ._serial import FunctionRegistry, decode_error, decode_value, dumps
+from ._stats import PoolStats
+
+T = TypeVar("T")
+
+SEND_BATCH = 512  # messages after which a submitting thread writes the batch itself
+START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
+STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
+EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[3]); "
+    "from mppool._dispatcher import main; main(int(sys.argv[1]), int(sys.argv[2]))"
+)
+
+_RUNNING, _CLOSING, _CLOSED, _BROKEN = "running", "closing", "closed", "broken"
+_UNSET: Any = object()
+
+
+class _Options:
+    """A set of per-task options; interned per pool and sent to the dispatcher once."""
+
+    __slots__ = ("priority", "timeout", "retry", "crash_retries", "kind", "key", "delay", "_ids")
+
+    def __init__(
+        self,
+        priority: float,
+        timeout: float | None,
+        retry: RetryPolicy,
+        crash_retries: int,
+        kind: str,
+        key: str | None,
+        delay: float | None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if crash_retries < 0:
+            raise ValueError("crash_retries must be >= 0")
+        if delay is not None and delay < 0:
+            raise ValueError("delay must be >= 0")
+        self.priority = float(priority)
+        self.timeout = timeout
+        self.retry = retry
+        self.crash_retries = crash_retries
+        self.kind = kind
+        self.key = key
+        self.delay = delay
+        self._ids: dict[int, int] = {}
+
+    def message(self, opts_id: int) -> tuple[Any, ...]:
+        retry = self.retry
+        retry_on = dumps(retry.retry_on, "retry_on") if retry.max_attempts > 1 else None
+        from ._errors import TaskTimeoutError
+
+        retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
+        return (
+            m.C_OPTIONS, opts_id, self.priority, self.timeout or 0.0, retry.max_attempts,
+            retry.initial_delay, retry.factor, retry.max_delay, retry.jitter,
+            self.crash_retries, self.kind, retry_on, retry_timeouts,
+        )
+
+    def replace(self, **changes: Any) -> _Options:
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "_ids"}
+        values.update(changes)
+        return _Options(**values)
+
+
+class _PoolFuture(concurrent.futures.Future[Any]):
+    """A Future whose ``cancel()`` also removes the task from the pool's queue."""
+
+    _core: _Core | None = None
+    _task_id = 0
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        core = self._core
+        if cancelled and core is not None:
+            core.cancel_task(self._task_id)
+        return cancelled
+
+    def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        try:
+            if status == m.OK:
+                try:
+                    value = decode_value(payload)
+                except Exception as exc:
+                    self.set_exception(exc)
+                else:
+                    self.set_result(value)
+            elif status == m.CANCELLED:
+                concurrent.futures.Future.cancel(self)
+            else:
+                self.set_exception(decode_error(status, attempts, payload))
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by the user meanwhile: the result is dropped
+
+
+class _Core:
+    """Everything a pool's threads share: pipes, pending messages, futures, state."""
+
+    def __init__(
+        self,
+        workers: int,
+        defaults: _Options,
+        *,
+        max_queue: int,
+        max_tasks_per_child: int,
+        max_memory_per_child: int,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        aging_rate: float,
+    ) -> None:
+        self.workers = workers
+        self.defaults = defaults
+        self.state = _RUNNING
+        self.broken_reason: BaseException | None = None
+        self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.pending: list[tuple[Any, ...]] = []
+        self.wake = threading.Event()
+        self.stop_sender = False
+        self.entries: dict[int, Any] = {}  # task id -> _PoolFuture or map chunk
+        self.stats_waiters: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.opts_ids = itertools.count(1)
+        self.functions = FunctionRegistry()
+        self.ready = threading.Event()
+        self.finished = threading.Event()
+        self.pids: list[int] = []
+        self.slots = threading.BoundedSemaphore(max_queue) if max_queue else None
+        initializer_blob = None
+        if initializer is not None:
+            if not callable(initializer):
+                raise TypeError("initializer must be callable")
+            initializer_blob = dumps((initializer, tuple(initargs)), "the initializer")
+        c2d_r, c2d_w = os.pipe()
+        d2c_r, d2c_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(c2d_r), str(d2c_w), _PACKAGE_PARENT],
+                pass_fds=(c2d_r, d2c_w),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            for fd in (c2d_r, c2d_w, d2c_r, d2c_w):
+                os.close(fd)
+            raise
+        os.close(c2d_r)
+        os.close(d2c_w)
+        self.out_fd = c2d_w
+        self.in_fd = d2c_r
+        config = m.Config(
+            m.C_CONFIG, workers, list(sys.path), os.getcwd(), initializer_blob,
+            max_tasks_per_child, max_memory_per_child, aging_rate, defaults.crash_retries,
+        )
+        self.pending.append(tuple(config))
+        self.register_options(defaults)
+        self.reader = threading.Thread(target=self._read_loop, name="mppool-reader", daemon=True)
+        self.sender = threading.Thread(target=self._send_loop, name="mppool-sender", daemon=True)
+        self.reader.start()
+        self.sender.start()
+        self.wake.set()
+        if not self.ready.wait(START_TIMEOUT) or self.state == _BROKEN:
+            self.kill()
+            reason = self.broken_reason
+            raise BrokenPoolError("the dispatcher process did not start") from reason
+
+    # --- sending -------------------------------------------------------------------------------
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.lock:
+            pending = self.pending
+            pending.append(msg)
+            count = len(pending)
+        if count >= SEND_BATCH:
+            self.flush()
+        elif count == 1:
+            self.wake.set()
+
+    def flush(self) -> None:
+        with self.write_lock:
+            with self.lock:
+                msgs = self.pending
+                self.pending = []
+            if msgs:
+                try:
+                    m.write_all(self.out_fd, m.encode(msgs))
+                except OSError as exc:  # the dispatcher is gone; the reader reports it
+                    if self.broken_reason is None:
+                        self.broken_reason = exc
+
+    def _send_loop(self) -> None:
+        wake = self.wake
+        while True:
+            wake.wait()
+            wake.clear()
+            if self.out_fd < 0:
+                return
+            self.flush()
+            if self.stop_sender:
+                return
+
+    def register_options(self, opts: _Options) -> int:
+        key = id(self)
+        opts_id = opts._ids.get(key)
+        if opts_id is None:
+            with self.lock:
+                opts_id = opts._ids.get(key)
+                if opts_id is None:
+                    opts_id = next(self.opts_ids)
+                    self.pending.append(opts.message(opts_id))
+                    opts._ids[key] = opts_id
+        return opts_id
+
+    def function_id(self, fn: Callable[..., Any]) -> int:
+        fn_id, blob = self.functions.lookup(fn)
+        if blob is not None:
+            self.send((m.C_FUNCTION, fn_id, blob))
+        return fn_id
+
+    def check_open(self) -> None:
+        if self.state == _RUNNING:
+            return
+        if self.state == _BROKEN:
+            raise BrokenPoolError("the pool is broken") from self.broken_reason
+        raise PoolClosedError("the pool is shut down and accepts no new tasks")
+
+    def acquire_slot(self, block: bool, timeout: float | None) -> None:
+        if self.slots is None:
+            return
+        if not self.slots.acquire(block, timeout if block else None):
+            raise QueueFullError("the pool's queue is full (max_queue reached)")
+
+    def release_slot(self) -> None:
+        if self.slots is not None:
+            self.slots.release()
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> _PoolFuture:
+        self.check_open()
+        fn_id = self.function_id(fn)
+        opts_id = self.register_options(opts)
+        payload = dumps((args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}")
+        self.acquire_slot(block, timeout)
+        fut = _PoolFuture()
+        task_id = next(self.ids)
+        fut._core = self
+        fut._task_id = task_id
+        if self.slots is not None:
+            fut.add_done_callback(self._release_on_done)
+        self.entries[task_id] = fut
+        not_before = 0.0
+        if opts.delay:
+            not_before = self.dispatcher_time() + opts.delay
+        self.send((m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload))
+        if self.state == _BROKEN and self.entries.pop(task_id, None) is fut:
+            fut.set_exception(BrokenPoolError("the pool is broken"))
+        return fut
+
+    def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
+        self.release_slot()
+
+    def dispatcher_time(self) -> float:
+        import time
+
+        return time.monotonic()  # same clock as the dispatcher (CLOCK_MONOTONIC, system-wide)
+
+    def cancel_task(self, task_id: int) -> None:
+        if self.state in (_RUNNING, _CLOSING):
+            self.send((m.C_CANCEL, task_id))
+
+    def stats(self) -> PoolStats:
+        if self.state in (_CLOSED, _BROKEN):
+            raise PoolClosedError("the pool is shut down") if self.state == _CLOSED else (
+                BrokenPoolError("the pool is broken"))
+        waiter: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        request_id = next(self.ids)
+        self.stats_waiters[request_id] = waiter
+        self.send((m.C_STATS, request_id))
+        try:
+            snap = waiter.result(STATS_TIMEOUT)
+        finally:
+            self.stats_waiters.pop(request_id, None)
+        return PoolStats.from_snapshot(snap)
+
+    # --- receiving -----------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        reader = m.BlockingReader(self.in_fd)
+        entries = self.entries
+        try:
+            while True:
+                try:
+                    msgs = reader.read()
+                except OSError:
+                    msgs = None
+                if msgs is None:
+                    if self.state != _CLOSED:
+                        self._go_broken(BrokenPoolError("the dispatcher process died"))
+                    return
+                for msg in msgs:
+                    tag = msg[0]
+                    if tag == m.D_RESULT:
+                        entry = entries.pop(msg[1], None)
+                        if entry is not None:
+                            entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
+                    elif tag == m.D_STATS:
+                        waiter = self.stats_waiters.get(msg[1])
+                        if waiter is not None:
+                            waiter.set_result(msg[2])
+                    elif tag == m.D_READY:
+                        self.pids = list(msg[1])
+                        self.ready.set()
+                    elif tag == m.D_BROKEN:
+                        cause = RemoteTraceback(msg[2]) if msg[2] else None
+                        err = BrokenPoolError(msg[1])
+                        err.__cause__ = cause
+                        self._go_broken(err)
+                    elif tag == m.D_BYE:
+                        self.state = _CLOSED
+                        return
+        finally:
+            self._cleanup()
+
+    def _go_broken(self, reason: BaseException) -> None:
+        if self.state == _CLOSED:
+            return
+        self.state = _BROKEN
+        self.broken_reason = reason
+        self.ready.set()
+        for task_id in list(self.entries):
+            entry = self.entries.pop(task_id, None)
+            if entry is not None:
+                entry._mppool_resolve(m.BROKEN, 0, 0.0, pickle.dumps((str(reason), None)))
+        for waiter in list(self.stats_waiters.values()):
+            if not waiter.done():
+                waiter.set_exception(BrokenPoolError(str(reason)))
+
+    def _cleanup(self) -> None:
+        """Runs on the reader thread as it ends: stop the sender, reap the dispatcher."""
+        self.stop_sender = True
+        self.wake.set()
+        if threading.current_thread() is not self.sender:
+            self.sender.join()
+        if self.state == _BROKEN or self.state == _RUNNING:
+            self._go_broken(self.broken_reason or BrokenPoolError("the dispatcher process died"))
+        try:
+            self.proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for attr in ("out_fd", "in_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+        self.finished.set()
+        _live_cores.discard(self)
+
+    # --- ending --------------------------------------------------------------------------------
+    def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
+        with self.lock:
+            first = self.state == _RUNNING
+            if first:
+                self.state = _CLOSING
+        if first or (timeout is not None and self.state == _CLOSING):
+            deadline = -1.0 if timeout is None else max(0.0, float(timeout))
+            self.send((m.C_SHUTDOWN, bool(cancel_futures), deadline))
+            self.flush()
+        if wait:
+            self.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self.reader:
+            return False
+        self.reader.join(timeout)
+        return not self.reader.is_alive()
+
+    def kill(self) -> None:
+        """End the dispatcher (and so its workers) now."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.join(EXIT_TIMEOUT)
+
+
+_live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+def _end_all_at_exit() -> None:
+    for core in list(_live_cores):
+        try:
+            core.shutdown(wait=False, cancel_futures=True, timeout=0.0)
+            if not core.join(EXIT_TIMEOUT):
+                core.kill()
+        except Exception:
+            pass
+
+
+atexit.register(_end_all_at_exit)
+
+
+def _finalize(core: _Core) -> None:
+    if core.state == _RUNNING:
+        core.shutdown(wait=False, cancel_futures=False, timeout=None)
+
+
+class _Submitter:
+    """Methods shared by :class:`Pool` and the views returned by :meth:`Pool.options`."""
+
+    _core: _Core
+    _opts: _Options
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` and return a Future for its result.
+
+        Args:
+            fn: any callable; lambdas, closures and functions defined in ``__main__`` work.
+            *args: positional arguments (pickled; cloudpickle is used when pickle fails).
+            **kwargs: keyword arguments.
+
+        Returns:
+            A ``concurrent.futures.Future``. Its exception, if the task raised, is the task's
+            own, with the worker's traceback as ``__cause__``.
+
+        Raises:
+            PoolClosedError: after ``shutdown()``.
+            BrokenPoolError: if the pool is broken.
+            SerializationError: if the function or its arguments cannot be pickled.
+            QueueFullError: never here (``submit`` waits for room); see :meth:`try_submit`.
+        """
+        return self._core.submit(fn, args, kwargs, self._opts)
+
+    def try_submit(
+        self, fn: Callable[..., T], /, *args: Any, timeout: float | None = 0.0, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
+        """Like :meth:`submit`, but wait at most ``timeout`` seconds for room in a bounded queue.
+
+        Raises:
+            QueueFullError: if ``max_queue`` tasks are still unfinished after ``timeout``.
+        """
+        block = timeout is None or timeout > 0
+        return self._core.submit(fn, args, kwargs, self._opts, block=block, timeout=timeout)
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        """Apply ``fn`` to every item, yielding results in input order.
+
+        Lazy and bounded: the input is read only as results are consumed, within a window of
+        a few chunks per worker, so an endless generator works in constant memory. Chunk
+        sizes adapt to measured run times (a few milliseconds of work per chunk) and shrink as
+        the input runs out, unless ``chunksize`` fixes them.
+
+        Args:
+            fn: the function; with several iterables it gets one item of each.
+            *iterables: the inputs.
+            timeout: seconds from this call after which waiting raises ``TimeoutError``.
+            chunksize: a fixed number of items per chunk instead of adaptive sizing.
+
+        Returns:
+            An iterator of results. A task's exception is raised when its position is reached;
+            iteration stops there and unfinished chunks are cancelled.
+        """
+        from ._map import MapIterator
+
+        return MapIterator(self._core, fn, iterables, self._opts, True, chunksize, timeout)
+
+    def imap_unordered(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        """Like :meth:`map`, but yield results as they complete (in completion order)."""
+        from ._map import MapIterator
+
+        return MapIterator(self._core, fn, iterables, self._opts, False, chunksize, timeout)
+
+    def options(
+        self,
+        *,
+        priority: float = _UNSET,
+        timeout: float | None = _UNSET,
+        retries: int | RetryPolicy | None = _UNSET,
+        crash_retries: int = _UNSET,
+        kind: str = _UNSET,
+        key: str | None = _UNSET,
+        delay: float | None = _UNSET,
+    ) -> PoolView:
+        """A view of this pool whose tasks carry other options; it has the same methods.
+
+        Args:
+            priority: higher runs first; equal priorities run in submission order.
+            timeout: seconds a task may run (counted from its start) before its worker is
+                killed and it fails with ``TaskTimeoutError`` (or is retried by policy).
+            retries: a number of retries with the default backoff, or a ``RetryPolicy``.
+            crash_retries: how many times the task may kill its worker and be retried before
+                it fails with ``WorkerCrashedError``.
+            kind: a label (for rate limits and stats).
+            key: a label for deduplication.
+            delay: seconds to wait before the task becomes runnable.
+
+        Returns:
+            A :class:`PoolView`.
+        """
+        changes: dict[str, Any] = {}
+        if priority is not _UNSET:
+            changes["priority"] = priority
+        if timeout is not _UNSET:
+            changes["timeout"] = timeout
+        if retries is not _UNSET:
+            if retries is None:
+                changes["retry"] = RetryPolicy.none()
+            elif isinstance(retries, RetryPolicy):
+                changes["retry"] = retries
+            elif isinstance(retries, int) and retries >= 0:
+                changes["retry"] = RetryPolicy(max_attempts=retries + 1)
+            else:
+                raise ValueError(f"retries must be an int >= 0 or a RetryPolicy, not {retries!r}")
+        if crash_retries is not _UNSET:
+            changes["crash_retries"] = crash_retries
+        if kind is not _UNSET:
+            changes["kind"] = str(kind)
+        if key is not _UNSET:
+            changes["key"] = key
+        if delay is not _UNSET:
+            changes["delay"] = delay
+        return PoolView(self._core, self._opts.replace(**changes))
+
+
+class PoolView(_Submitter):
+    """The pool with other per-task options (from :meth:`Pool.options`)."""
+
+    def __init__(self, core: _Core, opts: _Options) -> None:
+        self._core = core
+        self._opts = opts
+
+    def __repr__(self) -> str:
+        o = self._opts
+        return f"<mppool.PoolView priority={o.priority} timeout={o.timeout} kind={o.kind!r}>"
+
+
+class Pool(_Submitter, concurrent.futures.Executor):
+    """A process pool for CPU-bound work: exactly ``workers`` worker processes.
+
+    Args:
+        workers: number of worker processes (default ``os.cpu_count()``).
+        max_queue: unfinished tasks allowed before ``submit`` waits (0: unbounded).
+        retry: default ``RetryPolicy`` for tasks that raise (default: no retry).
+        timeout: default per-task timeout in seconds (default: none).
+        crash_retries: default number of retries for a task whose worker dies running it.
+        max_tasks_per_child: replace a worker after this many tasks (default: never).
+        max_memory_per_child: replace a worker whose RSS exceeds this many bytes after a task.
+        initializer: called with ``initargs`` in each worker when it starts.
+        initargs: arguments for ``initializer``.
+        aging_rate: priority levels a queued task gains per second of waiting.
+
+    Raises:
+        ValueError: for out-of-range arguments.
+        BrokenPoolError: if the dispatcher process cannot be started.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_queue: int = 0,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        crash_retries: int = 2,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        aging_rate: float = DEFAULT_AGING_RATE,
+    ) -> None:
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        if max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError("max_tasks_per_child must be >= 1")
+        if max_memory_per_child is not None and max_memory_per_child < 1:
+            raise ValueError("max_memory_per_child must be >= 1 byte")
+        if aging_rate < 0:
+            raise ValueError("aging_rate must be >= 0")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("retry must be a mppool.RetryPolicy")
+        self._workers = workers
+        self._opts = _Options(
+            0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
+        )
+        self._core = _Core(
+            workers,
+            self._opts,
+            max_queue=max_queue,
+            max_tasks_per_child=max_tasks_per_child or 0,
+            max_memory_per_child=max_memory_per_child or 0,
+            initializer=initializer,
+            initargs=tuple(initargs),
+            aging_rate=aging_rate,
+        )
+        _live_cores.add(self._core)
+        self._finalizer = weakref.finalize(self, _finalize, self._core)
+
+    @property
+    def workers(self) -> int:
+        """The number of worker processes."""
+        return self._workers
+
+    @property
+    def dispatcher_pid(self) -> int:
+        """Process id of the dispatcher."""
+        return self._core.proc.pid
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of counters, queue and workers (one round trip).
+
+        Raises:
+            PoolClosedError: after the pool has finished shutting down.
+        """
+        return self._core.stats()
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+    ) -> None:
+        """Stop accepting tasks and end the pool when its work is done.
+
+        Args:
+            wait: block until every task is resolved and every process has exited.
+            cancel_futures: cancel tasks that have not started.
+            timeout: a hard deadline in seconds: tasks still running then are killed and
+                fail with ``CancelledByShutdownError``. ``None`` waits for them.
+        """
+        self._core.shutdown(wait, cancel_futures, timeout)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.shutdown(wait=True)
+        elif issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: the user wants out now. Drop queued work and kill running tasks.
+            self.shutdown(wait=True, cancel_futures=True, timeout=0.0)
+        else:
+            self.shutdown(wait=True, cancel_futures=True)
+
+    def __repr__(self) -> str:
+        return f"<mppool.Pool workers={self._workers} state={self._core.state}>"

@@ -1,0 +1,132 @@
+"""Every exception mppool raises, rooted at :class:`MppoolError`.
+
+The tree::
+
+    MppoolError
+    ├── PoolClosedError          submit after shutdown started
+    ├── BrokenPoolError          the dispatcher died, or the initializer failed
+    ├── QueueFullError           a bounded queue refused a task
+    ├── SerializationError       a function, argument, result or exception did not pickle
+    ├── WorkerCrashedError       a task kept killing the worker running it
+    ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
+    ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
+    └── CancelledByShutdownError a running task was killed by a shutdown deadline
+
+A task's own exception is never wrapped: it is re-raised in the caller as itself, with
+:class:`RemoteTraceback` (the worker's formatted traceback) as its ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokenPoolError",
+    "CancelledByShutdownError",
+    "MppoolError",
+    "PoolClosedError",
+    "QueueFullError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskAbortedError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+]
+
+
+class MppoolError(Exception):
+    """Base class of every error raised by mppool itself."""
+
+
+class PoolClosedError(MppoolError, RuntimeError):
+    """The pool is shut down (or shutting down) and accepts no new work."""
+
+
+class BrokenPoolError(MppoolError, RuntimeError):
+    """The pool cannot run tasks any more.
+
+    Raised when the dispatcher process died, or when the worker initializer failed (then
+    ``__cause__`` carries the initializer's error). Every pending future fails with it and
+    later submits raise it.
+    """
+
+
+class QueueFullError(MppoolError):
+    """A bounded queue (``Pool(max_queue=...)``) was full and the caller chose not to wait."""
+
+
+class SerializationError(MppoolError, TypeError):
+    """A function, its arguments, its result or its exception could not be (un)pickled.
+
+    The original pickling error is the ``__cause__``. Nothing was lost: the pool keeps serving.
+    """
+
+
+class WorkerCrashedError(MppoolError):
+    """A task's worker process died while running it, more often than allowed.
+
+    Attributes:
+        pid: process id of the last worker that died running the task.
+        exitcode: its exit status if it exited, else ``None``.
+        signal: the name of the signal that killed it (``"SIGKILL"``, ``"SIGSEGV"``), or ``None``.
+        attempts: how many times the task was started.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        signal: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_crash,
+            (str(self), self.pid, self.exitcode, self.signal, self.attempts),
+        )
+
+
+def _rebuild_crash(
+    message: str, pid: int | None, exitcode: int | None, signal: str | None, attempts: int
+) -> WorkerCrashedError:
+    return WorkerCrashedError(
+        message, pid=pid, exitcode=exitcode, signal=signal, attempts=attempts
+    )
+
+
+class TaskTimeoutError(MppoolError, TimeoutError):
+    """A task was still running when its timeout passed; its worker was killed and replaced."""
+
+
+class TaskAbortedError(MppoolError):
+    """A task raised ``SystemExit`` or ``KeyboardInterrupt`` inside the worker.
+
+    These are not re-raised as themselves in the caller, where they would end the program or
+    look like the user's own Ctrl-C. The worker survives; the original is described in the
+    message and the worker's traceback is the ``__cause__``.
+    """
+
+
+class CancelledByShutdownError(MppoolError):
+    """A running task was killed because ``shutdown(timeout=...)`` passed its deadline."""
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    Attached as ``__cause__`` of the re-raised exception, so a traceback printed in the
+    caller shows where the error happened in the worker.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'

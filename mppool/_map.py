@@ -1,0 +1,256 @@
+"""Lazy, bounded, adaptively chunked ``map`` and ``imap_unordered``.
+
+The input is cut into chunks, one task each. The iterator keeps at most
+``WINDOW_PER_WORKER * workers`` chunks submitted and not yet consumed, and reads the input
+only to refill that window, so memory is bounded whatever the input's length.
+
+Chunk sizes come from :class:`ChunkPlanner`: it aims at ``CHUNK_TARGET_SECONDS`` of work
+per chunk from the run times the workers report (weighted by item count, so one large chunk
+outweighs many small ones), starts at one item, grows at most ``GROWTH`` times per step, and,
+when the input's length is known, never takes more than ``remaining / (TAIL_SPLIT * workers)``
+items, so the last part of the input is spread over every worker instead of landing in one
+chunk behind a slow one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _messages as m
+from ._serial import decode_error, decode_value, dumps
+
+if TYPE_CHECKING:
+    from ._client import _Core, _Options
+
+CHUNK_TARGET_SECONDS = 0.004  # work per chunk the planner aims at
+MAX_CHUNK_ITEMS = 8192  # cap on items per chunk (bounds memory and result latency)
+GROWTH = 8.0  # a chunk is at most this many times larger than the largest so far
+TAIL_SPLIT = 4  # near the end, chunks are at most remaining / (TAIL_SPLIT * workers)
+WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
+DECAY = 0.5  # weight kept by older measurements at each new one
+
+
+class ChunkPlanner:
+    """Decides how many items go into the next chunk (pure; no I/O).
+
+    Args:
+        workers: number of workers sharing the work.
+        fixed: a fixed chunk size, or ``None`` to adapt.
+    """
+
+    def __init__(self, workers: int, fixed: int | None = None) -> None:
+        if fixed is not None and fixed < 1:
+            raise ValueError(f"chunksize must be >= 1, not {fixed!r}")
+        self.workers = workers
+        self.fixed = fixed
+        self._seconds = 0.0
+        self._items = 0.0
+        self._largest = 1
+
+    def observe(self, items: int, seconds: float) -> None:
+        """Record that a chunk of ``items`` items took ``seconds`` in a worker."""
+        self._seconds = self._seconds * DECAY + seconds
+        self._items = self._items * DECAY + items
+
+    @property
+    def per_item(self) -> float | None:
+        """Estimated seconds per item, or ``None`` before any measurement."""
+        if self._items <= 0:
+            return None
+        return self._seconds / self._items
+
+    def next_size(self, remaining: int | None) -> int:
+        """Items for the next chunk, given how many are left (``None`` if unknown)."""
+        if self.fixed is not None:
+            return self.fixed
+        per_item = self.per_item
+        if per_item is None:
+            size = 1
+        elif per_item <= 0:
+            size = MAX_CHUNK_ITEMS
+        else:
+            size = int(CHUNK_TARGET_SECONDS / per_item)
+        size = max(1, min(size, MAX_CHUNK_ITEMS, int(self._largest * GROWTH)))
+        if remaining is not None:
+            size = min(size, max(1, -(-remaining // (TAIL_SPLIT * self.workers))))
+        self._largest = max(self._largest, size)
+        return size
+
+
+class _Chunk:
+    """One submitted chunk: resolved by the reader thread, consumed by the iterator."""
+
+    __slots__ = ("owner", "task_id", "n_items", "status", "attempts", "payload", "event")
+
+    def __init__(self, owner: MapIterator, task_id: int, n_items: int) -> None:
+        self.owner = owner
+        self.task_id = task_id
+        self.n_items = n_items
+        self.status = -1
+        self.attempts = 0
+        self.payload = b""
+        self.event: threading.Event | None = threading.Event() if owner.ordered else None
+
+    def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        self.status = status
+        self.attempts = attempts
+        self.payload = payload
+        owner = self.owner
+        if status == m.OK:
+            owner.planner.observe(self.n_items, duration)
+        if self.event is not None:
+            self.event.set()
+        else:
+            owner.done.put(self)
+
+    def outcome(self) -> tuple[list[Any], BaseException | None]:
+        """The chunk's results, and the error that stopped it (if any)."""
+        if self.status == m.OK:
+            results, error = decode_value(self.payload)
+            if error is None:
+                return results, None
+            status, body = error
+            return results, decode_error(status, self.attempts, body)
+        if self.status == m.CANCELLED:
+            from concurrent.futures import CancelledError
+
+            return [], CancelledError()
+        return [], decode_error(self.status, self.attempts, self.payload)
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    hints = [operator.length_hint(it, -1) for it in iterables]
+    if any(h < 0 for h in hints):
+        return None
+    return min(hints)
+
+
+class MapIterator(Iterator[Any]):
+    """The iterator returned by ``Pool.map`` and ``Pool.imap_unordered``."""
+
+    def __init__(
+        self,
+        core: _Core,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        opts: _Options,
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+    ) -> None:
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        core.check_open()
+        self.core = core
+        self.ordered = ordered
+        self.fn_id = core.function_id(fn)
+        self.opts_id = core.register_options(opts)
+        self.fn_name = getattr(fn, "__qualname__", repr(fn))
+        self.star = len(iterables) > 1
+        self.flags = m.FLAG_STAR if self.star else 0
+        self.total = _length(iterables)
+        self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        self.planner = ChunkPlanner(core.workers, chunksize)
+        self.window = WINDOW_PER_WORKER * core.workers
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.read = 0  # items taken from the input
+        self.in_flight: deque[_Chunk] = deque()  # ordered: submission order
+        self.outstanding = 0
+        self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
+        self.ready: deque[Any] = deque()  # results of the current chunk, not yet yielded
+        self.error: BaseException | None = None
+        self.exhausted = False
+        self.finished = False
+        self._fill()
+
+    def _fill(self) -> None:
+        core = self.core
+        while self.outstanding < self.window and not self.exhausted:
+            remaining = None if self.total is None else max(0, self.total - self.read)
+            size = self.planner.next_size(remaining)
+            items = list(itertools.islice(self.source, size))
+            if len(items) < size:
+                self.exhausted = True
+            if not items:
+                return
+            self.read += len(items)
+            payload = dumps(items, f"an input item of map({self.fn_name})")
+            task_id = next(core.ids)
+            chunk = _Chunk(self, task_id, len(items))
+            core.entries[task_id] = chunk
+            core.send((m.C_SUBMIT, task_id, self.fn_id, self.opts_id, len(items), self.flags,
+                       0.0, payload))
+            if self.ordered:
+                self.in_flight.append(chunk)
+            self.outstanding += 1
+
+    def _wait(self) -> _Chunk:
+        timeout = None
+        if self.deadline is not None:
+            timeout = max(0.0, self.deadline - time.monotonic())
+        if self.ordered:
+            chunk = self.in_flight[0]
+            assert chunk.event is not None
+            if not chunk.event.wait(timeout):
+                raise TimeoutError("map() did not finish within its timeout")
+            self.in_flight.popleft()
+            return chunk
+        try:
+            return self.done.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError("imap_unordered() did not finish within its timeout") from None
+
+    def __next__(self) -> Any:
+        while True:
+            if self.ready:
+                return self.ready.popleft()
+            if self.error is not None:
+                error, self.error = self.error, None
+                self.close()
+                raise error
+            if self.finished or (self.outstanding == 0 and self.exhausted):
+                self.finished = True
+                raise StopIteration
+            try:
+                chunk = self._wait()
+            except BaseException:
+                self.close()
+                raise
+            self.outstanding -= 1
+            results, error = chunk.outcome()
+            self.ready.extend(results)
+            self.error = error
+            if error is None:
+                try:
+                    self._fill()
+                except BaseException as exc:  # the input raised, or an item did not pickle
+                    self.error = exc
+
+    def close(self) -> None:
+        """Stop early: cancel chunks not yet run and forget the rest."""
+        if self.finished:
+            return
+        self.finished = True
+        core = self.core
+        for task_id in [c.task_id for c in self.in_flight] if self.ordered else []:
+            core.cancel_task(task_id)
+        if not self.ordered:
+            for task_id, entry in list(core.entries.items()):
+                if isinstance(entry, _Chunk) and entry.owner is self:
+                    core.cancel_task(task_id)
+        self.in_flight.clear()
+        self.ready.clear()
+
+    def __del__(self) -> None:
+        try:
+            if not self.finished:
+                self.close()
+        except Exception:
+            pass

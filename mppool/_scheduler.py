@@ -1,0 +1,559 @@
+"""The scheduling core: every decision of the dispatcher, with no I/O, threads or real time.
+
+Where a task can be::
+
+    submit ──▶ DELAYED (timer) ──┐
+       │                         ▼
+       └──────────────────▶ QUEUED (global heap) ──▶ LOCAL (worker w's deque) ──▶ SENT (w's pipe)
+                                  ▲       ▲  spill back        ▲   steal (tail)        │
+                                  │       └────────────────────┘   from a busy peer    │
+                                  └── BACKOFF (timer) ◀── retryable error / crash ◀────┘
+
+* **Heap.** Highest priority first, FIFO among equals. Aging is folded into a static key:
+  a task's effective priority at time ``t`` is ``priority + rate * (t - enqueued)``, and since
+  ``rate * t`` is the same for every task at any instant, ordering by effective priority is
+  ordering by ``rate * enqueued - priority``. So aging costs nothing per tick, and a task of
+  priority ``p`` waits at most ``(P - p) / rate`` behind work of priority ``P`` that arrives
+  after it (plus the work already queued ahead of it).
+* **Local deques.** Each worker has a deque of tasks taken from the heap, up to about
+  ``LOCAL_TARGET_SECONDS`` of estimated work. They are kept sorted (they are filled by popping
+  the heap), and a task entering the heap with a better key than a deque's tail pushes that
+  tail back into the heap ("spill"), so a deque never holds work that should wait behind
+  something still in the heap.
+* **Stealing.** A worker whose deque is empty while the heap is empty takes the tail half of
+  the deque of the busiest peer (by estimated work). Only deque work can be stolen: a task
+  written to a worker's pipe belongs to that worker.
+* **Pipe window.** Little sits in a pipe: tiny tasks are batched up to
+  ``PIPE_WINDOW_SECONDS`` of estimated work, one medium task (``PREFETCH_MAX_SECONDS``) may
+  wait behind the running one to hide the round trip, and a task of unknown or long duration
+  is sent only to an idle worker.
+* **Estimates.** Per function, an exponentially weighted mean of the measured run time per
+  item; a map chunk of ``n`` items is estimated at ``n`` times that.
+
+All times are seconds on an injected clock, so tests drive it by hand.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+# --- tunables (module constants so tests can change them) ------------------------------------
+LOCAL_TARGET_SECONDS = 0.004  # estimated work a worker's deque is topped up to
+PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one worker's pipe
+PREFETCH_MAX_SECONDS = 0.010  # a task this short may wait in the pipe behind the running one
+MAX_IN_PIPE = 256  # tasks in one worker's pipe at most
+UNKNOWN_COST = 1.0  # what a task of a never-measured function counts as in the pipe window
+EWMA_ALPHA = 0.3  # weight of the newest duration in a function's estimate
+DEFAULT_AGING_RATE = 0.1  # priority levels gained per second of waiting
+
+# --- task states ------------------------------------------------------------------------------
+DELAYED: Final = "delayed"
+QUEUED: Final = "queued"
+LOCAL: Final = "local"
+SENT: Final = "sent"
+BACKOFF: Final = "retrying"
+DONE: Final = "done"
+CANCELLED: Final = "cancelled"
+
+# --- timer kinds ------------------------------------------------------------------------------
+_T_RELEASE = 0  # a delayed or backing-off task becomes runnable
+_T_TIMEOUT = 1  # a running task's timeout
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Options shared by many tasks (interned by the client, named by an id)."""
+
+    priority: float = 0.0
+    timeout: float = 0.0  # 0: none
+    max_attempts: int = 1
+    initial_delay: float = 1.0
+    factor: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.0
+    crash_retries: int = 2
+    kind: str = ""
+    retry_timeouts: bool = False
+
+    def backoff(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait before the attempt that follows ``failures`` failures (>= 1)."""
+        delay = min(self.max_delay, self.initial_delay * self.factor ** (failures - 1))
+        if self.jitter:
+            delay *= 1.0 + rng.uniform(-self.jitter, self.jitter)
+        return max(0.0, delay)
+
+
+class Task:
+    """One unit of work as the dispatcher sees it: a header and opaque payload bytes."""
+
+    __slots__ = (
+        "id",
+        "fn_id",
+        "opts_id",
+        "opts",
+        "n_items",
+        "flags",
+        "payload",
+        "attempt",
+        "failures",
+        "crashes",
+        "key",
+        "state",
+        "worker",
+        "cost",
+        "submitted_at",
+        "started_at",
+        "not_before",
+        "blamed_start",
+    )
+
+    def __init__(
+        self,
+        task_id: int,
+        fn_id: int,
+        opts_id: int,
+        opts: TaskOptions,
+        payload: bytes,
+        *,
+        n_items: int = 0,
+        flags: int = 0,
+        not_before: float = 0.0,
+    ) -> None:
+        self.id = task_id
+        self.fn_id = fn_id
+        self.opts_id = opts_id
+        self.opts = opts
+        self.n_items = n_items
+        self.flags = flags
+        self.payload = payload
+        self.attempt = 1  # dispatch generation: a result from another attempt is stale
+        self.failures = 0  # errors, crashes and timeouts so far
+        self.crashes = 0
+        self.key = 0.0  # heap key, fixed at first enqueue (aging folded in)
+        self.state = QUEUED
+        self.worker = -1
+        self.cost = 0.0  # estimate counted into the deque/pipe totals it sits in
+        self.submitted_at = 0.0
+        self.started_at = 0.0
+        self.not_before = not_before
+        self.blamed_start = False
+
+    @property
+    def attempts(self) -> int:
+        """Times the task was started (failures so far, plus the current or last try)."""
+        return self.failures + 1
+
+    def __repr__(self) -> str:
+        return f"Task(id={self.id}, state={self.state}, attempt={self.attempt})"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Outcome: the task will run again at ``at`` (dispatcher clock)."""
+
+    task: Task
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Outcome: the task is finished with an error."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    """A running task passed its timeout: kill ``worker``; ``outcome`` says what to report."""
+
+    worker: int
+    outcome: Retry | Fail
+
+
+class Scheduler:
+    """Heap, per-worker deques, stealing, pipe windows, timers and estimates.
+
+    Args:
+        workers: number of worker slots.
+        clock: returns the current time in seconds (monotonic).
+        aging_rate: priority levels a queued task gains per second of waiting (0: off).
+        rng: random source for backoff jitter.
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        clock: Callable[[], float],
+        *,
+        aging_rate: float = DEFAULT_AGING_RATE,
+        rng: random.Random | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.workers = workers
+        self.clock = clock
+        self.aging_rate = aging_rate
+        self.rng = rng or random.Random()
+        self.tasks: dict[int, Task] = {}
+        self._heap: list[tuple[float, int, Task]] = []
+        self._seq = itertools.count()
+        self._heap_live = 0  # heap entries not cancelled
+        self.local: list[deque[Task]] = [deque() for _ in range(workers)]
+        self.local_cost = [0.0] * workers
+        self.sent: list[deque[Task]] = [deque() for _ in range(workers)]
+        self.sent_cost = [0.0] * workers
+        self.up = [False] * workers
+        self._timers: list[tuple[float, int, int, Task, int]] = []
+        self._delayed = 0
+        self._per_item: dict[int, float] = {}
+        # counters
+        self.steals = 0
+        self.stolen_tasks = 0
+        self.done_by = [0] * workers
+        self.busy_by = [0.0] * workers
+
+    # --- estimates ----------------------------------------------------------------------------
+    def estimate(self, task: Task) -> float | None:
+        """Estimated run time of ``task`` in seconds, or ``None`` if its function is unmeasured."""
+        per_item = self._per_item.get(task.fn_id)
+        if per_item is None:
+            return None
+        return per_item * (task.n_items or 1)
+
+    def _learn(self, task: Task, duration: float) -> None:
+        per_item = duration / (task.n_items or 1)
+        old = self._per_item.get(task.fn_id)
+        if old is None:
+            self._per_item[task.fn_id] = per_item
+        else:
+            self._per_item[task.fn_id] = old + EWMA_ALPHA * (per_item - old)
+
+    # --- entering ----------------------------------------------------------------------------
+    def submit(self, task: Task) -> None:
+        """Accept a new task: queue it now, or hold it until ``task.not_before``."""
+        now = self.clock()
+        task.submitted_at = now
+        self.tasks[task.id] = task
+        if task.not_before > now:
+            task.state = DELAYED
+            self._delayed += 1
+            self._push_timer(task.not_before, _T_RELEASE, task)
+        else:
+            self._enqueue(task, now)
+
+    def _enqueue(self, task: Task, now: float) -> None:
+        if task.state in (QUEUED, DELAYED) and task.failures == 0 and task.attempt == 1:
+            # First entry (or release from a delay): fix the aging key now. Re-entries after
+            # a crash or a retry keep theirs, so they do not fall behind newer work.
+            task.key = self.aging_rate * now - task.opts.priority
+        task.state = QUEUED
+        task.worker = -1
+        heapq.heappush(self._heap, (task.key, next(self._seq), task))
+        self._heap_live += 1
+        self._spill(task.key)
+
+    def _spill(self, key: float) -> None:
+        """Move deque tasks that rank behind ``key`` back to the heap (keeps priority order)."""
+        for w in range(self.workers):
+            dq = self.local[w]
+            while dq and dq[-1].key > key:
+                t = dq.pop()
+                self.local_cost[w] -= t.cost
+                t.state = QUEUED
+                heapq.heappush(self._heap, (t.key, next(self._seq), t))
+                self._heap_live += 1
+            if not dq:
+                self.local_cost[w] = 0.0
+
+    # --- leaving the queue ---------------------------------------------------------------------
+    def cancel(self, task_id: int) -> Task | None:
+        """Remove a task that has not been sent to a worker. Returns it, or ``None``."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state in (SENT, DONE, CANCELLED):
+            return None
+        if task.state == LOCAL:
+            w = task.worker
+            self.local[w].remove(task)
+            self.local_cost[w] -= task.cost
+        elif task.state == QUEUED:
+            self._heap_live -= 1  # its heap entry is skipped when popped
+        elif task.state in (DELAYED, BACKOFF):
+            self._delayed -= 1  # its timer is skipped when it fires
+        task.state = CANCELLED
+        del self.tasks[task_id]
+        return task
+
+    def drop_queued(self) -> list[Task]:
+        """Cancel every task not yet sent to a worker (shutdown with ``cancel_futures``)."""
+        return [t for t in list(self.tasks.values()) if self.cancel(t.id) is not None]
+
+    def abort_all(self) -> list[Task]:
+        """Forget every task, wherever it is (pool broken, or killed at a deadline)."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.state = CANCELLED
+        self.tasks.clear()
+        self._heap.clear()
+        self._heap_live = 0
+        self._timers.clear()
+        self._delayed = 0
+        for w in range(self.workers):
+            self.local[w].clear()
+            self.local_cost[w] = 0.0
+            self.sent[w].clear()
+            self.sent_cost[w] = 0.0
+        return tasks
+
+    def _pop_heap(self) -> Task | None:
+        heap = self._heap
+        while heap:
+            task = heapq.heappop(heap)[2]
+            if task.state == QUEUED:
+                self._heap_live -= 1
+                return task
+        return None
+
+    def _refill(self, w: int) -> None:
+        dq = self.local[w]
+        while self.local_cost[w] < LOCAL_TARGET_SECONDS:
+            task = self._pop_heap()
+            if task is None:
+                return
+            est = self.estimate(task)
+            task.cost = LOCAL_TARGET_SECONDS if est is None else est
+            task.state = LOCAL
+            task.worker = w
+            dq.append(task)
+            self.local_cost[w] += task.cost
+
+    def _steal(self, thief: int) -> bool:
+        victim = -1
+        best = 0.0
+        for v in range(self.workers):
+            if v == thief or not self.local[v]:
+                continue
+            # An idle live peer takes its own deque this round; steal only from busy or dead.
+            if self.up[v] and not self.sent[v]:
+                continue
+            if self.local_cost[v] > best or victim < 0:
+                victim, best = v, self.local_cost[v]
+        if victim < 0:
+            return False
+        src = self.local[victim]
+        count = max(1, len(src) // 2)
+        taken = [src.pop() for _ in range(count)]
+        taken.reverse()  # keep priority order in the thief's deque
+        dst = self.local[thief]
+        for t in taken:
+            self.local_cost[victim] -= t.cost
+            t.worker = thief
+            dst.append(t)
+            self.local_cost[thief] += t.cost
+        if not src:
+            self.local_cost[victim] = 0.0
+        self.steals += 1
+        self.stolen_tasks += count
+        return True
+
+    def assign(self, w: int) -> list[Task]:
+        """Tasks to write to worker ``w``'s pipe now (moved to its sent list)."""
+        if not self.up[w]:
+            return []
+        out: list[Task] = []
+        sent = self.sent[w]
+        dq = self.local[w]
+        while len(sent) < MAX_IN_PIPE:
+            self._refill(w)
+            if not dq and not self._steal(w):
+                break
+            task = dq[0]
+            est = self.estimate(task)
+            if sent:
+                if est is None:
+                    break
+                tiny = self.sent_cost[w] + est <= PIPE_WINDOW_SECONDS
+                # One medium task may wait behind a running task of known, short duration, so
+                # the worker finds it as soon as it is done instead of after a round trip.
+                prefetch = len(sent) == 1 and est <= PREFETCH_MAX_SECONDS
+                prefetch = prefetch and self.sent_cost[w] <= PREFETCH_MAX_SECONDS
+                if not (tiny or prefetch):
+                    break
+            dq.popleft()
+            self.local_cost[w] -= task.cost
+            if not dq:
+                self.local_cost[w] = 0.0
+            task.cost = UNKNOWN_COST if est is None else est
+            task.state = SENT
+            task.worker = w
+            task.blamed_start = False
+            sent.append(task)
+            self.sent_cost[w] += task.cost
+            out.append(task)
+        return out
+
+    # --- results -------------------------------------------------------------------------------
+    def _take_sent(self, w: int, task_id: int, attempt: int) -> Task | None:
+        task = self.tasks.get(task_id)
+        if task is None or task.state != SENT or task.worker != w or task.attempt != attempt:
+            return None  # stale: an earlier attempt, or already resolved
+        sent = self.sent[w]
+        if sent[0] is task:
+            sent.popleft()
+        else:
+            sent.remove(task)
+        self.sent_cost[w] -= task.cost
+        if not sent:
+            self.sent_cost[w] = 0.0
+        return task
+
+    def started(self, w: int, task_id: int, attempt: int) -> None:
+        """Worker ``w`` announced that it started a (timed) task: arm its timeout."""
+        task = self.tasks.get(task_id)
+        if task is None or task.state != SENT or task.worker != w or task.attempt != attempt:
+            return
+        now = self.clock()
+        task.started_at = now
+        task.blamed_start = True
+        if task.opts.timeout > 0:
+            self._push_timer(now + task.opts.timeout, _T_TIMEOUT, task)
+
+    def complete(self, w: int, task_id: int, attempt: int, duration: float) -> Task | None:
+        """A task succeeded. Returns it, or ``None`` if the result is stale (drop it)."""
+        task = self._take_sent(w, task_id, attempt)
+        if task is None:
+            return None
+        self._learn(task, duration)
+        self.done_by[w] += 1
+        self.busy_by[w] += duration
+        task.state = DONE
+        del self.tasks[task_id]
+        return task
+
+    def fail(
+        self, w: int, task_id: int, attempt: int, duration: float, retryable: bool
+    ) -> Retry | Fail | None:
+        """A task raised. Retry it after its backoff if allowed, else fail it."""
+        task = self._take_sent(w, task_id, attempt)
+        if task is None:
+            return None
+        self._learn(task, duration)
+        self.done_by[w] += 1
+        self.busy_by[w] += duration
+        return self._after_failure(task, retryable)
+
+    def _after_failure(self, task: Task, retryable: bool) -> Retry | Fail:
+        task.failures += 1
+        task.attempt += 1
+        if retryable and task.failures < task.opts.max_attempts:
+            at = self.clock() + task.opts.backoff(task.failures, self.rng)
+            task.state = BACKOFF
+            task.worker = -1
+            self._delayed += 1
+            self._push_timer(at, _T_RELEASE, task)
+            return Retry(task, at)
+        task.state = DONE
+        self.tasks.pop(task.id, None)
+        return Fail(task)
+
+    # --- workers -------------------------------------------------------------------------------
+    def worker_up(self, w: int) -> None:
+        self.up[w] = True
+
+    def worker_lost(self, w: int, *, blame: bool) -> tuple[Task | None, Retry | Fail | None]:
+        """Worker ``w`` died. Its unsent deque stays; its pipe contents go back to the heap.
+
+        Args:
+            w: the worker slot.
+            blame: whether the first task in its pipe was running (and so killed it).
+
+        Returns:
+            The blamed task and what happens to it (retry at once, or fail), or ``(None, None)``.
+        """
+        self.up[w] = False
+        sent = self.sent[w]
+        self.sent[w] = deque()
+        self.sent_cost[w] = 0.0
+        culprit: Task | None = None
+        outcome: Retry | Fail | None = None
+        now = self.clock()
+        for i, task in enumerate(sent):
+            task.attempt += 1  # whatever that worker wrote is stale now
+            if i == 0 and blame:
+                culprit = task
+                task.crashes += 1
+                task.failures += 1
+                if task.crashes > task.opts.crash_retries:
+                    task.state = DONE
+                    self.tasks.pop(task.id, None)
+                    outcome = Fail(task)
+                    continue
+                outcome = Retry(task, now)
+            task.state = QUEUED
+            self._enqueue(task, now)
+        return culprit, outcome
+
+    def worker_retired(self, w: int) -> None:
+        """Worker ``w`` left cleanly between tasks: requeue what it held, blaming nobody."""
+        self.worker_lost(w, blame=False)
+
+    # --- timers --------------------------------------------------------------------------------
+    def _push_timer(self, at: float, kind: int, task: Task) -> None:
+        heapq.heappush(self._timers, (at, next(self._seq), kind, task, task.attempt))
+
+    def next_timer(self) -> float | None:
+        """Clock time of the earliest pending timer, or ``None``."""
+        timers = self._timers
+        while timers:
+            at, _, kind, task, attempt = timers[0]
+            if self._timer_live(kind, task, attempt):
+                return at
+            heapq.heappop(timers)
+        return None
+
+    @staticmethod
+    def _timer_live(kind: int, task: Task, attempt: int) -> bool:
+        if task.attempt != attempt:
+            return False
+        if kind == _T_RELEASE:
+            return task.state in (DELAYED, BACKOFF)
+        return task.state == SENT
+
+    def fire_timers(self) -> list[Timeout]:
+        """Release due delayed/backoff tasks into the heap; report expired timeouts."""
+        now = self.clock()
+        timers = self._timers
+        out: list[Timeout] = []
+        while timers and timers[0][0] <= now:
+            _, _, kind, task, attempt = heapq.heappop(timers)
+            if not self._timer_live(kind, task, attempt):
+                continue
+            if kind == _T_RELEASE:
+                self._delayed -= 1
+                self._enqueue(task, now)
+            else:
+                w = task.worker
+                self._take_sent(w, task.id, task.attempt)
+                self.busy_by[w] += now - task.started_at
+                out.append(Timeout(w, self._after_failure(task, task.opts.retry_timeouts)))
+        return out
+
+    # --- introspection -------------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        """Tasks waiting to be sent to a worker (heap, deques, delays and backoffs)."""
+        return self._heap_live + sum(len(d) for d in self.local) + self._delayed
+
+    @property
+    def in_pipes(self) -> int:
+        """Tasks written to a worker and not yet resolved."""
+        return sum(len(s) for s in self.sent)
+
+    def idle(self) -> bool:
+        """No task anywhere: nothing queued, delayed or running."""
+        return not self.tasks

@@ -1,0 +1,196 @@
+"""Client-side serialisation: functions once, arguments fast, results decoded into outcomes."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from . import _messages as m
+from ._errors import (
+    BrokenPoolError,
+    CancelledByShutdownError,
+    RemoteTraceback,
+    SerializationError,
+    TaskAbortedError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+
+FUNCTION_CACHE_SIZE = 4096  # distinct function objects remembered by one pool
+
+
+def dumps(obj: object, what: str) -> bytes:
+    """Pickle ``obj`` with the standard pickler, else cloudpickle (lambdas, closures).
+
+    The standard pickler refers to classes and functions by module and name. Those defined in
+    the user's ``__main__`` do not exist in the workers (which never run the user's script),
+    so a pickle that names ``__main__`` is redone with cloudpickle, which sends them by value.
+    The check is a substring search over the bytes: a false positive only costs speed.
+
+    Raises:
+        SerializationError: if neither can pickle it.
+    """
+    try:
+        blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        if b"__main__" not in blob:
+            return blob
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"{what} could not be pickled: {exc!r}") from exc
+
+
+class FunctionRegistry:
+    """Gives each distinct function an id and its serialised form, computed once.
+
+    A function object seen before is found by identity (or equality when hashable) without
+    pickling it again; a new object whose pickle equals a known one (the same lambda
+    re-created in a loop) reuses that id, so the workers unpickle it once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_object: OrderedDict[Any, int] = OrderedDict()
+        self._by_digest: dict[bytes, int] = {}
+        self._next = 1
+
+    def lookup(self, fn: Callable[..., Any]) -> tuple[int, bytes | None]:
+        """Return ``(fn_id, blob)``; ``blob`` is None when the id was handed out before.
+
+        Raises:
+            TypeError: if ``fn`` is not callable.
+            SerializationError: if it cannot be pickled.
+        """
+        try:
+            fn_id = self._by_object.get(fn)
+        except TypeError:  # unhashable callable: key it by identity
+            fn = _ByIdentity(fn)
+            fn_id = self._by_object.get(fn)
+        if fn_id is not None:
+            return fn_id, None
+        target = fn.obj if isinstance(fn, _ByIdentity) else fn
+        if not callable(target):
+            raise TypeError(f"{target!r} is not callable")
+        try:
+            # Always cloudpickle: it sends importable functions by reference and the rest
+            # (``__main__``, lambdas, closures) by value. Done once per function.
+            blob = cloudpickle.dumps(target, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise SerializationError(
+                f"the function {_name(target)} could not be pickled: {exc!r}"
+            ) from exc
+        digest = hashlib.blake2b(blob, digest_size=16).digest()
+        with self._lock:
+            known = self._by_digest.get(digest)
+            if known is not None:
+                self._remember(fn, known)
+                return known, None
+            fn_id = self._next
+            self._next += 1
+            self._by_digest[digest] = fn_id
+            self._remember(fn, fn_id)
+            return fn_id, blob
+
+    def _remember(self, key: Any, fn_id: int) -> None:
+        self._by_object[key] = fn_id
+        if len(self._by_object) > FUNCTION_CACHE_SIZE:
+            self._by_object.popitem(last=False)
+
+
+class _ByIdentity:
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ByIdentity) and other.obj is self.obj
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _with_cause(exc: BaseException, tb: str | None) -> BaseException:
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _note_attempts(exc: BaseException, attempts: int) -> None:
+    if attempts > 1:
+        try:
+            exc.add_note(f"(mppool: the task failed {attempts} times; this is the last error)")
+        except Exception:
+            pass
+    try:
+        exc.mppool_attempts = attempts  # type: ignore[attr-defined]
+    except Exception:
+        pass
+
+
+def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
+    """Turn a non-OK result into the exception the caller sees."""
+    try:
+        if status == m.ERROR:
+            exc, tb = pickle.loads(payload)
+            _note_attempts(exc, attempts)
+            return _with_cause(exc, tb)
+        if status == m.ABORTED:
+            message, tb = pickle.loads(payload)
+            return _with_cause(TaskAbortedError(message), tb)
+        if status == m.SERIAL_ERROR:
+            message, tb = pickle.loads(payload)
+            return _with_cause(SerializationError(message), tb)
+        if status == m.CRASHED:
+            pid, exitcode, signame = pickle.loads(payload)
+            how = f"signal {signame}" if signame else f"exit code {exitcode}"
+            return WorkerCrashedError(
+                f"the worker (pid {pid}) running this task died ({how}); "
+                f"the task was tried {attempts} times",
+                pid=pid,
+                exitcode=exitcode,
+                signal=signame,
+                attempts=attempts,
+            )
+        if status == m.TIMEOUT:
+            timeout, pid = pickle.loads(payload)
+            exc = TaskTimeoutError(
+                f"the task ran longer than its timeout of {timeout:g} s; "
+                f"its worker (pid {pid}) was killed and replaced"
+            )
+            _note_attempts(exc, attempts)
+            return exc
+        if status == m.KILLED:
+            return CancelledByShutdownError("the task was killed at the shutdown deadline")
+        if status == m.BROKEN:
+            message, tb = pickle.loads(payload)
+            return _with_cause(BrokenPoolError(message), tb)
+    except Exception as exc:  # the exception itself did not unpickle here
+        err = SerializationError(f"the task's error could not be unpickled: {exc!r}")
+        err.__cause__ = exc
+        return err
+    return RuntimeError(f"unknown result status {status}")
+
+
+def decode_value(payload: bytes) -> Any:
+    """Unpickle a result payload.
+
+    Raises:
+        SerializationError: if it does not unpickle in this process.
+    """
+    try:
+        return pickle.loads(payload)
+    except Exception as exc:
+        raise SerializationError(f"the task's result could not be unpickled: {exc!r}") from exc

@@ -1,0 +1,79 @@
+"""Snapshots of a pool's state, as returned by ``Pool.stats()``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["PoolStats", "WorkerStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """One worker slot.
+
+    Attributes:
+        index: slot number, 0 to workers - 1 (a replacement keeps the slot).
+        pid: process id of the worker now in the slot (0 while none is alive).
+        state: ``"starting"``, ``"idle"`` or ``"busy"``.
+        started_at: wall-clock time (``time.time()``) the current process was forked.
+        ready_at: wall-clock time it reported ready (0 while starting).
+        tasks_done: tasks finished in this slot, across replacements.
+        busy_seconds: time spent running them.
+        in_pipe: tasks written to this worker and not yet finished.
+        local_queue: tasks in its local deque (stealable).
+    """
+
+    index: int
+    pid: int
+    state: str
+    started_at: float
+    ready_at: float
+    tasks_done: int
+    busy_seconds: float
+    in_pipe: int
+    local_queue: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A consistent snapshot taken by the dispatcher in one step.
+
+    A map chunk counts as one task in these counters.
+
+    Attributes:
+        submitted: tasks received.
+        queued: tasks waiting (heap, local deques, delays, backoffs).
+        running: tasks written to a worker and not yet finished.
+        completed: tasks that succeeded.
+        failed: tasks that finished with an error (after any retries).
+        retried: retries scheduled (errors, crashes and timeouts).
+        crashed: worker deaths blamed on the task they were running.
+        timed_out: tasks killed at their timeout.
+        cancelled: tasks removed before they ran.
+        respawns: workers replaced.
+        steals: steal operations between local deques.
+        stolen_tasks: tasks moved by them.
+        workers: one entry per worker slot.
+    """
+
+    submitted: int
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    retried: int
+    crashed: int
+    timed_out: int
+    cancelled: int
+    respawns: int
+    steals: int
+    stolen_tasks: int
+    workers: tuple[WorkerStats, ...]
+
+    @classmethod
+    def from_snapshot(cls, snap: dict[str, Any]) -> PoolStats:
+        """Build from the dispatcher's snapshot dictionary."""
+        workers = tuple(WorkerStats(**w) for w in snap["workers"])
+        fields = {k: snap[k] for k in cls.__dataclass_fields__ if k != "workers"}
+        return cls(workers=workers, **fields)
