@@ -105,9 +105,13 @@ class _PoolFuture(concurrent.futures.Future[Any]):
 
     def cancel(self) -> bool:
         cancelled = super().cancel()
-        core = self._core
-        if cancelled and core is not None:
-            core.cancel_task(self._task_id)
+        if cancelled:
+            # Future.cancel() wakes result() callers but not wait()/as_completed() waiters;
+            # only this call does. The pool never marks its futures RUNNING, so it is safe.
+            self.set_running_or_notify_cancel()
+            core = self._core
+            if core is not None:
+                core.cancel_task(self._task_id)
         return cancelled
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
@@ -120,7 +124,9 @@ class _PoolFuture(concurrent.futures.Future[Any]):
                 else:
                     self.set_result(value)
             elif status == m.CANCELLED:
-                concurrent.futures.Future.cancel(self)
+                if not self.cancelled():  # the user may have cancelled (and notified) it
+                    concurrent.futures.Future.cancel(self)
+                    self.set_running_or_notify_cancel()
             else:
                 self.set_exception(decode_error(status, attempts, payload))
         except concurrent.futures.InvalidStateError:
@@ -156,6 +162,7 @@ class _Core:
         self.ids = itertools.count(1)
         self.opts_ids = itertools.count(1)
         self.functions = FunctionRegistry()
+        self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.pids: list[int] = []
@@ -340,7 +347,10 @@ class _Core:
                     if tag == m.D_RESULT:
                         entry = entries.pop(msg[1], None)
                         if entry is not None:
-                            entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
+                            try:
+                                entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
+                            except Exception as exc:  # never let one result stop the reader
+                                _report_resolve_failure(entry, exc)
                     elif tag == m.D_STATS:
                         waiter = self.stats_waiters.get(msg[1])
                         if waiter is not None:
@@ -420,6 +430,31 @@ class _Core:
         except OSError:
             pass
         self.join(EXIT_TIMEOUT)
+
+
+def _report_resolve_failure(entry: Any, exc: Exception) -> None:
+    """Give a resolution failure to whoever waits on the entry, else to the unraisable hook."""
+    if isinstance(entry, concurrent.futures.Future) and not entry.done():
+        try:
+            entry.set_exception(exc)
+            return
+        except concurrent.futures.InvalidStateError:
+            pass
+    sys.unraisablehook(
+        _Unraisable(type(exc), exc, exc.__traceback__, "mppool: resolving a task result", entry)
+    )
+
+
+class _Unraisable:
+    def __init__(
+        self, exc_type: type[BaseException], exc_value: BaseException, exc_traceback: Any,
+        err_msg: str, obj: object,
+    ) -> None:
+        self.exc_type = exc_type
+        self.exc_value = exc_value
+        self.exc_traceback = exc_traceback
+        self.err_msg = err_msg
+        self.object = obj
 
 
 _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
@@ -506,7 +541,7 @@ class _Submitter:
         """
         from ._map import MapIterator
 
-        return MapIterator(self._core, fn, iterables, self._opts, True, chunksize, timeout)
+        return MapIterator(self._core, fn, iterables, self._opts, True, chunksize, timeout).results()
 
     def imap_unordered(
         self,
@@ -518,7 +553,7 @@ class _Submitter:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
         from ._map import MapIterator
 
-        return MapIterator(self._core, fn, iterables, self._opts, False, chunksize, timeout)
+        return MapIterator(self._core, fn, iterables, self._opts, False, chunksize, timeout).results()
 
     def options(
         self,

@@ -29,8 +29,8 @@ from ._serial import decode_error, decode_value, dumps
 if TYPE_CHECKING:
     from ._client import _Core, _Options
 
-CHUNK_TARGET_SECONDS = 0.004  # work per chunk the planner aims at
-MAX_CHUNK_ITEMS = 8192  # cap on items per chunk (bounds memory and result latency)
+CHUNK_TARGET_SECONDS = 0.005  # work per chunk the planner aims at
+MAX_CHUNK_ITEMS = 16384  # cap on items per chunk (bounds memory and result latency)
 GROWTH = 8.0  # a chunk is at most this many times larger than the largest so far
 TAIL_SPLIT = 4  # near the end, chunks are at most remaining / (TAIL_SPLIT * workers)
 WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
@@ -78,8 +78,12 @@ class ChunkPlanner:
         else:
             size = int(CHUNK_TARGET_SECONDS / per_item)
         size = max(1, min(size, MAX_CHUNK_ITEMS, int(self._largest * GROWTH)))
-        if remaining is not None:
-            size = min(size, max(1, -(-remaining // (TAIL_SPLIT * self.workers))))
+        if remaining is not None and per_item is not None:
+            # Spread the tail over every worker, but do not cut chunks below a quarter of the
+            # target: splitting work that short only adds messages.
+            tail = -(-remaining // (TAIL_SPLIT * self.workers))
+            floor = int(CHUNK_TARGET_SECONDS / 4 / per_item) if per_item > 0 else size
+            size = min(size, max(1, tail, floor))
         self._largest = max(self._largest, size)
         return size
 
@@ -132,8 +136,8 @@ def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     return min(hints)
 
 
-class MapIterator(Iterator[Any]):
-    """The iterator returned by ``Pool.map`` and ``Pool.imap_unordered``."""
+class MapIterator:
+    """State of one ``Pool.map`` or ``Pool.imap_unordered`` call; see :meth:`results`."""
 
     def __init__(
         self,
@@ -157,15 +161,19 @@ class MapIterator(Iterator[Any]):
         self.flags = m.FLAG_STAR if self.star else 0
         self.total = _length(iterables)
         self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
-        self.planner = ChunkPlanner(core.workers, chunksize)
+        if chunksize is None:
+            # One planner per function and pool: a second map of the same function starts
+            # with chunks sized from what the first one measured.
+            self.planner = core.planners.get(self.fn_id) or ChunkPlanner(core.workers)
+            core.planners[self.fn_id] = self.planner
+        else:
+            self.planner = ChunkPlanner(core.workers, chunksize)
         self.window = WINDOW_PER_WORKER * core.workers
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.read = 0  # items taken from the input
         self.in_flight: deque[_Chunk] = deque()  # ordered: submission order
         self.outstanding = 0
         self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
-        self.ready: deque[Any] = deque()  # results of the current chunk, not yet yielded
-        self.error: BaseException | None = None
         self.exhausted = False
         self.finished = False
         self._fill()
@@ -173,6 +181,8 @@ class MapIterator(Iterator[Any]):
     def _fill(self) -> None:
         core = self.core
         while self.outstanding < self.window and not self.exhausted:
+            if self.planner.per_item is None and self.outstanding >= core.workers:
+                return  # unmeasured: one probe chunk per worker until a result comes back
             remaining = None if self.total is None else max(0, self.total - self.read)
             size = self.planner.next_size(remaining)
             items = list(itertools.islice(self.source, size))
@@ -207,31 +217,23 @@ class MapIterator(Iterator[Any]):
         except queue.Empty:
             raise TimeoutError("imap_unordered() did not finish within its timeout") from None
 
-    def __next__(self) -> Any:
-        while True:
-            if self.ready:
-                return self.ready.popleft()
-            if self.error is not None:
-                error, self.error = self.error, None
-                self.close()
-                raise error
-            if self.finished or (self.outstanding == 0 and self.exhausted):
-                self.finished = True
-                raise StopIteration
-            try:
+    def results(self) -> Iterator[Any]:
+        """The results, as a generator (iterating a generator runs in C between chunks)."""
+        try:
+            while self.outstanding or not self.exhausted:
                 chunk = self._wait()
-            except BaseException:
-                self.close()
-                raise
-            self.outstanding -= 1
-            results, error = chunk.outcome()
-            self.ready.extend(results)
-            self.error = error
-            if error is None:
-                try:
-                    self._fill()
-                except BaseException as exc:  # the input raised, or an item did not pickle
-                    self.error = exc
+                self.outstanding -= 1
+                results, error = chunk.outcome()
+                if error is None:
+                    try:
+                        self._fill()  # refill before yielding, so workers stay busy
+                    except BaseException as exc:  # the input raised, or an item did not pickle
+                        error = exc
+                yield from results
+                if error is not None:
+                    raise error
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Stop early: cancel chunks not yet run and forget the rest."""
@@ -246,11 +248,4 @@ class MapIterator(Iterator[Any]):
                 if isinstance(entry, _Chunk) and entry.owner is self:
                     core.cancel_task(task_id)
         self.in_flight.clear()
-        self.ready.clear()
 
-    def __del__(self) -> None:
-        try:
-            if not self.finished:
-                self.close()
-        except Exception:
-            pass

@@ -20,9 +20,12 @@ Where a task can be::
   the heap), and a task entering the heap with a better key than a deque's tail pushes that
   tail back into the heap ("spill"), so a deque never holds work that should wait behind
   something still in the heap.
-* **Stealing.** A worker whose deque is empty while the heap is empty takes the tail half of
-  the deque of the busiest peer (by estimated work). Only deque work can be stolen: a task
-  written to a worker's pipe belongs to that worker.
+* **Stealing.** A worker whose deque runs dry takes the most urgent queued work, wherever it
+  is: from the heap, or, when the front of a busy peer's deque is more urgent than the heap's
+  top (or the heap is empty), the front half of that peer's deque. Taking the front half, not
+  the back, keeps priority order across workers: an idle worker never starts a less urgent
+  task while a more urgent one waits behind a busy peer. Only deque work can be stolen: a
+  task written to a worker's pipe belongs to that worker.
 * **Pipe window.** Little sits in a pipe: tiny tasks are batched up to
   ``PIPE_WINDOW_SECONDS`` of estimated work, one medium task (``PREFETCH_MAX_SECONDS``) may
   wait behind the running one to hide the round trip, and a task of unknown or long duration
@@ -319,9 +322,33 @@ class Scheduler:
                 return task
         return None
 
-    def _refill(self, w: int) -> None:
+    def _peek_heap(self) -> Task | None:
+        heap = self._heap
+        while heap:
+            task = heap[0][2]
+            if task.state == QUEUED:
+                return task
+            heapq.heappop(heap)
+        return None
+
+    def _refill(self, w: int, steal: bool = True) -> None:
         dq = self.local[w]
+        if not dq and steal:
+            # Running dry: the most urgent queued work may sit at the front of a busy peer's
+            # deque rather than in the heap; take it from there if so.
+            victim = self._steal_candidate(w)
+            top = self._peek_heap()
+            if victim >= 0 and (top is None or self.local[victim][0].key < top.key):
+                self._steal(w, victim)
+                return
+        # A deque holds one priority level at a time: it is not topped up with less urgent
+        # work while it still holds more urgent work.
+        level = dq[0].opts.priority if dq else None
         while self.local_cost[w] < LOCAL_TARGET_SECONDS:
+            top = self._peek_heap()
+            if top is None or (level is not None and top.opts.priority != level):
+                return
+            level = top.opts.priority
             task = self._pop_heap()
             if task is None:
                 return
@@ -332,23 +359,28 @@ class Scheduler:
             dq.append(task)
             self.local_cost[w] += task.cost
 
-    def _steal(self, thief: int) -> bool:
+    def _steal_candidate(self, thief: int) -> int:
+        """The peer to steal from: the one whose next task is most urgent, or -1."""
         victim = -1
-        best = 0.0
+        best: tuple[float, float] | None = None
         for v in range(self.workers):
             if v == thief or not self.local[v]:
                 continue
             # An idle live peer takes its own deque this round; steal only from busy or dead.
             if self.up[v] and not self.sent[v]:
                 continue
-            if self.local_cost[v] > best or victim < 0:
-                victim, best = v, self.local_cost[v]
-        if victim < 0:
-            return False
+            rank = (self.local[v][0].key, -self.local_cost[v])  # most urgent, then busiest
+            if best is None or rank < best:
+                victim, best = v, rank
+        return victim
+
+    def _steal(self, thief: int, victim: int) -> None:
         src = self.local[victim]
         count = max(1, len(src) // 2)
-        taken = [src.pop() for _ in range(count)]
-        taken.reverse()  # keep priority order in the thief's deque
+        # The thief takes the front half: the most urgent of the victim's work. Taking the
+        # back half would have the idle worker run the least urgent tasks while better ones
+        # wait behind the victim's running task.
+        taken = [src.popleft() for _ in range(count)]
         dst = self.local[thief]
         for t in taken:
             self.local_cost[victim] -= t.cost
@@ -359,7 +391,6 @@ class Scheduler:
             self.local_cost[victim] = 0.0
         self.steals += 1
         self.stolen_tasks += count
-        return True
 
     def assign(self, w: int) -> list[Task]:
         """Tasks to write to worker ``w``'s pipe now (moved to its sent list)."""
@@ -369,8 +400,13 @@ class Scheduler:
         sent = self.sent[w]
         dq = self.local[w]
         while len(sent) < MAX_IN_PIPE:
+            if sent and self.sent_cost[w] >= PIPE_WINDOW_SECONDS:
+                # No tiny task fits any more; only a first prefetch behind a short task could.
+                if len(sent) > 1 or self.sent_cost[w] > PREFETCH_MAX_SECONDS:
+                    self._refill(w, steal=False)  # top up from the heap; never steal for later
+                    break
             self._refill(w)
-            if not dq and not self._steal(w):
+            if not dq:
                 break
             task = dq[0]
             est = self.estimate(task)

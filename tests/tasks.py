@@ -1,0 +1,89 @@
+"""Task functions for the tests, importable by reference from the workers."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from typing import Any
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def getpid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def spin(seconds: float) -> float:
+    """Busy CPU work for about ``seconds`` (wall clock); returns the argument."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def fifo_post(path: str, count: int = 1) -> None:
+    """Write ``count`` tokens to the FIFO at ``path`` (never blocks: opened read-write)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.write(fd, b"x" * count)
+    finally:
+        os.close(fd)
+
+
+def fifo_take(path: str, timeout: float = 30.0) -> None:
+    """Block until one token can be read from the FIFO at ``path``, at most ``timeout`` s."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"no token on {path} within {timeout} s")
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def gated(started: str, gate: str, value: Any = None, timeout: float = 30.0) -> Any:
+    """Announce the start on FIFO ``started``, then block until the test opens ``gate``."""
+    fifo_post(started)
+    fifo_take(gate, timeout)
+    return os.getpid() if value is None else value
+
+
+def record(path: str, label: Any) -> Any:
+    """Append ``label`` and this pid to a file (order of execution, across processes)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()} {label}\n")
+    return label
+
+
+def fail_at(x: int, bad: int) -> int:
+    if x == bad:
+        raise KeyError(f"item {x}")
+    return x
+
+
+class CustomError(Exception):
+    """An exception type the caller must get back as itself."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def raise_custom(code: int) -> None:
+    raise CustomError(code)
+
+
+def kwargs_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
