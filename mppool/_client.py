@@ -52,7 +52,7 @@ _UNSET: Any = object()
 class _Options:
     """A set of per-task options; interned per pool and sent to the dispatcher once."""
 
-    __slots__ = ("priority", "timeout", "retry", "crash_retries", "kind", "key", "delay", "_ids")
+    __slots__ = ("_ids", "crash_retries", "delay", "key", "kind", "priority", "retry", "timeout")
 
     def __init__(
         self,
@@ -86,9 +86,19 @@ class _Options:
 
         retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
         return (
-            m.C_OPTIONS, opts_id, self.priority, self.timeout or 0.0, retry.max_attempts,
-            retry.initial_delay, retry.factor, retry.max_delay, retry.jitter,
-            self.crash_retries, self.kind, retry_on, retry_timeouts,
+            m.C_OPTIONS,
+            opts_id,
+            self.priority,
+            self.timeout or 0.0,
+            retry.max_attempts,
+            retry.initial_delay,
+            retry.factor,
+            retry.max_delay,
+            retry.jitter,
+            self.crash_retries,
+            self.kind,
+            retry_on,
+            retry_timeouts,
         )
 
     def replace(self, **changes: Any) -> _Options:
@@ -179,6 +189,10 @@ class _Core:
                 [sys.executable, "-c", _BOOT, str(c2d_r), str(d2c_w), _PACKAGE_PARENT],
                 pass_fds=(c2d_r, d2c_w),
                 stdin=subprocess.DEVNULL,
+                # Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group)
+                # reaches the user process only, even while the dispatcher is still starting.
+                # It still ends with the user process: it sees end-of-file on its pipe.
+                process_group=0,
             )
         except BaseException:
             for fd in (c2d_r, c2d_w, d2c_r, d2c_w):
@@ -189,8 +203,15 @@ class _Core:
         self.out_fd = c2d_w
         self.in_fd = d2c_r
         config = m.Config(
-            m.C_CONFIG, workers, list(sys.path), os.getcwd(), initializer_blob,
-            max_tasks_per_child, max_memory_per_child, aging_rate, defaults.crash_retries,
+            m.C_CONFIG,
+            workers,
+            list(sys.path),
+            os.getcwd(),
+            initializer_blob,
+            max_tasks_per_child,
+            max_memory_per_child,
+            aging_rate,
+            defaults.crash_retries,
         )
         self.pending.append(tuple(config))
         self.register_options(defaults)
@@ -285,7 +306,9 @@ class _Core:
         self.check_open()
         fn_id = self.function_id(fn)
         opts_id = self.register_options(opts)
-        payload = dumps((args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}")
+        payload = dumps(
+            (args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
+        )
         self.acquire_slot(block, timeout)
         fut = _PoolFuture()
         task_id = next(self.ids)
@@ -316,8 +339,11 @@ class _Core:
 
     def stats(self) -> PoolStats:
         if self.state in (_CLOSED, _BROKEN):
-            raise PoolClosedError("the pool is shut down") if self.state == _CLOSED else (
-                BrokenPoolError("the pool is broken"))
+            raise (
+                PoolClosedError("the pool is shut down")
+                if self.state == _CLOSED
+                else (BrokenPoolError("the pool is broken"))
+            )
         waiter: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         request_id = next(self.ids)
         self.stats_waiters[request_id] = waiter
@@ -433,28 +459,17 @@ class _Core:
 
 
 def _report_resolve_failure(entry: Any, exc: Exception) -> None:
-    """Give a resolution failure to whoever waits on the entry, else to the unraisable hook."""
+    """Give a resolution failure to whoever waits on the entry, else print it."""
     if isinstance(entry, concurrent.futures.Future) and not entry.done():
         try:
             entry.set_exception(exc)
             return
         except concurrent.futures.InvalidStateError:
             pass
-    sys.unraisablehook(
-        _Unraisable(type(exc), exc, exc.__traceback__, "mppool: resolving a task result", entry)
-    )
+    import traceback
 
-
-class _Unraisable:
-    def __init__(
-        self, exc_type: type[BaseException], exc_value: BaseException, exc_traceback: Any,
-        err_msg: str, obj: object,
-    ) -> None:
-        self.exc_type = exc_type
-        self.exc_value = exc_value
-        self.exc_traceback = exc_traceback
-        self.err_msg = err_msg
-        self.object = obj
+    print("mppool: error while resolving a task result:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
 
 
 _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
@@ -484,7 +499,9 @@ class _Submitter:
     _core: _Core
     _opts: _Options
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[T]:
+    def submit(
+        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a Future for its result.
 
         Args:
@@ -541,7 +558,9 @@ class _Submitter:
         """
         from ._map import MapIterator
 
-        return MapIterator(self._core, fn, iterables, self._opts, True, chunksize, timeout).results()
+        return MapIterator(
+            self._core, fn, iterables, self._opts, True, chunksize, timeout
+        ).results()
 
     def imap_unordered(
         self,
@@ -553,7 +572,9 @@ class _Submitter:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
         from ._map import MapIterator
 
-        return MapIterator(self._core, fn, iterables, self._opts, False, chunksize, timeout).results()
+        return MapIterator(
+            self._core, fn, iterables, self._opts, False, chunksize, timeout
+        ).results()
 
     def options(
         self,

@@ -55,7 +55,7 @@ def _grow_pipe(fd: int) -> None:
 class _Outbox:
     """Bytes waiting to be written to one non-blocking fd."""
 
-    __slots__ = ("fd", "chunks", "registered")
+    __slots__ = ("chunks", "fd", "registered")
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -85,23 +85,23 @@ class _Worker:
     """The dispatcher's record of one worker slot."""
 
     __slots__ = (
+        "closing_since",
+        "draining",
+        "fns",
+        "frames",
         "index",
+        "kill_reason",
+        "opts",
+        "outbox",
         "pid",
         "pidfd",
-        "task_fd",
-        "result_fd",
-        "frames",
-        "outbox",
-        "fns",
-        "opts",
         "ready",
-        "started_at",
         "ready_at",
-        "sent_total",
-        "draining",
-        "kill_reason",
+        "result_fd",
         "retired",
-        "closing_since",
+        "sent_total",
+        "started_at",
+        "task_fd",
     )
 
     def __init__(self, index: int) -> None:
@@ -148,8 +148,16 @@ class Dispatcher:
         self.broken: tuple[str, str | None] | None = None
         self.client_gone = False
         self.early_deaths = 0
-        self.counters = {"submitted": 0, "completed": 0, "failed": 0, "retried": 0,
-                         "crashed": 0, "timed_out": 0, "cancelled": 0, "respawns": 0}
+        self.counters = {
+            "submitted": 0,
+            "completed": 0,
+            "failed": 0,
+            "retried": 0,
+            "crashed": 0,
+            "timed_out": 0,
+            "cancelled": 0,
+            "respawns": 0,
+        }
         _set_nonblocking(rfd)
         _set_nonblocking(wfd)
         self.selector.register(rfd, selectors.EVENT_READ)
@@ -294,8 +302,14 @@ class Dispatcher:
                 if isinstance(outcome, s.Fail):
                     self.counters["failed"] += 1
                     self.results.append(
-                        (m.D_RESULT, culprit.id, m.CRASHED, culprit.failures, 0.0,
-                         pickle.dumps((pid, exitcode, signame)))
+                        (
+                            m.D_RESULT,
+                            culprit.id,
+                            m.CRASHED,
+                            culprit.failures,
+                            0.0,
+                            pickle.dumps((pid, exitcode, signame)),
+                        )
                     )
                 else:
                     self.counters["retried"] += 1
@@ -303,9 +317,14 @@ class Dispatcher:
         if self.early_deaths >= MAX_EARLY_DEATHS and self.broken is None:
             self.go_broken(
                 f"{MAX_EARLY_DEATHS} workers in a row died before becoming ready "
-                f"(last: exit code {exitcode}, signal {signame})", None
+                f"(last: exit code {exitcode}, signal {signame})",
+                None,
             )
-        if self.broken is None and not self.client_gone and not (self.closing and self.sched.idle()):
+        if (
+            self.broken is None
+            and not self.client_gone
+            and not (self.closing and self.sched.idle())
+        ):
             self.counters["respawns"] += 1
             self.spawn(w)
 
@@ -339,7 +358,9 @@ class Dispatcher:
                 if status == m.OK:
                     task = sched.complete(idx, task_id, attempt, duration)
                     if task is not None:
-                        results.append((m.D_RESULT, task_id, m.OK, task.failures + 1, duration, payload))
+                        results.append(
+                            (m.D_RESULT, task_id, m.OK, task.failures + 1, duration, payload)
+                        )
                         self.counters["completed"] += 1
                     continue
                 outcome = sched.fail(idx, task_id, attempt, duration, status == m.ERROR_RETRYABLE)
@@ -351,7 +372,9 @@ class Dispatcher:
                 self.counters["failed"] += 1
                 if status == m.ERROR_RETRYABLE:
                     status = m.ERROR
-                results.append((m.D_RESULT, task_id, status, outcome.task.failures, duration, payload))
+                results.append(
+                    (m.D_RESULT, task_id, status, outcome.task.failures, duration, payload)
+                )
             elif tag == m.R_STARTED:
                 sched.started(idx, msg[1], msg[2])
             elif tag == m.R_HELLO:
@@ -382,26 +405,42 @@ class Dispatcher:
                 opts = options[opts_id]
                 if opts.timeout > 0:
                     flags |= m.FLAG_TIMED
-                task = s.Task(task_id, fn_id, opts_id, opts, payload, n_items=n_items,
-                              flags=flags, not_before=not_before)
+                task = s.Task(
+                    task_id,
+                    fn_id,
+                    opts_id,
+                    opts,
+                    payload,
+                    n_items=n_items,
+                    flags=flags,
+                    not_before=not_before,
+                )
                 sched.submit(task)
             elif tag == m.C_FUNCTION:
                 self.functions[msg[1]] = msg[2]
             elif tag == m.C_OPTIONS:
                 o = m.Options(*msg)
                 options[o.opts_id] = s.TaskOptions(
-                    priority=o.priority, timeout=o.timeout, max_attempts=o.max_attempts,
-                    initial_delay=o.initial_delay, factor=o.factor, max_delay=o.max_delay,
-                    jitter=o.jitter, crash_retries=o.crash_retries, kind=o.kind,
+                    priority=o.priority,
+                    timeout=o.timeout,
+                    max_attempts=o.max_attempts,
+                    initial_delay=o.initial_delay,
+                    factor=o.factor,
+                    max_delay=o.max_delay,
+                    jitter=o.jitter,
+                    crash_retries=o.crash_retries,
+                    kind=o.kind,
                     retry_timeouts=o.retry_timeouts,
                 )
                 if o.retry_on is not None:
                     self.retry_on[o.opts_id] = o.retry_on
             elif tag == m.C_CANCEL:
-                task = sched.cancel(msg[1])
-                if task is not None:
+                removed = sched.cancel(msg[1])
+                if removed is not None:
                     self.counters["cancelled"] += 1
-                    self.results.append((m.D_RESULT, task.id, m.CANCELLED, task.attempts, 0.0, b""))
+                    self.results.append(
+                        (m.D_RESULT, removed.id, m.CANCELLED, removed.attempts, 0.0, b"")
+                    )
             elif tag == m.C_STATS:
                 self.results.append((m.D_STATS, msg[1], self.snapshot()))
             elif tag == m.C_SHUTDOWN:
@@ -428,17 +467,19 @@ class Dispatcher:
                 state = "busy"
             else:
                 state = "idle"
-            workers.append({
-                "index": w.index,
-                "pid": w.pid,
-                "state": state,
-                "started_at": w.started_at,
-                "ready_at": w.ready_at,
-                "tasks_done": sched.done_by[w.index],
-                "busy_seconds": sched.busy_by[w.index],
-                "in_pipe": len(sent),
-                "local_queue": len(sched.local[w.index]),
-            })
+            workers.append(
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "state": state,
+                    "started_at": w.started_at,
+                    "ready_at": w.ready_at,
+                    "tasks_done": sched.done_by[w.index],
+                    "busy_seconds": sched.busy_by[w.index],
+                    "in_pipe": len(sent),
+                    "local_queue": len(sched.local[w.index]),
+                }
+            )
         snap: dict[str, Any] = dict(self.counters)
         snap.update(
             queued=sched.queued,
@@ -469,8 +510,18 @@ class Dispatcher:
                     blob = self.retry_on.get(task.opts_id)
                     if blob is not None:
                         msgs.append((m.W_RETRY_ON, task.opts_id, blob))
-                msgs.append((m.W_RUN, task.id, task.attempt, task.fn_id, task.opts_id,
-                             task.n_items, task.flags, task.payload))
+                msgs.append(
+                    (
+                        m.W_RUN,
+                        task.id,
+                        task.attempt,
+                        task.fn_id,
+                        task.opts_id,
+                        task.n_items,
+                        task.flags,
+                        task.payload,
+                    )
+                )
             w.sent_total += len(tasks)
             if limit and w.sent_total >= limit:
                 w.draining = True
@@ -555,15 +606,15 @@ class Dispatcher:
                 timeout = left if timeout is None else min(timeout, left)
             if self.closing and (sched.idle() or self.broken):
                 timeout = 0.05 if timeout is None else min(timeout, 0.05)
-            for key, mask in select(timeout):
+            for key, _mask in select(timeout):
                 fd = key.fd
-                kind, w = self.by_fd.get(fd, ("", None))
+                kind, slot = self.by_fd.get(fd, ("", None))
                 if kind == "client":
                     self._read_client()
-                elif kind == "result" and w is not None:
-                    self._read_worker(w)
-                elif kind == "pidfd" and w is not None:
-                    self.worker_died(w)
+                elif kind == "result" and slot is not None:
+                    self._read_worker(slot)
+                elif kind == "pidfd" and slot is not None:
+                    self.worker_died(slot)
                 elif kind == "write":
                     self._on_writable(fd)
             if self.client_gone:
@@ -592,8 +643,16 @@ class Dispatcher:
         if isinstance(outcome, s.Fail):
             self.counters["failed"] += 1
             task = outcome.task
-            self.results.append((m.D_RESULT, task.id, m.TIMEOUT, task.failures, task.opts.timeout,
-                                 pickle.dumps((task.opts.timeout, w.pid))))
+            self.results.append(
+                (
+                    m.D_RESULT,
+                    task.id,
+                    m.TIMEOUT,
+                    task.failures,
+                    task.opts.timeout,
+                    pickle.dumps((task.opts.timeout, w.pid)),
+                )
+            )
         else:
             self.counters["retried"] += 1
         self.kill(w, "timeout")

@@ -95,9 +95,7 @@ class WorkerCrashedError(MppoolError):
 def _rebuild_crash(
     message: str, pid: int | None, exitcode: int | None, signal: str | None, attempts: int
 ) -> WorkerCrashedError:
-    return WorkerCrashedError(
-        message, pid=pid, exitcode=exitcode, signal=signal, attempts=attempts
-    )
+    return WorkerCrashedError(message, pid=pid, exitcode=exitcode, signal=signal, attempts=attempts)
 
 
 class TaskTimeoutError(MppoolError, TimeoutError):

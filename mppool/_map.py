@@ -91,7 +91,7 @@ class ChunkPlanner:
 class _Chunk:
     """One submitted chunk: resolved by the reader thread, consumed by the iterator."""
 
-    __slots__ = ("owner", "task_id", "n_items", "status", "attempts", "payload", "event")
+    __slots__ = ("attempts", "event", "n_items", "owner", "payload", "status", "task_id")
 
     def __init__(self, owner: MapIterator, task_id: int, n_items: int) -> None:
         self.owner = owner
@@ -160,7 +160,9 @@ class MapIterator:
         self.star = len(iterables) > 1
         self.flags = m.FLAG_STAR if self.star else 0
         self.total = _length(iterables)
-        self.source: Iterator[Any] = zip(*iterables) if self.star else iter(iterables[0])
+        self.source: Iterator[Any] = (
+            zip(*iterables, strict=False) if self.star else iter(iterables[0])
+        )
         if chunksize is None:
             # One planner per function and pool: a second map of the same function starts
             # with chunks sized from what the first one measured.
@@ -195,8 +197,18 @@ class MapIterator:
             task_id = next(core.ids)
             chunk = _Chunk(self, task_id, len(items))
             core.entries[task_id] = chunk
-            core.send((m.C_SUBMIT, task_id, self.fn_id, self.opts_id, len(items), self.flags,
-                       0.0, payload))
+            core.send(
+                (
+                    m.C_SUBMIT,
+                    task_id,
+                    self.fn_id,
+                    self.opts_id,
+                    len(items),
+                    self.flags,
+                    0.0,
+                    payload,
+                )
+            )
             if self.ordered:
                 self.in_flight.append(chunk)
             self.outstanding += 1
@@ -248,4 +260,3 @@ class MapIterator:
                 if isinstance(entry, _Chunk) and entry.owner is self:
                     core.cancel_task(task_id)
         self.in_flight.clear()
-

@@ -96,24 +96,24 @@ class Task:
     """One unit of work as the dispatcher sees it: a header and opaque payload bytes."""
 
     __slots__ = (
-        "id",
-        "fn_id",
-        "opts_id",
-        "opts",
-        "n_items",
-        "flags",
-        "payload",
         "attempt",
-        "failures",
-        "crashes",
-        "key",
-        "state",
-        "worker",
-        "cost",
-        "submitted_at",
-        "started_at",
-        "not_before",
         "blamed_start",
+        "cost",
+        "crashes",
+        "failures",
+        "flags",
+        "fn_id",
+        "id",
+        "key",
+        "n_items",
+        "not_before",
+        "opts",
+        "opts_id",
+        "payload",
+        "started_at",
+        "state",
+        "submitted_at",
+        "worker",
     )
 
     def __init__(
@@ -400,11 +400,11 @@ class Scheduler:
         sent = self.sent[w]
         dq = self.local[w]
         while len(sent) < MAX_IN_PIPE:
-            if sent and self.sent_cost[w] >= PIPE_WINDOW_SECONDS:
-                # No tiny task fits any more; only a first prefetch behind a short task could.
-                if len(sent) > 1 or self.sent_cost[w] > PREFETCH_MAX_SECONDS:
-                    self._refill(w, steal=False)  # top up from the heap; never steal for later
-                    break
+            # Once no tiny task fits, only a first prefetch behind a short task could.
+            full = len(sent) > 1 or self.sent_cost[w] > PREFETCH_MAX_SECONDS
+            if sent and self.sent_cost[w] >= PIPE_WINDOW_SECONDS and full:
+                self._refill(w, steal=False)  # top up from the heap; never steal for later
+                break
             self._refill(w)
             if not dq:
                 break

@@ -43,7 +43,7 @@ def dumps(obj: object, what: str) -> bytes:
     except Exception:
         pass
     try:
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {exc!r}") from exc
 
@@ -69,14 +69,15 @@ class FunctionRegistry:
             TypeError: if ``fn`` is not callable.
             SerializationError: if it cannot be pickled.
         """
+        key: Any = fn
         try:
-            fn_id = self._by_object.get(fn)
+            fn_id = self._by_object.get(key)
         except TypeError:  # unhashable callable: key it by identity
-            fn = _ByIdentity(fn)
-            fn_id = self._by_object.get(fn)
+            key = _ByIdentity(fn)
+            fn_id = self._by_object.get(key)
         if fn_id is not None:
             return fn_id, None
-        target = fn.obj if isinstance(fn, _ByIdentity) else fn
+        target = fn
         if not callable(target):
             raise TypeError(f"{target!r} is not callable")
         try:
@@ -91,12 +92,12 @@ class FunctionRegistry:
         with self._lock:
             known = self._by_digest.get(digest)
             if known is not None:
-                self._remember(fn, known)
+                self._remember(key, known)
                 return known, None
             fn_id = self._next
             self._next += 1
             self._by_digest[digest] = fn_id
-            self._remember(fn, fn_id)
+            self._remember(key, fn_id)
             return fn_id, blob
 
     def _remember(self, key: Any, fn_id: int) -> None:

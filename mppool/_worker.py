@@ -62,7 +62,7 @@ def dumps(obj: object) -> bytes:
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
 def _describe(exc: BaseException) -> str:
@@ -114,7 +114,9 @@ class _Runner:
             self.functions[fn_id] = fn
         return fn
 
-    def run(self, fn_id: int, opts_id: int, n_items: int, flags: int, payload: bytes) -> tuple[int, bytes]:
+    def run(
+        self, fn_id: int, opts_id: int, n_items: int, flags: int, payload: bytes
+    ) -> tuple[int, bytes]:
         """Run one task; return (status, payload) for its result message."""
         try:
             fn = self.function(fn_id)

@@ -67,9 +67,7 @@ def worker_pids(pool: mppool.Pool) -> list[int]:
     """Process ids of the pool's live worker processes, from the OS (not from stats)."""
     try:
         dispatcher = psutil.Process(pool.dispatcher_pid)
-        return [
-            p.pid for p in dispatcher.children() if p.status() != psutil.STATUS_ZOMBIE
-        ]
+        return [p.pid for p in dispatcher.children() if p.status() != psutil.STATUS_ZOMBIE]
     except psutil.NoSuchProcess:
         return []
 

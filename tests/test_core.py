@@ -26,8 +26,13 @@ def test_public_names_are_exported_and_sorted() -> None:
     public = {n for n in dir(mppool) if not n.startswith("_")} - {"annotations"}
     assert set(mppool.__all__) - {"__version__"} == public
     assert mppool.__all__ == sorted(mppool.__all__)
-    for name in ("WorkerCrashedError", "TaskTimeoutError", "PoolClosedError",
-                 "BrokenPoolError", "QueueFullError"):
+    for name in (
+        "WorkerCrashedError",
+        "TaskTimeoutError",
+        "PoolClosedError",
+        "BrokenPoolError",
+        "QueueFullError",
+    ):
         assert issubclass(getattr(mppool, name), mppool.MppoolError)
     assert issubclass(mppool.TaskTimeoutError, TimeoutError)
 
@@ -88,8 +93,7 @@ def test_gated_workers_each_run_in_priority_order(
     log = str(tmp_path / "order.log")
     priorities = [i % 5 for i in range(40)]
     futs = [
-        pool.options(priority=p).submit(tasks.record, log, (p, i))
-        for i, p in enumerate(priorities)
+        pool.options(priority=p).submit(tasks.record, log, (p, i)) for i, p in enumerate(priorities)
     ]
     gate.post(2)
     for f in blockers + futs:
@@ -127,14 +131,18 @@ def test_lambdas_and_closures_run(pool: mppool.Pool) -> None:
     assert pool.submit(closure, 1).result(timeout=RESULT_TIMEOUT) == 18
     assert list(pool.map(lambda x: -x, range(5))) == [0, -1, -2, -3, -4]
     # A lambda as an argument needs cloudpickle too.
-    assert pool.submit(tasks.kwargs_echo, f=None).result(timeout=RESULT_TIMEOUT) == ((), {"f": None})
+    assert pool.submit(tasks.kwargs_echo, f=None).result(timeout=RESULT_TIMEOUT) == (
+        (),
+        {"f": None},
+    )
     apply = pool.submit(lambda f, x: f(x), lambda y: y + 1, 1)
     assert apply.result(timeout=RESULT_TIMEOUT) == 2
 
 
 def test_functions_and_classes_defined_in_main_work(tmp_path: Path) -> None:
     script = tmp_path / "main_script.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import dataclasses
         import mppool
 
@@ -150,9 +158,11 @@ def test_functions_and_classes_defined_in_main_work(tmp_path: Path) -> None:
             with mppool.Pool(2) as pool:
                 got = list(pool.map(norm1, [Point(-1, 2), Point(3, -4)]))
                 print([(p.x, p.y) for p in got], pool.submit(norm1, Point(-5, -5)).result(60).x)
-    """))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=RESULT_TIMEOUT)
+    """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=RESULT_TIMEOUT
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[(1, 2), (3, 4)] 5"
 
@@ -226,9 +236,9 @@ def test_map_timeout(pool: mppool.Pool) -> None:
 def test_run_in_executor(pool: mppool.Pool) -> None:
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        return list(await asyncio.gather(
-            *(loop.run_in_executor(pool, tasks.square, i) for i in range(20))
-        ))
+        return list(
+            await asyncio.gather(*(loop.run_in_executor(pool, tasks.square, i) for i in range(20)))
+        )
 
     assert asyncio.run(main()) == [i * i for i in range(20)]
 

@@ -27,8 +27,9 @@ _ids = iter(range(1, 10**9))
 def task(
     opts: s.TaskOptions | None = None, fn_id: int = 1, n_items: int = 0, not_before: float = 0.0
 ) -> s.Task:
-    return s.Task(next(_ids), fn_id, 0, opts or s.TaskOptions(), b"", n_items=n_items,
-                  not_before=not_before)
+    return s.Task(
+        next(_ids), fn_id, 0, opts or s.TaskOptions(), b"", n_items=n_items, not_before=not_before
+    )
 
 
 def make(workers: int = 1, aging: float = 0.0) -> tuple[s.Scheduler, FakeClock]:
@@ -200,7 +201,7 @@ def test_timeout_fires_only_after_start_and_kills() -> None:
     sched, clock = make()
     t = task(s.TaskOptions(timeout=2.0))
     sched.submit(t)
-    (sent,) = sched.assign(0)
+    assert sched.assign(0) == [t]
     clock.advance(5.0)  # queued/in-pipe time does not count
     assert sched.fire_timers() == []
     sched.started(0, t.id, t.attempt)
