@@ -107,11 +107,37 @@ class _Options:
         return _Options(**values)
 
 
+_CONDITION_LOCK = threading.Lock()
+
+
 class _PoolFuture(concurrent.futures.Future[Any]):
-    """A Future whose ``cancel()`` also removes the task from the pool's queue."""
+    """A Future whose ``cancel()`` also removes the task from the pool's queue.
+
+    Its ``threading.Condition`` is created on first use instead of in ``__init__``: a
+    condition with its lock and waiter deque is about half the memory of a queued task, and
+    most futures of a large batch are only touched once, when they are resolved. The base
+    class reads ``self._condition`` everywhere, so a property serves it.
+    """
 
     _core: _Core | None = None
     _task_id = 0
+
+    def __init__(self) -> None:  # deliberately not calling super().__init__ (see above)
+        self._state = "PENDING"
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond: threading.Condition | None = self.__dict__.get("_lazy_condition")
+        if cond is None:
+            with _CONDITION_LOCK:  # two threads must never create two conditions
+                cond = self.__dict__.get("_lazy_condition")
+                if cond is None:
+                    cond = self.__dict__["_lazy_condition"] = threading.Condition()
+        return cond
 
     def cancel(self) -> bool:
         cancelled = super().cancel()

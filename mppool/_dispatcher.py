@@ -748,7 +748,9 @@ def main(rfd: int, wfd: int) -> None:
         os.chdir(config.cwd)
     except OSError:
         pass
-    # cloudpickle is imported before forking so that each worker starts with it loaded.
+    # Imported before forking so that each worker starts with them loaded.
+    import ctypes  # noqa: F401  (the workers' parent-death signal)
+
     import cloudpickle  # noqa: F401
 
     from . import _worker  # noqa: F401

@@ -184,14 +184,14 @@ class MapIterator:
         core = self.core
         while self.outstanding < self.window and not self.exhausted:
             if self.planner.per_item is None and self.outstanding >= core.workers:
-                return  # unmeasured: one probe chunk per worker until a result comes back
+                break  # unmeasured: one probe chunk per worker until a result comes back
             remaining = None if self.total is None else max(0, self.total - self.read)
             size = self.planner.next_size(remaining)
             items = list(itertools.islice(self.source, size))
             if len(items) < size:
                 self.exhausted = True
             if not items:
-                return
+                break
             self.read += len(items)
             payload = dumps(items, f"an input item of map({self.fn_name})")
             task_id = next(core.ids)
@@ -212,6 +212,9 @@ class MapIterator:
             if self.ordered:
                 self.in_flight.append(chunk)
             self.outstanding += 1
+        # Write the chunks now, from this thread: waking the sender thread for it would cost a
+        # thread switch per refill, which on a busy machine is time taken from the workers.
+        core.flush()
 
     def _wait(self) -> _Chunk:
         timeout = None

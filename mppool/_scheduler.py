@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ._ratelimit import RateLimit, TokenBucket
+
 # --- tunables (module constants so tests can change them) ------------------------------------
 LOCAL_TARGET_SECONDS = 0.004  # estimated work a worker's deque is topped up to
 PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one worker's pipe
@@ -61,12 +63,14 @@ QUEUED: Final = "queued"
 LOCAL: Final = "local"
 SENT: Final = "sent"
 BACKOFF: Final = "retrying"
+RATE_LIMITED: Final = "rate-limited"
 DONE: Final = "done"
 CANCELLED: Final = "cancelled"
 
 # --- timer kinds ------------------------------------------------------------------------------
 _T_RELEASE = 0  # a delayed or backing-off task becomes runnable
 _T_TIMEOUT = 1  # a running task's timeout
+_T_BUCKET = 2  # a kind's token bucket has a token again
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,7 @@ class Task:
         "failures",
         "flags",
         "fn_id",
+        "has_token",
         "id",
         "key",
         "n_items",
@@ -146,6 +151,7 @@ class Task:
         self.started_at = 0.0
         self.not_before = not_before
         self.blamed_start = False
+        self.has_token = False
 
     @property
     def attempts(self) -> int:
@@ -196,6 +202,7 @@ class Scheduler:
         *,
         aging_rate: float = DEFAULT_AGING_RATE,
         rng: random.Random | None = None,
+        rate_limits: dict[str, RateLimit] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -212,7 +219,14 @@ class Scheduler:
         self.sent: list[deque[Task]] = [deque() for _ in range(workers)]
         self.sent_cost = [0.0] * workers
         self.up = [False] * workers
-        self._timers: list[tuple[float, int, int, Task, int]] = []
+        self._timers: list[tuple[float, int, int, Task | str, int]] = []
+        # Rate-limited kinds: tasks wait here, not in the heap, until their bucket has a token.
+        now = clock()
+        self._buckets = {k: TokenBucket(v, now) for k, v in (rate_limits or {}).items()}
+        self._limited: dict[str, list[tuple[float, int, Task]]] = {k: [] for k in self._buckets}
+        self._limited_live = 0
+        self._bucket_timer: dict[str, float] = {}
+        self.rate_limited_waits = 0
         self._delayed = 0
         self._per_item: dict[int, float] = {}
         # counters
@@ -255,11 +269,40 @@ class Scheduler:
             # First entry (or release from a delay): fix the aging key now. Re-entries after
             # a crash or a retry keep theirs, so they do not fall behind newer work.
             task.key = self.aging_rate * now - task.opts.priority
+        kind = task.opts.kind
+        if kind in self._buckets and not task.has_token:
+            task.state = RATE_LIMITED
+            task.worker = -1
+            heapq.heappush(self._limited[kind], (task.key, next(self._seq), task))
+            self._limited_live += 1
+            self._release_kind(kind, now)
+            return
         task.state = QUEUED
         task.worker = -1
         heapq.heappush(self._heap, (task.key, next(self._seq), task))
         self._heap_live += 1
         self._spill(task.key)
+
+    def _release_kind(self, kind: str, now: float) -> None:
+        """Move waiting tasks of a rate-limited kind to the heap while tokens last."""
+        waiting = self._limited[kind]
+        bucket = self._buckets[kind]
+        while waiting:
+            task = waiting[0][2]
+            if task.state != RATE_LIMITED:
+                heapq.heappop(waiting)  # cancelled meanwhile
+                continue
+            if not bucket.take(now):
+                self.rate_limited_waits += 1
+                at = bucket.next_token_at(now)
+                if self._bucket_timer.get(kind) != at:
+                    self._bucket_timer[kind] = at
+                    heapq.heappush(self._timers, (at, next(self._seq), _T_BUCKET, kind, 0))
+                return
+            heapq.heappop(waiting)
+            self._limited_live -= 1
+            task.has_token = True
+            self._enqueue(task, now)
 
     def _spill(self, key: float) -> None:
         """Move deque tasks that rank behind ``key`` back to the heap (keeps priority order)."""
@@ -288,6 +331,8 @@ class Scheduler:
             self._heap_live -= 1  # its heap entry is skipped when popped
         elif task.state in (DELAYED, BACKOFF):
             self._delayed -= 1  # its timer is skipped when it fires
+        elif task.state == RATE_LIMITED:
+            self._limited_live -= 1  # skipped when its kind's queue reaches it
         task.state = CANCELLED
         del self.tasks[task_id]
         return task
@@ -306,6 +351,10 @@ class Scheduler:
         self._heap_live = 0
         self._timers.clear()
         self._delayed = 0
+        for waiting in self._limited.values():
+            waiting.clear()
+        self._limited_live = 0
+        self._bucket_timer.clear()
         for w in range(self.workers):
             self.local[w].clear()
             self.local_cost[w] = 0.0
@@ -411,8 +460,8 @@ class Scheduler:
             task = dq[0]
             est = self.estimate(task)
             if sent:
-                if est is None:
-                    break
+                if est is None or task.opts.priority != sent[-1].opts.priority:
+                    break  # unknown cost, or another priority level: not behind this batch
                 tiny = self.sent_cost[w] + est <= PIPE_WINDOW_SECONDS
                 # One medium task may wait behind a running task of known, short duration, so
                 # the worker finds it as soon as it is done instead of after a round trip.
@@ -427,6 +476,7 @@ class Scheduler:
             task.cost = UNKNOWN_COST if est is None else est
             task.state = SENT
             task.worker = w
+            task.has_token = False  # spent: a retry or requeue needs a new one
             task.blamed_start = False
             sent.append(task)
             self.sent_cost[w] += task.cost
@@ -546,8 +596,8 @@ class Scheduler:
         """Clock time of the earliest pending timer, or ``None``."""
         timers = self._timers
         while timers:
-            at, _, kind, task, attempt = timers[0]
-            if self._timer_live(kind, task, attempt):
+            at, _, kind, obj, attempt = timers[0]
+            if isinstance(obj, str) or self._timer_live(kind, obj, attempt):
                 return at
             heapq.heappop(timers)
         return None
@@ -566,7 +616,12 @@ class Scheduler:
         timers = self._timers
         out: list[Timeout] = []
         while timers and timers[0][0] <= now:
-            _, _, kind, task, attempt = heapq.heappop(timers)
+            _, _, kind, obj, attempt = heapq.heappop(timers)
+            if isinstance(obj, str):  # a kind's bucket has a token again
+                self._bucket_timer.pop(obj, None)
+                self._release_kind(obj, now)
+                continue
+            task = obj
             if not self._timer_live(kind, task, attempt):
                 continue
             if kind == _T_RELEASE:
@@ -583,7 +638,9 @@ class Scheduler:
     @property
     def queued(self) -> int:
         """Tasks waiting to be sent to a worker (heap, deques, delays and backoffs)."""
-        return self._heap_live + sum(len(d) for d in self.local) + self._delayed
+        return (
+            self._heap_live + sum(len(d) for d in self.local) + self._delayed + self._limited_live
+        )
 
     @property
     def in_pipes(self) -> int:

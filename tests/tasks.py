@@ -60,10 +60,11 @@ def gated(started: str, gate: str, value: Any = None, timeout: float = 30.0) -> 
     return os.getpid() if value is None else value
 
 
-def record(path: str, label: Any) -> Any:
-    """Append ``label`` and this pid to a file (order of execution, across processes)."""
+def record(path: str, label: Any, work: float = 0.0) -> Any:
+    """Append ``label`` and this pid to a file (order of execution), then spin ``work`` s."""
     with open(path, "a") as f:
         f.write(f"{os.getpid()} {label}\n")
+    spin(work)
     return label
 
 

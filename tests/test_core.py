@@ -17,7 +17,7 @@ import mppool
 from mppool import _map
 
 from . import tasks
-from .conftest import Fifo, PoolTracker, worker_pids
+from .conftest import Fifo, PoolTracker, wait_until, worker_pids
 
 RESULT_TIMEOUT = 60
 
@@ -73,6 +73,7 @@ def test_gated_single_worker_runs_queue_in_priority_order_fifo_within(
         pool.options(priority=p).submit(tasks.record, log, f"{p}:{i}")
         for i, p in enumerate(priorities)
     ]
+    assert pool.stats().queued == len(priorities)
     gate.post(1)
     blocker.result(timeout=RESULT_TIMEOUT)
     for f in futs:
@@ -92,9 +93,16 @@ def test_gated_workers_each_run_in_priority_order(
     started.take(2)  # both workers are held
     log = str(tmp_path / "order.log")
     priorities = [i % 5 for i in range(40)]
+    # Tasks of 3 ms: longer than the pipe window, so none is batched behind another. (Tiny
+    # tasks of one priority level are batched up to 1 ms of work per pipe; such a batch may
+    # still be running while a peer starts the next level: a bounded, documented inversion.)
     futs = [
-        pool.options(priority=p).submit(tasks.record, log, (p, i)) for i, p in enumerate(priorities)
+        pool.options(priority=p).submit(tasks.record, log, (p, i), 0.003)
+        for i, p in enumerate(priorities)
     ]
+    # Every submission has reached the dispatcher (stats travels the same ordered pipe)
+    # before the gate opens; otherwise late arrivals would legitimately run late.
+    assert pool.stats().queued == 40
     gate.post(2)
     for f in blockers + futs:
         f.result(timeout=RESULT_TIMEOUT)
@@ -107,7 +115,7 @@ def test_gated_workers_each_run_in_priority_order(
     # starts a task while a more urgent one is still queued for it.
     for seq in per_pid.values():
         prios = [p for p, _ in seq]
-        assert prios == sorted(prios, reverse=True), seq
+        assert prios == sorted(prios, reverse=True), repr(per_pid)
 
 
 def test_skewed_work_is_stolen_from_a_busy_worker(make_pool: PoolTracker) -> None:
@@ -214,7 +222,8 @@ def test_map_over_an_endless_generator_is_lazy_and_bounded(pool: mppool.Pool) ->
             pulled += 1
             yield i
 
-    bound = _map.WINDOW_PER_WORKER * pool.workers * _map.MAX_CHUNK_ITEMS
+    # At most a window of chunks in flight, plus the chunk whose results are being yielded.
+    bound = (_map.WINDOW_PER_WORKER * pool.workers + 1) * _map.MAX_CHUNK_ITEMS
     it = pool.map(tasks.square, endless())
     first = [next(it) for _ in range(100)]
     assert first == [i * i for i in range(100)]
@@ -261,6 +270,8 @@ def test_stats_snapshot(pool: mppool.Pool) -> None:
     futs = [pool.submit(tasks.square, i) for i in range(50)]
     for f in futs:
         f.result(timeout=RESULT_TIMEOUT)
+    # A worker that got no task may still be starting on a loaded machine: wait for it.
+    assert wait_until(lambda: all(w.state == "idle" for w in pool.stats().workers))
     stats = pool.stats()
     assert isinstance(stats, mppool.PoolStats)
     assert stats.submitted == 60 and stats.completed == 60
