@@ -27,8 +27,10 @@ from ._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from ._ratelimit import RateLimit
 from ._retry import RetryPolicy
-from ._stats import PoolStats, WorkerStats
+from ._schedule import Run, Schedule
+from ._stats import PoolStats, TaskInfo, WorkerStats
 
 __version__ = "0.1.0"
 
@@ -41,10 +43,14 @@ __all__ = [
     "PoolStats",
     "PoolView",
     "QueueFullError",
+    "RateLimit",
     "RemoteTraceback",
     "RetryPolicy",
+    "Run",
+    "Schedule",
     "SerializationError",
     "TaskAbortedError",
+    "TaskInfo",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerStats",

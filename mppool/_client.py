@@ -16,22 +16,28 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import datetime
+import functools
 import itertools
 import os
 import pickle
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _messages as m
 from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from ._ratelimit import RateLimit
+from ._recurring import validate_cron
 from ._retry import RetryPolicy
+from ._schedule import Schedule
 from ._scheduler import DEFAULT_AGING_RATE
 from ._serial import FunctionRegistry, decode_error, decode_value, dumps
-from ._stats import PoolStats
+from ._stats import PoolStats, TaskInfo
 
 T = TypeVar("T")
 
@@ -52,7 +58,17 @@ _UNSET: Any = object()
 class _Options:
     """A set of per-task options; interned per pool and sent to the dispatcher once."""
 
-    __slots__ = ("_ids", "crash_retries", "delay", "key", "kind", "priority", "retry", "timeout")
+    __slots__ = (
+        "_ids",
+        "at",
+        "crash_retries",
+        "delay",
+        "key",
+        "kind",
+        "priority",
+        "retry",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -61,8 +77,9 @@ class _Options:
         retry: RetryPolicy,
         crash_retries: int,
         kind: str,
-        key: str | None,
+        key: str | Callable[..., Any] | None,
         delay: float | None,
+        at: float | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
@@ -70,6 +87,10 @@ class _Options:
             raise ValueError("crash_retries must be >= 0")
         if delay is not None and delay < 0:
             raise ValueError("delay must be >= 0")
+        if delay is not None and at is not None:
+            raise ValueError("give delay or at, not both")
+        if key is not None and not (isinstance(key, str) or callable(key)):
+            raise TypeError("key must be a string, a callable (for map) or None")
         self.priority = float(priority)
         self.timeout = timeout
         self.retry = retry
@@ -77,6 +98,7 @@ class _Options:
         self.kind = kind
         self.key = key
         self.delay = delay
+        self.at = at
         self._ids: dict[int, int] = {}
 
     def message(self, opts_id: int) -> tuple[Any, ...]:
@@ -99,7 +121,16 @@ class _Options:
             self.kind,
             retry_on,
             retry_timeouts,
+            self.key if isinstance(self.key, str) else "",
         )
+
+    def not_before(self) -> float:
+        """Dispatcher-clock time before which the task must not run (0.0: now)."""
+        if self.delay:
+            return time.monotonic() + self.delay
+        if self.at is not None:
+            return time.monotonic() + (self.at - time.time())
+        return 0.0
 
     def replace(self, **changes: Any) -> _Options:
         values = {name: getattr(self, name) for name in self.__slots__ if name != "_ids"}
@@ -139,6 +170,11 @@ class _PoolFuture(concurrent.futures.Future[Any]):
                     cond = self.__dict__["_lazy_condition"] = threading.Condition()
         return cond
 
+    @property
+    def task_id(self) -> int:
+        """The pool's id for this task (as in ``Pool.tasks()``)."""
+        return self._task_id
+
     def cancel(self) -> bool:
         cancelled = super().cancel()
         if cancelled:
@@ -147,7 +183,7 @@ class _PoolFuture(concurrent.futures.Future[Any]):
             self.set_running_or_notify_cancel()
             core = self._core
             if core is not None:
-                core.cancel_task(self._task_id)
+                core.cancel_task(self._task_id, kill=False)
         return cancelled
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
@@ -177,6 +213,7 @@ class _Core:
         workers: int,
         defaults: _Options,
         *,
+        rate_limits: dict[str, tuple[float, float, int]],
         max_queue: int,
         max_tasks_per_child: int,
         max_memory_per_child: int,
@@ -199,6 +236,10 @@ class _Core:
         self.opts_ids = itertools.count(1)
         self.functions = FunctionRegistry()
         self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
+        self.keys: dict[str, _PoolFuture] = {}  # dedup: key -> the unfinished task holding it
+        self.deduplicated = 0
+        self.list_waiters: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
+        self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.pids: list[int] = []
@@ -238,6 +279,7 @@ class _Core:
             max_memory_per_child,
             aging_rate,
             defaults.crash_retries,
+            rate_limits,
         )
         self.pending.append(tuple(config))
         self.register_options(defaults)
@@ -246,7 +288,9 @@ class _Core:
         self.reader.start()
         self.sender.start()
         self.wake.set()
-        if not self.ready.wait(START_TIMEOUT) or self.state == _BROKEN:
+        # Broken after D_READY (pids known) is a failed initializer: the pool exists and
+        # reports it through its futures. Broken before it: the dispatcher never started.
+        if not self.ready.wait(START_TIMEOUT) or (self.state == _BROKEN and not self.pids):
             self.kill()
             reason = self.broken_reason
             raise BrokenPoolError("the dispatcher process did not start") from reason
@@ -289,12 +333,18 @@ class _Core:
         key = id(self)
         opts_id = opts._ids.get(key)
         if opts_id is None:
+            message = opts.message(next(self.opts_ids))
+            count = 0
             with self.lock:
                 opts_id = opts._ids.get(key)
                 if opts_id is None:
-                    opts_id = next(self.opts_ids)
-                    self.pending.append(opts.message(opts_id))
-                    opts._ids[key] = opts_id
+                    # Queued under the lock before the id is published, so no task using
+                    # this id can reach the dispatcher ahead of its options.
+                    self.pending.append(message)
+                    count = len(self.pending)
+                    opts_id = opts._ids[key] = message[1]
+            if count == 1:
+                self.wake.set()  # same rule as send(): whoever makes the batch non-empty wakes
         return opts_id
 
     def function_id(self, fn: Callable[..., Any]) -> int:
@@ -328,8 +378,19 @@ class _Core:
         opts: _Options,
         block: bool = True,
         timeout: float | None = None,
+        key: str | None = None,
     ) -> _PoolFuture:
         self.check_open()
+        if key is None:
+            if callable(opts.key):
+                raise TypeError("a callable key is for map(); submit() needs a string key")
+            key = opts.key
+        if isinstance(key, str):
+            with self.lock:
+                holder = self.keys.get(key)
+                if holder is not None and not holder.done():
+                    self.deduplicated += 1
+                    return holder  # a task with this key is queued or running: share it
         fn_id = self.function_id(fn)
         opts_id = self.register_options(opts)
         payload = dumps(
@@ -342,10 +403,17 @@ class _Core:
         fut._task_id = task_id
         if self.slots is not None:
             fut.add_done_callback(self._release_on_done)
+        if isinstance(key, str):
+            with self.lock:
+                holder = self.keys.get(key)
+                if holder is not None and not holder.done():  # another thread won the race
+                    self.deduplicated += 1
+                    self.release_slot()
+                    return holder
+                self.keys[key] = fut
+            fut.add_done_callback(functools.partial(self._free_key, key))
         self.entries[task_id] = fut
-        not_before = 0.0
-        if opts.delay:
-            not_before = self.dispatcher_time() + opts.delay
+        not_before = opts.not_before()
         self.send((m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload))
         if self.state == _BROKEN and self.entries.pop(task_id, None) is fut:
             fut.set_exception(BrokenPoolError("the pool is broken"))
@@ -354,30 +422,68 @@ class _Core:
     def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
         self.release_slot()
 
-    def dispatcher_time(self) -> float:
-        import time
+    def _free_key(self, key: str, fut: concurrent.futures.Future[Any]) -> None:
+        # The key is free again once its task is finished: a later submit runs anew.
+        with self.lock:
+            if self.keys.get(key) is fut:
+                del self.keys[key]
 
-        return time.monotonic()  # same clock as the dispatcher (CLOCK_MONOTONIC, system-wide)
-
-    def cancel_task(self, task_id: int) -> None:
+    def cancel_task(self, task_id: int, kill: bool) -> None:
         if self.state in (_RUNNING, _CLOSING):
-            self.send((m.C_CANCEL, task_id))
+            self.send((m.C_CANCEL, task_id, kill))
+
+    def request(self, msg: tuple[Any, ...], waiters: dict[int, Any], request_id: int) -> Any:
+        """Send a request and wait for the dispatcher's reply to it."""
+        if self.state == _CLOSED:
+            raise PoolClosedError("the pool is shut down")
+        if self.state == _BROKEN:
+            raise BrokenPoolError("the pool is broken") from self.broken_reason
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        waiters[request_id] = waiter
+        self.send(msg)
+        try:
+            return waiter.result(STATS_TIMEOUT)
+        finally:
+            waiters.pop(request_id, None)
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        interval: float,
+        cron: str,
+        description: str,
+    ) -> Any:
+        from ._schedule import Schedule
+
+        self.check_open()
+        fn_id = self.function_id(fn)
+        opts_id = self.register_options(opts)
+        payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
+        schedule_id = next(self.ids)
+        handle = Schedule(self, schedule_id, description)
+        self.schedules[schedule_id] = handle
+        self.send((m.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
+        return handle
+
+    def unschedule(self, schedule_id: int) -> None:
+        self.schedules.pop(schedule_id, None)
+        if self.state in (_RUNNING, _CLOSING):
+            self.send((m.C_UNSCHEDULE, schedule_id))
+
+    def list_tasks(self, task_id: int = 0) -> list[dict[str, Any]]:
+        request_id = next(self.ids)
+        rows: list[dict[str, Any]] = self.request(
+            (m.C_LIST, request_id, task_id), self.list_waiters, request_id
+        )
+        return rows
 
     def stats(self) -> PoolStats:
-        if self.state in (_CLOSED, _BROKEN):
-            raise (
-                PoolClosedError("the pool is shut down")
-                if self.state == _CLOSED
-                else (BrokenPoolError("the pool is broken"))
-            )
-        waiter: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         request_id = next(self.ids)
-        self.stats_waiters[request_id] = waiter
-        self.send((m.C_STATS, request_id))
-        try:
-            snap = waiter.result(STATS_TIMEOUT)
-        finally:
-            self.stats_waiters.pop(request_id, None)
+        snap = self.request((m.C_STATS, request_id), self.stats_waiters, request_id)
+        snap["deduplicated"] = self.deduplicated
         return PoolStats.from_snapshot(snap)
 
     # --- receiving -----------------------------------------------------------------------------
@@ -407,6 +513,14 @@ class _Core:
                         waiter = self.stats_waiters.get(msg[1])
                         if waiter is not None:
                             waiter.set_result(msg[2])
+                    elif tag == m.D_LIST:
+                        list_waiter = self.list_waiters.get(msg[1])
+                        if list_waiter is not None:
+                            list_waiter.set_result(msg[2])
+                    elif tag == m.D_FIRED:
+                        handle = self.schedules.get(msg[1])
+                        if handle is not None:
+                            entries[msg[2]] = handle._fired(msg[2], msg[3], msg[4])
                     elif tag == m.D_READY:
                         self.pids = list(msg[1])
                         self.ready.set()
@@ -424,16 +538,25 @@ class _Core:
     def _go_broken(self, reason: BaseException) -> None:
         if self.state == _CLOSED:
             return
-        self.state = _BROKEN
-        self.broken_reason = reason
+        if self.state != _BROKEN:  # keep the first reason (the initializer's error)
+            self.state = _BROKEN
+            self.broken_reason = reason
         self.ready.set()
+        # Futures failed here rather than by the dispatcher (the broken notice overtook their
+        # submission) keep the worker's traceback as their cause all the same.
+        first = self.broken_reason
+        cause = first.__cause__ if first is not None else None
+        tb = cause.tb if isinstance(cause, RemoteTraceback) else None
+        payload = pickle.dumps((str(first if first is not None else reason), tb))
         for task_id in list(self.entries):
             entry = self.entries.pop(task_id, None)
             if entry is not None:
-                entry._mppool_resolve(m.BROKEN, 0, 0.0, pickle.dumps((str(reason), None)))
-        for waiter in list(self.stats_waiters.values()):
-            if not waiter.done():
-                waiter.set_exception(BrokenPoolError(str(reason)))
+                entry._mppool_resolve(m.BROKEN, 0, 0.0, payload)
+        all_waiters: tuple[dict[int, Any], ...] = (self.stats_waiters, self.list_waiters)
+        for waiters in all_waiters:
+            for waiter in list(waiters.values()):
+                if not waiter.done():
+                    waiter.set_exception(BrokenPoolError(str(reason)))
 
     def _cleanup(self) -> None:
         """Runs on the reader thread as it ends: stop the sender, reap the dispatcher."""
@@ -462,7 +585,9 @@ class _Core:
             first = self.state == _RUNNING
             if first:
                 self.state = _CLOSING
-        if first or (timeout is not None and self.state == _CLOSING):
+        # A broken pool's dispatcher may still be alive (failed initializer): ask it to end.
+        broken_alive = self.state == _BROKEN and self.reader.is_alive()
+        if first or broken_alive or (timeout is not None and self.state == _CLOSING):
             deadline = -1.0 if timeout is None else max(0.0, float(timeout))
             self.send((m.C_SHUTDOWN, bool(cancel_futures), deadline))
             self.flush()
@@ -582,8 +707,10 @@ class _Submitter:
             An iterator of results. A task's exception is raised when its position is reached;
             iteration stops there and unfinished chunks are cancelled.
         """
-        from ._map import MapIterator
+        from ._map import MapIterator, keyed_results
 
+        if callable(self._opts.key):
+            return keyed_results(self._core, fn, iterables, self._opts, True, timeout)
         return MapIterator(
             self._core, fn, iterables, self._opts, True, chunksize, timeout
         ).results()
@@ -596,8 +723,10 @@ class _Submitter:
         chunksize: int | None = None,
     ) -> Iterator[T]:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
-        from ._map import MapIterator
+        from ._map import MapIterator, keyed_results
 
+        if callable(self._opts.key):
+            return keyed_results(self._core, fn, iterables, self._opts, False, timeout)
         return MapIterator(
             self._core, fn, iterables, self._opts, False, chunksize, timeout
         ).results()
@@ -610,8 +739,9 @@ class _Submitter:
         retries: int | RetryPolicy | None = _UNSET,
         crash_retries: int = _UNSET,
         kind: str = _UNSET,
-        key: str | None = _UNSET,
+        key: str | Callable[..., Any] | None = _UNSET,
         delay: float | None = _UNSET,
+        at: float | datetime.datetime | None = _UNSET,
     ) -> PoolView:
         """A view of this pool whose tasks carry other options; it has the same methods.
 
@@ -622,9 +752,14 @@ class _Submitter:
             retries: a number of retries with the default backoff, or a ``RetryPolicy``.
             crash_retries: how many times the task may kill its worker and be retried before
                 it fails with ``WorkerCrashedError``.
-            kind: a label (for rate limits and stats).
-            key: a label for deduplication.
+            kind: a label: tasks of a kind share its rate limit (``Pool(rate_limits=...)``).
+            key: deduplication: while a task with this key is queued or running, submitting
+                another with the same key returns the existing future instead of running it
+                again; once it has finished the key is free. For ``map``, a callable that gives
+                each item's key (items with a key already in flight share its result).
             delay: seconds to wait before the task becomes runnable.
+            at: a wall-clock time (``time.time()`` seconds or a ``datetime``) before which
+                the task does not run.
 
         Returns:
             A :class:`PoolView`.
@@ -651,6 +786,12 @@ class _Submitter:
             changes["key"] = key
         if delay is not _UNSET:
             changes["delay"] = delay
+            changes["at"] = None
+        if at is not _UNSET:
+            if isinstance(at, datetime.datetime):
+                at = at.timestamp()
+            changes["at"] = at
+            changes["delay"] = None
         return PoolView(self._core, self._opts.replace(**changes))
 
 
@@ -680,6 +821,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
         initializer: called with ``initargs`` in each worker when it starts.
         initargs: arguments for ``initializer``.
         aging_rate: priority levels a queued task gains per second of waiting.
+        rate_limits: per-kind limits on task starts, e.g. ``{"hash": "200/s", "io": "10/m"}``
+            or ``mppool.RateLimit(...)`` values; tasks opt in with ``options(kind=...)``.
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -699,6 +842,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         initializer: Callable[..., Any] | None = None,
         initargs: Iterable[Any] = (),
         aging_rate: float = DEFAULT_AGING_RATE,
+        rate_limits: dict[str, str | RateLimit] | None = None,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -714,6 +858,10 @@ class Pool(_Submitter, concurrent.futures.Executor):
             raise ValueError("aging_rate must be >= 0")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError("retry must be a mppool.RetryPolicy")
+        limits = {
+            str(kind): (lim.rate, lim.per, lim.burst)
+            for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())
+        }
         self._workers = workers
         self._opts = _Options(
             0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
@@ -721,6 +869,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         self._core = _Core(
             workers,
             self._opts,
+            rate_limits=limits,
             max_queue=max_queue,
             max_tasks_per_child=max_tasks_per_child or 0,
             max_memory_per_child=max_memory_per_child or 0,
@@ -748,6 +897,75 @@ class Pool(_Submitter, concurrent.futures.Executor):
             PoolClosedError: after the pool has finished shutting down.
         """
         return self._core.stats()
+
+    def cancel(self, future: concurrent.futures.Future[Any], *, kill: bool = False) -> bool:
+        """Cancel a task of this pool.
+
+        Args:
+            future: a future returned by this pool.
+            kill: if the task is already running, kill (and replace) its worker. Without it,
+                a running task finishes in the background and its result is discarded.
+
+        Returns:
+            False if the task had already finished, True otherwise (the future is cancelled).
+        """
+        if not isinstance(future, _PoolFuture) or future._core is not self._core:
+            raise ValueError("not a future of this pool")
+        if future.done():
+            return False
+        if concurrent.futures.Future.cancel(future):
+            future.set_running_or_notify_cancel()
+        self._core.cancel_task(future.task_id, kill=kill)
+        return True
+
+    def tasks(self) -> list[TaskInfo]:
+        """Live tasks (queued, delayed, running, retrying) and the most recent finished ones."""
+        return [TaskInfo(**row) for row in self._core.list_tasks()]
+
+    def task(self, task_id: int) -> TaskInfo:
+        """One task by id (``future.task_id``).
+
+        Raises:
+            KeyError: if the pool does not know it (never seen, or out of the history).
+        """
+        rows = self._core.list_tasks(task_id)
+        if not rows:
+            raise KeyError(task_id)
+        return TaskInfo(**rows[0])
+
+    def schedule_every(
+        self, interval: float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` every ``interval`` seconds until cancelled.
+
+        The first run is ``interval`` seconds from now. Runs never overlap: a firing while
+        the previous run is still queued or running is skipped (``handle.skipped``).
+
+        Returns:
+            A :class:`Schedule` handle: ``cancel()``, ``next_run``, ``history()``.
+        """
+        if not interval > 0:
+            raise ValueError("interval must be > 0 seconds")
+        return self._core.schedule(  # type: ignore[no-any-return]
+            fn, args, kwargs, self._opts, float(interval), "", f"every {interval:g} s"
+        )
+
+    def schedule_cron(
+        self, expression: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Schedule:
+        """Run ``fn(*args, **kwargs)`` at the times of a cron expression (local time).
+
+        Args:
+            expression: e.g. ``"*/5 * * * *"`` (every five minutes); parsed by croniter,
+                which also accepts a sixth field for seconds.
+
+        Raises:
+            ValueError: if the expression is not valid.
+        """
+        validate_cron(expression)
+        return self._core.schedule(  # type: ignore[no-any-return]
+            fn, args, kwargs, self._opts, 0.0, expression, f"cron {expression!r}"
+        )
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None

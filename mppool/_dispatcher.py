@@ -19,6 +19,7 @@ and processes. Payloads are never unpickled here.
 
 from __future__ import annotations
 
+import faulthandler
 import fcntl
 import os
 import pickle
@@ -31,6 +32,9 @@ from typing import Any
 
 from . import _messages as m
 from . import _scheduler as s
+from ._ratelimit import RateLimit
+from ._recurring import Recurring
+from ._tasklist import TaskTable
 
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
 EXIT_GRACE_SECONDS = 2.0  # a worker told to leave is killed if it has not left by then
@@ -135,7 +139,13 @@ class Dispatcher:
         self.client_frames = frames if frames is not None else m.FrameBuffer()
         self.client_out = _Outbox(wfd)
         self.config = config
-        self.sched = s.Scheduler(config.workers, self.clock, aging_rate=config.aging_rate)
+        limits = {k: RateLimit(*v) for k, v in config.rate_limits.items()}
+        self.sched = s.Scheduler(
+            config.workers, self.clock, aging_rate=config.aging_rate, rate_limits=limits
+        )
+        self.table = TaskTable()
+        self.schedules: dict[int, Recurring] = {}
+        self.fired_ids = -1  # runs of schedules get negative ids: the client's are positive
         self.selector = selectors.DefaultSelector()
         self.functions: dict[int, bytes] = {}
         self.options: dict[int, s.TaskOptions] = {}
@@ -301,6 +311,7 @@ class Dispatcher:
                 self.counters["crashed"] += 1
                 if isinstance(outcome, s.Fail):
                     self.counters["failed"] += 1
+                    self.table.finished(culprit, "failed", self.clock(), 0.0, pid)
                     self.results.append(
                         (
                             m.D_RESULT,
@@ -358,6 +369,7 @@ class Dispatcher:
                 if status == m.OK:
                     task = sched.complete(idx, task_id, attempt, duration)
                     if task is not None:
+                        self.table.finished(task, "done", self.clock(), duration, w.pid)
                         results.append(
                             (m.D_RESULT, task_id, m.OK, task.failures + 1, duration, payload)
                         )
@@ -370,6 +382,7 @@ class Dispatcher:
                     self.counters["retried"] += 1
                     continue
                 self.counters["failed"] += 1
+                self.table.finished(outcome.task, "failed", self.clock(), duration, w.pid)
                 if status == m.ERROR_RETRYABLE:
                     status = m.ERROR
                 results.append(
@@ -431,21 +444,37 @@ class Dispatcher:
                     crash_retries=o.crash_retries,
                     kind=o.kind,
                     retry_timeouts=o.retry_timeouts,
+                    key=o.key,
                 )
                 if o.retry_on is not None:
                     self.retry_on[o.opts_id] = o.retry_on
             elif tag == m.C_CANCEL:
                 removed = sched.cancel(msg[1])
+                if removed is None and msg[2]:
+                    removed = self._kill_running(msg[1])
                 if removed is not None:
+                    self.table.finished(removed, "cancelled", self.clock())
                     self.counters["cancelled"] += 1
                     self.results.append(
                         (m.D_RESULT, removed.id, m.CANCELLED, removed.attempts, 0.0, b"")
                     )
+            elif tag == m.C_LIST:
+                pids = [w.pid for w in self.workers]
+                rows = self.table.listing(sched, pids, self.clock(), msg[2])
+                self.results.append((m.D_LIST, msg[1], rows))
+            elif tag == m.C_SCHEDULE:
+                _, sid, fn_id, opts_id, interval, cron, payload = msg
+                rec = Recurring(sid, fn_id, opts_id, payload, interval=interval, cron=cron)
+                rec.first(self.clock(), time.time())
+                self.schedules[sid] = rec
+            elif tag == m.C_UNSCHEDULE:
+                self.schedules.pop(msg[1], None)
             elif tag == m.C_STATS:
                 self.results.append((m.D_STATS, msg[1], self.snapshot()))
             elif tag == m.C_SHUTDOWN:
                 _, cancel_queued, deadline = msg
                 self.closing = True
+                self.schedules.clear()  # a closing pool starts no new runs
                 if cancel_queued:
                     for task in sched.drop_queued():
                         self.counters["cancelled"] += 1
@@ -454,6 +483,52 @@ class Dispatcher:
                         )
                 if deadline >= 0:
                     self.kill_at = self.clock() + deadline
+
+    def _kill_running(self, task_id: int) -> s.Task | None:
+        """Cancel a task that is in a worker's pipe: kill the worker if it is running it.
+
+        A task waiting in the pipe behind another is not interrupted; it is dropped from
+        the scheduler so its result is discarded when it comes.
+        """
+        task = self.sched.tasks.get(task_id)
+        if task is None or task.state != s.SENT:
+            return None
+        w = self.workers[task.worker]
+        running = self.sched.sent[w.index][0] is task
+        self.sched._take_sent(w.index, task.id, task.attempt)
+        task.state = s.CANCELLED
+        del self.sched.tasks[task.id]
+        if running:
+            self.kill(w, "cancel")
+        return task
+
+    def _fire_schedules(self) -> None:
+        now = self.clock()
+        wall = time.time()
+        for rec in list(self.schedules.values()):
+            if rec.next_at > now:
+                continue
+            rec.advance(now, wall)
+            if rec.running and rec.running in self.sched.tasks:
+                rec.skipped += 1  # the previous run is still going: never two at once
+                continue
+            task_id = self.fired_ids
+            self.fired_ids -= 1
+            rec.running = task_id
+            rec.runs += 1
+            opts = self.options[rec.opts_id]
+            flags = m.FLAG_TIMED if opts.timeout > 0 else 0
+            task = s.Task(task_id, rec.fn_id, rec.opts_id, opts, rec.payload, flags=flags)
+            self.results.append(
+                (m.D_FIRED, rec.schedule_id, task_id, rec.next_wall(now), rec.skipped)
+            )
+            self.counters["submitted"] += 1
+            self.sched.submit(task)
+
+    def _next_schedule(self) -> float | None:
+        if not self.schedules:
+            return None
+        return min(rec.next_at for rec in self.schedules.values())
 
     # --- stats ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -486,6 +561,7 @@ class Dispatcher:
             running=sched.in_pipes,
             steals=sched.steals,
             stolen_tasks=sched.stolen_tasks,
+            rate_limited_waits=sched.rate_limited_waits,
             workers=workers,
         )
         return snap
@@ -497,7 +573,8 @@ class Dispatcher:
         for w in self.workers:
             if not w.ready or w.kill_reason or w.draining:
                 continue
-            tasks = sched.assign(w.index)
+            # Never send a worker more tasks than it may still run (max_tasks_per_child).
+            tasks = sched.assign(w.index, limit - w.sent_total if limit else s.MAX_IN_PIPE)
             if not tasks:
                 continue
             msgs: list[tuple[Any, ...]] = []
@@ -595,10 +672,15 @@ class Dispatcher:
             self.spawn(w)
             pids.append(w.pid)
         self.results.append((m.D_READY, pids, self.clock()))
+        # Report ready now, not after the first event: a worker's initializer may take long.
+        self._flush_results()
         select = self.selector.select
         while True:
             timeout: float | None = None
             at = sched.next_timer()
+            rec_at = self._next_schedule()
+            if rec_at is not None and (at is None or rec_at < at):
+                at = rec_at
             if at is not None:
                 timeout = max(0.0, at - self.clock())
             if self.kill_at is not None:
@@ -622,6 +704,8 @@ class Dispatcher:
                 return
             for timeout_event in sched.fire_timers():
                 self._on_timeout(timeout_event)
+            if self.schedules and self.broken is None:
+                self._fire_schedules()
             if self.kill_at is not None and self.clock() >= self.kill_at:
                 self._kill_at_deadline()
             if self.broken is None:
@@ -643,6 +727,7 @@ class Dispatcher:
         if isinstance(outcome, s.Fail):
             self.counters["failed"] += 1
             task = outcome.task
+            self.table.finished(task, "failed", self.clock(), task.opts.timeout, w.pid)
             self.results.append(
                 (
                     m.D_RESULT,
@@ -738,6 +823,8 @@ class Dispatcher:
 def main(rfd: int, wfd: int) -> None:
     """Entry point of the dispatcher process (see ``mppool._client``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the user process
+    # `kill -USR1 <dispatcher pid>` prints where the loop is, for diagnosing a stuck pool.
+    faulthandler.register(signal.SIGUSR1, all_threads=False)
     reader = m.BlockingReader(rfd)
     first = reader.read()
     if not first or first[0][0] != m.C_CONFIG:

@@ -257,9 +257,70 @@ class MapIterator:
         self.finished = True
         core = self.core
         for task_id in [c.task_id for c in self.in_flight] if self.ordered else []:
-            core.cancel_task(task_id)
+            core.cancel_task(task_id, kill=False)
         if not self.ordered:
             for task_id, entry in list(core.entries.items()):
                 if isinstance(entry, _Chunk) and entry.owner is self:
-                    core.cancel_task(task_id)
+                    core.cancel_task(task_id, kill=False)
         self.in_flight.clear()
+
+
+def keyed_results(
+    core: _Core,
+    fn: Callable[..., Any],
+    iterables: tuple[Iterable[Any], ...],
+    opts: _Options,
+    ordered: bool,
+    timeout: float | None,
+) -> Iterator[Any]:
+    """``map`` with ``options(key=callable)``: one task per item, deduplicated by its key.
+
+    Items whose key is already queued or running (from this map or any ``submit``) share
+    that task's result instead of running again. Items are not chunked (a shared result
+    belongs to one item), but the window of unconsumed items stays bounded.
+    """
+    import concurrent.futures
+
+    keyfn = opts.key
+    assert callable(keyfn)
+    star = len(iterables) > 1
+    source: Iterator[Any] = zip(*iterables, strict=False) if star else iter(iterables[0])
+    window = WINDOW_PER_WORKER * core.workers
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending: deque[concurrent.futures.Future[Any]] = deque()
+    exhausted = False
+
+    def refill() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) < window:
+            try:
+                item = next(source)
+            except StopIteration:
+                exhausted = True
+                return
+            args = tuple(item) if star else (item,)
+            key = str(keyfn(*args))
+            pending.append(core.submit(fn, args, {}, opts, key=key))
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    try:
+        refill()
+        while pending:
+            if ordered:
+                fut = pending.popleft()
+            else:
+                done, _ = concurrent.futures.wait(
+                    pending, timeout=left(), return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                if not done:
+                    raise TimeoutError("imap_unordered() did not finish within its timeout")
+                fut = next(f for f in pending if f in done)
+                pending.remove(fut)
+            value = fut.result(timeout=left())
+            refill()
+            yield value
+    finally:
+        for fut in pending:
+            fut.cancel()

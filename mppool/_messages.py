@@ -32,12 +32,17 @@ C_SUBMIT = 4
 C_CANCEL = 5
 C_STATS = 6
 C_SHUTDOWN = 7
+C_LIST = 8
+C_SCHEDULE = 9
+C_UNSCHEDULE = 10
 # dispatcher -> client
 D_READY = 20
 D_RESULT = 21
 D_STATS = 22
 D_BROKEN = 23
 D_BYE = 24
+D_LIST = 25
+D_FIRED = 26
 # dispatcher -> worker
 W_FUNCTION = 40
 W_RUN = 41
@@ -81,6 +86,7 @@ class Config(NamedTuple):
     max_memory_per_child: int  # bytes of RSS, 0: unlimited
     aging_rate: float  # priority levels gained per second of waiting
     crash_retries: int  # default blame limit
+    rate_limits: dict[str, tuple[float, float, int]]  # kind -> (rate, per seconds, burst)
 
 
 class Options(NamedTuple):
@@ -99,6 +105,7 @@ class Options(NamedTuple):
     kind: str
     retry_on: bytes | None  # pickled tuple of exception classes, None when max_attempts == 1
     retry_timeouts: bool  # whether a timeout counts as a retryable failure
+    key: str  # the options' dedup key, shown in task listings ("" if none)
 
 
 class Function(NamedTuple):
@@ -123,8 +130,36 @@ class Submit(NamedTuple):
 
 
 class Cancel(NamedTuple):
+    """Remove a task; with ``kill``, also kill the worker if the task is running."""
+
     tag: int
     task_id: int
+    kill: bool
+
+
+class ListTasks(NamedTuple):
+    """Ask for the task table: one task (``task_id`` > 0) or all, live and recent."""
+
+    tag: int
+    request_id: int
+    task_id: int
+
+
+class Schedule(NamedTuple):
+    """A recurring task: every ``interval`` seconds, or on a cron expression."""
+
+    tag: int
+    schedule_id: int
+    fn_id: int
+    opts_id: int
+    interval: float  # > 0 for schedule_every
+    cron: str  # for schedule_cron ("" otherwise)
+    payload: bytes
+
+
+class Unschedule(NamedTuple):
+    tag: int
+    schedule_id: int
 
 
 class StatsRequest(NamedTuple):
@@ -170,6 +205,22 @@ class Broken(NamedTuple):
     tag: int
     message: str
     traceback: str | None
+
+
+class TaskList(NamedTuple):
+    tag: int
+    request_id: int
+    tasks: list[dict[str, Any]]
+
+
+class Fired(NamedTuple):
+    """A schedule started a run as task ``task_id``; its result follows as a ``Result``."""
+
+    tag: int
+    schedule_id: int
+    task_id: int
+    next_run: float  # wall-clock time of the next run (0: none)
+    skipped: int  # runs skipped so far because the previous one was still going
 
 
 class Bye(NamedTuple):
@@ -252,11 +303,16 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     C_CANCEL: Cancel,
     C_STATS: StatsRequest,
     C_SHUTDOWN: Shutdown,
+    C_LIST: ListTasks,
+    C_SCHEDULE: Schedule,
+    C_UNSCHEDULE: Unschedule,
     D_READY: Ready,
     D_RESULT: Result,
     D_STATS: StatsReply,
     D_BROKEN: Broken,
     D_BYE: Bye,
+    D_LIST: TaskList,
+    D_FIRED: Fired,
     W_FUNCTION: WorkerFunction,
     W_RUN: Run,
     W_RETRY_ON: WorkerRetryOn,

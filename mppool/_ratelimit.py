@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 __all__ = ["RateLimit"]
 
+MIN_WAIT_SECONDS = 1e-4  # shortest wait for a token
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
@@ -89,4 +90,6 @@ class TokenBucket:
     def next_token_at(self, now: float) -> float:
         """When the next whole token will be available."""
         self._refill(now)
-        return now + max(0.0, 1.0 - self.tokens) / self.rate
+        # Strictly in the future: a token a rounding error short would otherwise give "now",
+        # and a timer due now that finds no token would re-arm itself at now, forever.
+        return now + max(MIN_WAIT_SECONDS, (1.0 - self.tokens) / self.rate)

@@ -87,6 +87,7 @@ class TaskOptions:
     crash_retries: int = 2
     kind: str = ""
     retry_timeouts: bool = False
+    key: str = ""
 
     def backoff(self, failures: int, rng: random.Random) -> float:
         """Seconds to wait before the attempt that follows ``failures`` failures (>= 1)."""
@@ -441,14 +442,15 @@ class Scheduler:
         self.steals += 1
         self.stolen_tasks += count
 
-    def assign(self, w: int) -> list[Task]:
+    def assign(self, w: int, limit: int = MAX_IN_PIPE) -> list[Task]:
         """Tasks to write to worker ``w``'s pipe now (moved to its sent list)."""
         if not self.up[w]:
             return []
         out: list[Task] = []
         sent = self.sent[w]
         dq = self.local[w]
-        while len(sent) < MAX_IN_PIPE:
+        now = self.clock()
+        while len(sent) < MAX_IN_PIPE and len(out) < limit:
             # Once no tiny task fits, only a first prefetch behind a short task could.
             full = len(sent) > 1 or self.sent_cost[w] > PREFETCH_MAX_SECONDS
             if sent and self.sent_cost[w] >= PIPE_WINDOW_SECONDS and full:
@@ -478,6 +480,8 @@ class Scheduler:
             task.worker = w
             task.has_token = False  # spent: a retry or requeue needs a new one
             task.blamed_start = False
+            if not sent:
+                task.started_at = now  # first in the pipe: it starts as soon as it arrives
             sent.append(task)
             self.sent_cost[w] += task.cost
             out.append(task)
@@ -491,6 +495,8 @@ class Scheduler:
         sent = self.sent[w]
         if sent[0] is task:
             sent.popleft()
+            if sent:
+                sent[0].started_at = self.clock()  # the next one starts now
         else:
             sent.remove(task)
         self.sent_cost[w] -= task.cost

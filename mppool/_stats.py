@@ -54,6 +54,8 @@ class PoolStats:
         respawns: workers replaced.
         steals: steal operations between local deques.
         stolen_tasks: tasks moved by them.
+        deduplicated: submits that returned the future of a task with the same key.
+        rate_limited_waits: times a rate-limited kind found its bucket empty.
         workers: one entry per worker slot.
     """
 
@@ -69,6 +71,8 @@ class PoolStats:
     respawns: int
     steals: int
     stolen_tasks: int
+    deduplicated: int
+    rate_limited_waits: int
     workers: tuple[WorkerStats, ...]
 
     @classmethod
@@ -77,3 +81,37 @@ class PoolStats:
         workers = tuple(WorkerStats(**w) for w in snap["workers"])
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k != "workers"}
         return cls(workers=workers, **fields)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One task as listed by ``Pool.tasks()`` / ``Pool.task(id)``.
+
+    Attributes:
+        id: the task id (``future.task_id``; runs of schedules have negative ids).
+        key: its dedup key, if any.
+        kind: its kind, if any.
+        priority: its priority.
+        state: ``queued``, ``delayed``, ``running``, ``retrying``, ``done``, ``failed`` or
+            ``cancelled``.
+        attempts: times it was started (retries and crash recoveries included).
+        items: 0 for a single call, else the number of items in the map chunk.
+        submitted_at: wall-clock time it reached the dispatcher.
+        started_at: when its current or last run started (None while waiting).
+        finished_at: when it finished (None while live).
+        duration: run time of its last attempt in seconds (None while live).
+        pid: the worker that runs or ran it (None while waiting).
+    """
+
+    id: int
+    key: str | None
+    kind: str | None
+    priority: float
+    state: str
+    attempts: int
+    items: int
+    submitted_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None
+    pid: int | None

@@ -88,3 +88,26 @@ def raise_custom(code: int) -> None:
 
 def kwargs_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
+
+
+def now(_: Any = None) -> float:
+    """The worker's wall clock when the task runs."""
+    return time.time()
+
+
+def append_line(path: str, text: str) -> str:
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return text
+
+
+_calls = 0
+
+
+def fail_times(times: int, value: Any) -> Any:
+    """Fail the first ``times`` calls in this worker process, then return ``value``."""
+    global _calls
+    _calls += 1
+    if _calls <= times:
+        raise ConnectionError(f"attempt {_calls}")
+    return value

@@ -1,0 +1,140 @@
+"""Handles for recurring tasks (``Pool.schedule_every`` and ``Pool.schedule_cron``).
+
+The timers live in the dispatcher; a handle is the user's view: it learns of each run
+when the dispatcher starts it, and keeps that run's outcome in a bounded history.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _messages as m
+from ._serial import decode_error, decode_value
+
+if TYPE_CHECKING:
+    from ._client import _Core
+
+HISTORY = 100  # outcomes kept per schedule
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One finished run of a schedule.
+
+    Attributes:
+        task_id: the run's task id (negative: made by the dispatcher).
+        ok: whether it succeeded.
+        value: its result, if it succeeded.
+        error: its exception, if it failed.
+    """
+
+    task_id: int
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Schedule:
+    """A recurring task. Cancel it with :meth:`cancel`; inspect its runs meanwhile."""
+
+    def __init__(self, core: _Core, schedule_id: int, description: str) -> None:
+        self._core = core
+        self.id = schedule_id
+        self.description = description
+        self._lock = threading.Lock()
+        self._history: deque[Run] = deque(maxlen=HISTORY)
+        self._next_run: float | None = None
+        self._runs = 0
+        self._skipped = 0
+        self._cancelled = False
+        self._changed = threading.Condition(self._lock)
+
+    @property
+    def next_run(self) -> float | None:
+        """Wall-clock time (``time.time()``) of the next run, or None once cancelled."""
+        return None if self._cancelled else self._next_run
+
+    @property
+    def runs(self) -> int:
+        """Runs started so far."""
+        return self._runs
+
+    @property
+    def skipped(self) -> int:
+        """Firings skipped because the previous run was still queued or running."""
+        return self._skipped
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def history(self) -> list[Run]:
+        """Finished runs, oldest first (the last ``HISTORY`` of them)."""
+        with self._lock:
+            return list(self._history)
+
+    def results(self) -> list[Any]:
+        """Values of the successful runs kept in the history."""
+        return [r.value for r in self.history() if r.ok]
+
+    def errors(self) -> list[BaseException]:
+        """Exceptions of the failed runs kept in the history."""
+        return [r.error for r in self.history() if r.error is not None]
+
+    def wait_for_runs(self, count: int, timeout: float | None = None) -> bool:
+        """Block until ``count`` runs have finished in total; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._finished >= count, timeout)
+
+    _finished = 0
+
+    def cancel(self) -> bool:
+        """Stop firing. A run already started finishes. Returns False if already cancelled."""
+        if self._cancelled:
+            return False
+        self._cancelled = True
+        self._core.unschedule(self.id)
+        return True
+
+    def _fired(self, task_id: int, next_run: float, skipped: int) -> _RunEntry:
+        self._next_run = next_run or None
+        self._runs += 1
+        self._skipped = skipped
+        return _RunEntry(self, task_id)
+
+    def _record(self, run: Run) -> None:
+        with self._changed:
+            self._history.append(run)
+            self._finished += 1
+            self._changed.notify_all()
+
+    def __repr__(self) -> str:
+        return (
+            f"<mppool.Schedule {self.description} runs={self._runs} "
+            f"next_run={self.next_run} cancelled={self._cancelled}>"
+        )
+
+
+class _RunEntry:
+    """Receives the result of one run (registered with the reader thread by task id)."""
+
+    __slots__ = ("handle", "task_id")
+
+    def __init__(self, handle: Schedule, task_id: int) -> None:
+        self.handle = handle
+        self.task_id = task_id
+
+    def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        try:
+            if status == m.OK:
+                run = Run(self.task_id, True, value=decode_value(payload))
+            elif status == m.CANCELLED:
+                return
+            else:
+                run = Run(self.task_id, False, error=decode_error(status, attempts, payload))
+        except Exception as exc:
+            run = Run(self.task_id, False, error=exc)
+        self.handle._record(run)
