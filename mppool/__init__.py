@@ -30,14 +30,16 @@ from ._errors import (
 from ._ratelimit import RateLimit
 from ._retry import RetryPolicy
 from ._schedule import Run, Schedule
-from ._stats import PoolStats, TaskInfo, WorkerStats
+from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "LatencyStats",
     "MppoolError",
+    "Percentiles",
     "Pool",
     "PoolClosedError",
     "PoolStats",

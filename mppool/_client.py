@@ -689,6 +689,7 @@ class _Submitter:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> Iterator[T]:
         """Apply ``fn`` to every item, yielding results in input order.
 
@@ -702,6 +703,9 @@ class _Submitter:
             *iterables: the inputs.
             timeout: seconds from this call after which waiting raises ``TimeoutError``.
             chunksize: a fixed number of items per chunk instead of adaptive sizing.
+            progress: ``True`` shows a tqdm progress bar (rate and ETA) on stderr; a callable
+                is called as ``progress(done, total)`` after each chunk (``total`` is None when
+                the input's length is unknown). Silent by default.
 
         Returns:
             An iterator of results. A task's exception is raised when its position is reached;
@@ -710,9 +714,9 @@ class _Submitter:
         from ._map import MapIterator, keyed_results
 
         if callable(self._opts.key):
-            return keyed_results(self._core, fn, iterables, self._opts, True, timeout)
+            return keyed_results(self._core, fn, iterables, self._opts, True, timeout, progress)
         return MapIterator(
-            self._core, fn, iterables, self._opts, True, chunksize, timeout
+            self._core, fn, iterables, self._opts, True, chunksize, timeout, progress
         ).results()
 
     def imap_unordered(
@@ -721,14 +725,15 @@ class _Submitter:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> Iterator[T]:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
         from ._map import MapIterator, keyed_results
 
         if callable(self._opts.key):
-            return keyed_results(self._core, fn, iterables, self._opts, False, timeout)
+            return keyed_results(self._core, fn, iterables, self._opts, False, timeout, progress)
         return MapIterator(
-            self._core, fn, iterables, self._opts, False, chunksize, timeout
+            self._core, fn, iterables, self._opts, False, chunksize, timeout, progress
         ).results()
 
     def options(

@@ -34,6 +34,7 @@ from . import _messages as m
 from . import _scheduler as s
 from ._ratelimit import RateLimit
 from ._recurring import Recurring
+from ._stats import LatencyWindow
 from ._tasklist import TaskTable
 
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
@@ -144,6 +145,9 @@ class Dispatcher:
             config.workers, self.clock, aging_rate=config.aging_rate, rate_limits=limits
         )
         self.table = TaskTable()
+        self.latency = LatencyWindow()
+        self.started_at = self.clock()
+        self.procs: dict[int, Any] = {}  # pid -> psutil.Process, for RSS and CPU%
         self.schedules: dict[int, Recurring] = {}
         self.fired_ids = -1  # runs of schedules get negative ids: the client's are positive
         self.selector = selectors.DefaultSelector()
@@ -369,7 +373,13 @@ class Dispatcher:
                 if status == m.OK:
                     task = sched.complete(idx, task_id, attempt, duration)
                     if task is not None:
-                        self.table.finished(task, "done", self.clock(), duration, w.pid)
+                        now = self.clock()
+                        self.table.finished(task, "done", now, duration, w.pid)
+                        self.latency.add(
+                            max(0.0, task.started_at - task.submitted_at),
+                            duration,
+                            now - task.submitted_at,
+                        )
                         results.append(
                             (m.D_RESULT, task_id, m.OK, task.failures + 1, duration, payload)
                         )
@@ -531,11 +541,38 @@ class Dispatcher:
         return min(rec.next_at for rec in self.schedules.values())
 
     # --- stats ---------------------------------------------------------------------------------
+    def _process_usage(self, pid: int) -> tuple[int | None, float | None]:
+        """RSS and CPU% of a worker (CPU% since the previous snapshot; first call gives 0)."""
+        if not pid:
+            return None, None
+        import psutil
+
+        try:
+            proc = self.procs.get(pid)
+            if proc is None:
+                proc = self.procs[pid] = psutil.Process(pid)
+            return int(proc.memory_info().rss), float(proc.cpu_percent(None))
+        except psutil.Error:
+            return None, None
+
     def snapshot(self) -> dict[str, Any]:
         sched = self.sched
+        now = self.clock()
+        uptime = max(1e-9, now - self.started_at)
+        live = {w.pid for w in self.workers}
+        for pid in [p for p in self.procs if p not in live]:
+            del self.procs[pid]
+        by_priority: dict[float, int] = {}
+        by_kind: dict[str, int] = {}
+        for task in sched.tasks.values():
+            if task.state != s.SENT:
+                prio, kind = task.opts.priority, task.opts.kind
+                by_priority[prio] = by_priority.get(prio, 0) + 1
+                by_kind[kind] = by_kind.get(kind, 0) + 1
         workers = []
         for w in self.workers:
             sent = sched.sent[w.index]
+            rss, cpu = self._process_usage(w.pid)
             if not w.pid or not w.ready:
                 state = "starting"
             elif sent:
@@ -547,6 +584,10 @@ class Dispatcher:
                     "index": w.index,
                     "pid": w.pid,
                     "state": state,
+                    "current_task": sent[0].id if sent and w.ready else None,
+                    "busy_fraction": min(1.0, sched.busy_by[w.index] / uptime),
+                    "rss_bytes": rss,
+                    "cpu_percent": cpu,
                     "started_at": w.started_at,
                     "ready_at": w.ready_at,
                     "tasks_done": sched.done_by[w.index],
@@ -562,6 +603,11 @@ class Dispatcher:
             steals=sched.steals,
             stolen_tasks=sched.stolen_tasks,
             rate_limited_waits=sched.rate_limited_waits,
+            started=sched.starts,
+            queue_by_priority=by_priority,
+            queue_by_kind=by_kind,
+            uptime=uptime,
+            latency=self.latency.snapshot(),
             workers=workers,
         )
         return snap

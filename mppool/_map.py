@@ -36,6 +36,46 @@ TAIL_SPLIT = 4  # near the end, chunks are at most remaining / (TAIL_SPLIT * wor
 WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
 DECAY = 0.5  # weight kept by older measurements at each new one
 
+ProgressHook = Callable[[int, "int | None"], None]
+Progress = bool | ProgressHook | None
+
+
+class _Reporter:
+    """Progress of one map: a tqdm bar (``progress=True``) or a user hook ``(done, total)``."""
+
+    def __init__(self, progress: Progress, total: int | None, name: str) -> None:
+        self.done = 0
+        self.total = total
+        self.hook: ProgressHook | None = None
+        self.bar: Any = None
+        if progress is True:
+            from tqdm import tqdm
+
+            class _Bar(tqdm):  # type: ignore[misc]
+                # tqdm's monitor thread would outlive the map (and the pool); our bar is
+                # updated on every chunk, so it needs no monitor.
+                monitor_interval = 0
+
+            self.bar = _Bar(total=total, desc=name, unit="item", dynamic_ncols=True)
+        elif callable(progress):
+            self.hook = progress
+        elif progress not in (None, False):
+            raise TypeError("progress must be True, False, None or a callable(done, total)")
+
+    def advance(self, count: int) -> None:
+        if not count:
+            return
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.hook is not None:
+            self.hook(self.done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
 
 class ChunkPlanner:
     """Decides how many items go into the next chunk (pure; no I/O).
@@ -148,6 +188,7 @@ class MapIterator:
         ordered: bool,
         chunksize: int | None,
         timeout: float | None,
+        progress: Progress = None,
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
@@ -178,7 +219,12 @@ class MapIterator:
         self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
         self.exhausted = False
         self.finished = False
-        self._fill()
+        self.progress = _Reporter(progress, self.total, self.fn_name)
+        try:
+            self._fill()
+        except BaseException:
+            self.progress.close()
+            raise
 
     def _fill(self) -> None:
         core = self.core
@@ -244,10 +290,12 @@ class MapIterator:
                         self._fill()  # refill before yielding, so workers stay busy
                     except BaseException as exc:  # the input raised, or an item did not pickle
                         error = exc
+                self.progress.advance(len(results))
                 yield from results
                 if error is not None:
                     raise error
         finally:
+            self.progress.close()
             self.close()
 
     def close(self) -> None:
@@ -272,6 +320,7 @@ def keyed_results(
     opts: _Options,
     ordered: bool,
     timeout: float | None,
+    progress: Progress = None,
 ) -> Iterator[Any]:
     """``map`` with ``options(key=callable)``: one task per item, deduplicated by its key.
 
@@ -289,6 +338,7 @@ def keyed_results(
     deadline = None if timeout is None else time.monotonic() + timeout
     pending: deque[concurrent.futures.Future[Any]] = deque()
     exhausted = False
+    reporter = _Reporter(progress, _length(iterables), getattr(fn, "__qualname__", "map"))
 
     def refill() -> None:
         nonlocal exhausted
@@ -320,7 +370,9 @@ def keyed_results(
                 pending.remove(fut)
             value = fut.result(timeout=left())
             refill()
+            reporter.advance(1)
             yield value
     finally:
+        reporter.close()
         for fut in pending:
             fut.cancel()

@@ -233,6 +233,7 @@ class Scheduler:
         # counters
         self.steals = 0
         self.stolen_tasks = 0
+        self.starts = 0
         self.done_by = [0] * workers
         self.busy_by = [0.0] * workers
 
@@ -485,6 +486,7 @@ class Scheduler:
             sent.append(task)
             self.sent_cost[w] += task.cost
             out.append(task)
+        self.starts += len(out)
         return out
 
     # --- results -------------------------------------------------------------------------------

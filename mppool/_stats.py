@@ -2,10 +2,78 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["PoolStats", "WorkerStats"]
+__all__ = ["LatencyStats", "Percentiles", "PoolStats", "TaskInfo", "WorkerStats"]
+
+LATENCY_WINDOW = 2048  # recent tasks the latency percentiles are computed over
+
+
+@dataclass(frozen=True, slots=True)
+class Percentiles:
+    """Percentiles of a duration over the recent window, in seconds (None when empty)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """Where recent tasks spent their time.
+
+    Attributes:
+        queue_wait: from reaching the dispatcher to starting in a worker.
+        run_time: running in the worker (as the worker measured it).
+        end_to_end: from reaching the dispatcher to the dispatcher receiving the result.
+    """
+
+    queue_wait: Percentiles
+    run_time: Percentiles
+    end_to_end: Percentiles
+
+
+def _percentiles(values: deque[float]) -> Percentiles:
+    n = len(values)
+    if not n:
+        return Percentiles(0, None, None, None)
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        # Nearest-rank: the smallest value with at least q of the samples at or below it.
+        return ordered[max(0, min(n - 1, -(-int(q * n * 1000) // 1000) - 1))]
+
+    return Percentiles(n, at(0.50), at(0.95), at(0.99))
+
+
+class LatencyWindow:
+    """The last ``size`` tasks' queue wait, run time and end-to-end time.
+
+    Recording is three appends to bounded deques; sorting happens only when a snapshot
+    is asked for, so a task costs a few numbers and nothing more.
+    """
+
+    __slots__ = ("e2e", "run", "wait")
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self.wait: deque[float] = deque(maxlen=size)
+        self.run: deque[float] = deque(maxlen=size)
+        self.e2e: deque[float] = deque(maxlen=size)
+
+    def add(self, wait: float, run: float, e2e: float) -> None:
+        self.wait.append(wait)
+        self.run.append(run)
+        self.e2e.append(e2e)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "queue_wait": _percentiles(self.wait),
+            "run_time": _percentiles(self.run),
+            "end_to_end": _percentiles(self.e2e),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,10 +84,14 @@ class WorkerStats:
         index: slot number, 0 to workers - 1 (a replacement keeps the slot).
         pid: process id of the worker now in the slot (0 while none is alive).
         state: ``"starting"``, ``"idle"`` or ``"busy"``.
+        current_task: id of the task it is running, or None.
         started_at: wall-clock time (``time.time()``) the current process was forked.
         ready_at: wall-clock time it reported ready (0 while starting).
         tasks_done: tasks finished in this slot, across replacements.
         busy_seconds: time spent running them.
+        busy_fraction: busy_seconds over the pool's uptime.
+        rss_bytes: resident memory of the worker process (None if unknown).
+        cpu_percent: its CPU use since the previous snapshot, in percent of one core.
         in_pipe: tasks written to this worker and not yet finished.
         local_queue: tasks in its local deque (stealable).
     """
@@ -27,10 +99,14 @@ class WorkerStats:
     index: int
     pid: int
     state: str
+    current_task: int | None
     started_at: float
     ready_at: float
     tasks_done: int
     busy_seconds: float
+    busy_fraction: float
+    rss_bytes: int | None
+    cpu_percent: float | None
     in_pipe: int
     local_queue: int
 
@@ -39,10 +115,12 @@ class WorkerStats:
 class PoolStats:
     """A consistent snapshot taken by the dispatcher in one step.
 
-    A map chunk counts as one task in these counters.
+    A map chunk counts as one task in these counters. For tasks that were not deduplicated,
+    ``submitted == queued + running + completed + failed + cancelled`` holds in a snapshot.
 
     Attributes:
         submitted: tasks received.
+        started: task starts (sends to a worker; retries and requeues count again).
         queued: tasks waiting (heap, local deques, delays, backoffs).
         running: tasks written to a worker and not yet finished.
         completed: tasks that succeeded.
@@ -56,10 +134,15 @@ class PoolStats:
         stolen_tasks: tasks moved by them.
         deduplicated: submits that returned the future of a task with the same key.
         rate_limited_waits: times a rate-limited kind found its bucket empty.
+        queue_by_priority: waiting tasks per priority.
+        queue_by_kind: waiting tasks per kind ("" for tasks without one).
+        uptime: seconds since the pool started.
+        latency: percentiles of queue wait, run time and end-to-end time of recent tasks.
         workers: one entry per worker slot.
     """
 
     submitted: int
+    started: int
     queued: int
     running: int
     completed: int
@@ -73,14 +156,25 @@ class PoolStats:
     stolen_tasks: int
     deduplicated: int
     rate_limited_waits: int
+    queue_by_priority: dict[float, int]
+    queue_by_kind: dict[str, int]
+    uptime: float
+    latency: LatencyStats
     workers: tuple[WorkerStats, ...]
+
+    @property
+    def succeeded(self) -> int:
+        """Same as ``completed``."""
+        return self.completed
 
     @classmethod
     def from_snapshot(cls, snap: dict[str, Any]) -> PoolStats:
         """Build from the dispatcher's snapshot dictionary."""
         workers = tuple(WorkerStats(**w) for w in snap["workers"])
-        fields = {k: snap[k] for k in cls.__dataclass_fields__ if k != "workers"}
-        return cls(workers=workers, **fields)
+        latency = LatencyStats(**snap["latency"])
+        skip = ("workers", "latency")
+        fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
+        return cls(workers=workers, latency=latency, **fields)
 
 
 @dataclass(frozen=True, slots=True)
