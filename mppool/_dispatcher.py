@@ -20,7 +20,6 @@ and processes. Payloads are never unpickled here.
 from __future__ import annotations
 
 import faulthandler
-import fcntl
 import os
 import pickle
 import selectors
@@ -32,101 +31,16 @@ from typing import Any
 
 from . import _messages as m
 from . import _scheduler as s
+from ._procs import Outbox as _Outbox
+from ._procs import WorkerSlot as _Worker
+from ._procs import fork_worker, open_pidfd, reap, set_nonblocking
 from ._ratelimit import RateLimit
 from ._recurring import Recurring
 from ._stats import LatencyWindow
 from ._tasklist import TaskTable
 
-PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
 EXIT_GRACE_SECONDS = 2.0  # a worker told to leave is killed if it has not left by then
 MAX_EARLY_DEATHS = 5  # workers dying before they are ready, in a row, before giving up
-REAP_POLL_SECONDS = 0.1  # longest wait for a worker whose pipe closed to become reapable
-
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-
-def _set_nonblocking(fd: int) -> None:
-    os.set_blocking(fd, False)
-
-
-def _grow_pipe(fd: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # above /proc/sys/fs/pipe-max-size: keep the default
-
-
-class _Outbox:
-    """Bytes waiting to be written to one non-blocking fd."""
-
-    __slots__ = ("chunks", "fd", "registered")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.chunks: list[bytes | memoryview] = []
-        self.registered = False
-
-    def flush(self) -> bool:
-        """Write what the pipe takes. Returns True when everything was written."""
-        chunks = self.chunks
-        while chunks:
-            try:
-                written = os.writev(self.fd, chunks[:64])
-            except BlockingIOError:
-                return False
-            while written:
-                first = chunks[0]
-                if written >= len(first):
-                    written -= len(first)
-                    chunks.pop(0)
-                else:
-                    chunks[0] = memoryview(first)[written:]
-                    written = 0
-        return True
-
-
-class _Worker:
-    """The dispatcher's record of one worker slot."""
-
-    __slots__ = (
-        "closing_since",
-        "draining",
-        "fns",
-        "frames",
-        "index",
-        "kill_reason",
-        "opts",
-        "outbox",
-        "pid",
-        "pidfd",
-        "ready",
-        "ready_at",
-        "result_fd",
-        "retired",
-        "sent_total",
-        "started_at",
-        "task_fd",
-    )
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.pid = 0
-        self.pidfd = -1
-        self.task_fd = -1
-        self.result_fd = -1
-        self.frames = m.FrameBuffer()
-        self.outbox = _Outbox(-1)
-        self.fns: set[int] = set()
-        self.opts: set[int] = set()
-        self.ready = False
-        self.started_at = 0.0
-        self.ready_at = 0.0
-        self.sent_total = 0
-        self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
-        self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
-        self.retired = False
-        self.closing_since = 0.0
 
 
 class Dispatcher:
@@ -172,63 +86,20 @@ class Dispatcher:
             "cancelled": 0,
             "respawns": 0,
         }
-        _set_nonblocking(rfd)
-        _set_nonblocking(wfd)
+        set_nonblocking(rfd)
+        set_nonblocking(wfd)
         self.selector.register(rfd, selectors.EVENT_READ)
         self.by_fd[rfd] = ("client", None)
 
     # --- workers -------------------------------------------------------------------------------
     def spawn(self, w: _Worker) -> None:
-        task_r, task_w = os.pipe()
-        result_r, result_w = os.pipe()
-        _grow_pipe(task_w)
-        _grow_pipe(result_w)
-        pid = os.fork()
-        if pid == 0:  # the child: become a worker and never return into this loop
-            status = 1
-            try:
-                keep = sorted((task_r, result_w))
-                os.closerange(3, keep[0])
-                os.closerange(keep[0] + 1, keep[1])
-                os.closerange(keep[1] + 1, 1 << 16)
-                from ._worker import worker_main
-
-                status = worker_main(
-                    task_r, result_w, self.config.initializer, self.config.max_memory_per_child
-                )
-            except BaseException:
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                os._exit(status)
-        os.close(task_r)
-        os.close(result_w)
-        _set_nonblocking(task_w)
-        _set_nonblocking(result_r)
-        w.pid = pid
-        w.task_fd = task_w
-        w.result_fd = result_r
-        w.frames = m.FrameBuffer()
-        w.outbox = _Outbox(task_w)
-        w.fns = set()
-        w.opts = set()
-        w.ready = False
-        w.started_at = time.time()
-        w.ready_at = 0.0
-        w.sent_total = 0
-        w.draining = False
-        w.kill_reason = ""
-        w.retired = False
-        w.closing_since = 0.0
-        self.selector.register(result_r, selectors.EVENT_READ)
-        self.by_fd[result_r] = ("result", w)
-        w.pidfd = -1
-        if hasattr(os, "pidfd_open"):
-            try:
-                w.pidfd = os.pidfd_open(pid)
-            except OSError:
-                w.pidfd = -1
+        pid, task_fd, result_fd = fork_worker(
+            self.config.initializer, self.config.max_memory_per_child
+        )
+        w.reset(pid, task_fd, result_fd)
+        self.selector.register(result_fd, selectors.EVENT_READ)
+        self.by_fd[result_fd] = ("result", w)
+        w.pidfd = open_pidfd(pid)
         if w.pidfd >= 0:
             self.selector.register(w.pidfd, selectors.EVENT_READ)
             self.by_fd[w.pidfd] = ("pidfd", w)
@@ -255,31 +126,6 @@ class Dispatcher:
         w.result_fd = w.pidfd = w.task_fd = -1
         w.outbox = _Outbox(-1)
 
-    def _reap(self, w: _Worker) -> tuple[int | None, str | None]:
-        """Collect a dead worker's exit status: (exit code, signal name)."""
-        deadline = self.clock() + REAP_POLL_SECONDS
-        status = 0
-        while True:
-            try:
-                pid, status = os.waitpid(w.pid, os.WNOHANG)
-            except ChildProcessError:
-                return None, None
-            if pid:
-                break
-            if self.clock() >= deadline:
-                # Its pipe is closed but it lives on: it is useless, end it.
-                os.kill(w.pid, signal.SIGKILL)
-                _, status = os.waitpid(w.pid, 0)
-                break
-            time.sleep(0.001)
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            try:
-                return None, signal.Signals(sig).name
-            except ValueError:
-                return None, f"signal {sig}"
-        return os.waitstatus_to_exitcode(status), None
-
     def _drain_results(self, w: _Worker) -> None:
         """Read everything left in a dead worker's result pipe, then handle it."""
         fd = w.result_fd
@@ -298,7 +144,7 @@ class Dispatcher:
 
     def worker_died(self, w: _Worker) -> None:
         self._drain_results(w)
-        exitcode, signame = self._reap(w)
+        exitcode, signame = reap(w.pid)
         self._forget_fds(w)
         pid = w.pid
         w.pid = 0
@@ -867,7 +713,7 @@ class Dispatcher:
 
 
 def main(rfd: int, wfd: int) -> None:
-    """Entry point of the dispatcher process (see ``mppool._client``)."""
+    """Entry point of the dispatcher process (see ``mppool._core``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the user process
     # `kill -USR1 <dispatcher pid>` prints where the loop is, for diagnosing a stuck pool.
     faulthandler.register(signal.SIGUSR1, all_threads=False)

@@ -27,7 +27,7 @@ from . import _messages as m
 from ._serial import decode_error, decode_value, dumps
 
 if TYPE_CHECKING:
-    from ._client import _Core, _Options
+    from ._core import _Core, _Options
 
 CHUNK_TARGET_SECONDS = 0.005  # work per chunk the planner aims at
 MAX_CHUNK_ITEMS = 16384  # cap on items per chunk (bounds memory and result latency)

@@ -15,7 +15,7 @@ from . import _messages as m
 from ._serial import decode_error, decode_value
 
 if TYPE_CHECKING:
-    from ._client import _Core
+    from ._core import _Core
 
 HISTORY = 100  # outcomes kept per schedule
 

@@ -1,0 +1,637 @@
+"""The pool's machinery in the user process: its pipes, its two threads, its futures.
+
+Data flow in the user process::
+
+    submit()/map() ──▶ pending messages ──(sender thread, or inline when the batch is full)──▶
+        dispatcher pipe
+    dispatcher pipe ──▶ reader thread ──▶ futures resolved / map chunks filled
+
+The threads hold a reference to :class:`_Core`, never to the public ``Pool``, so a pool that
+is dropped without ``shutdown()`` is garbage collected and its finaliser starts a graceful
+shutdown. An ``atexit`` hook ends any pool still open when the interpreter exits, killing
+running tasks, so the exit never hangs and no process is left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import functools
+import itertools
+import os
+import pickle
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _messages as m
+from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from ._retry import RetryPolicy
+from ._serial import FunctionRegistry, decode_error, decode_value, dumps
+from ._stats import PoolStats
+
+SEND_BATCH = 512  # messages after which a submitting thread writes the batch itself
+START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
+STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
+EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[3]); "
+    "from mppool._dispatcher import main; main(int(sys.argv[1]), int(sys.argv[2]))"
+)
+
+_RUNNING, _CLOSING, _CLOSED, _BROKEN = "running", "closing", "closed", "broken"
+_UNSET: Any = object()
+
+
+class _Options:
+    """A set of per-task options; interned per pool and sent to the dispatcher once."""
+
+    __slots__ = (
+        "_ids",
+        "at",
+        "crash_retries",
+        "delay",
+        "key",
+        "kind",
+        "priority",
+        "retry",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        priority: float,
+        timeout: float | None,
+        retry: RetryPolicy,
+        crash_retries: int,
+        kind: str,
+        key: str | Callable[..., Any] | None,
+        delay: float | None,
+        at: float | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if crash_retries < 0:
+            raise ValueError("crash_retries must be >= 0")
+        if delay is not None and delay < 0:
+            raise ValueError("delay must be >= 0")
+        if delay is not None and at is not None:
+            raise ValueError("give delay or at, not both")
+        if key is not None and not (isinstance(key, str) or callable(key)):
+            raise TypeError("key must be a string, a callable (for map) or None")
+        self.priority = float(priority)
+        self.timeout = timeout
+        self.retry = retry
+        self.crash_retries = crash_retries
+        self.kind = kind
+        self.key = key
+        self.delay = delay
+        self.at = at
+        self._ids: dict[int, int] = {}
+
+    def message(self, opts_id: int) -> tuple[Any, ...]:
+        retry = self.retry
+        retry_on = dumps(retry.retry_on, "retry_on") if retry.max_attempts > 1 else None
+        from ._errors import TaskTimeoutError
+
+        retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
+        return (
+            m.C_OPTIONS,
+            opts_id,
+            self.priority,
+            self.timeout or 0.0,
+            retry.max_attempts,
+            retry.initial_delay,
+            retry.factor,
+            retry.max_delay,
+            retry.jitter,
+            self.crash_retries,
+            self.kind,
+            retry_on,
+            retry_timeouts,
+            self.key if isinstance(self.key, str) else "",
+        )
+
+    def not_before(self) -> float:
+        """Dispatcher-clock time before which the task must not run (0.0: now)."""
+        if self.delay:
+            return time.monotonic() + self.delay
+        if self.at is not None:
+            return time.monotonic() + (self.at - time.time())
+        return 0.0
+
+    def replace(self, **changes: Any) -> _Options:
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "_ids"}
+        values.update(changes)
+        return _Options(**values)
+
+
+_CONDITION_LOCK = threading.Lock()
+
+
+class _PoolFuture(concurrent.futures.Future[Any]):
+    """A Future whose ``cancel()`` also removes the task from the pool's queue.
+
+    Its ``threading.Condition`` is created on first use instead of in ``__init__``: a
+    condition with its lock and waiter deque is about half the memory of a queued task, and
+    most futures of a large batch are only touched once, when they are resolved. The base
+    class reads ``self._condition`` everywhere, so a property serves it.
+    """
+
+    _core: _Core | None = None
+    _task_id = 0
+
+    def __init__(self) -> None:  # deliberately not calling super().__init__ (see above)
+        self._state = "PENDING"
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] = []
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        cond: threading.Condition | None = self.__dict__.get("_lazy_condition")
+        if cond is None:
+            with _CONDITION_LOCK:  # two threads must never create two conditions
+                cond = self.__dict__.get("_lazy_condition")
+                if cond is None:
+                    cond = self.__dict__["_lazy_condition"] = threading.Condition()
+        return cond
+
+    @property
+    def task_id(self) -> int:
+        """The pool's id for this task (as in ``Pool.tasks()``)."""
+        return self._task_id
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            # Future.cancel() wakes result() callers but not wait()/as_completed() waiters;
+            # only this call does. The pool never marks its futures RUNNING, so it is safe.
+            self.set_running_or_notify_cancel()
+            core = self._core
+            if core is not None:
+                core.cancel_task(self._task_id, kill=False)
+        return cancelled
+
+    def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        try:
+            if status == m.OK:
+                try:
+                    value = decode_value(payload)
+                except Exception as exc:
+                    self.set_exception(exc)
+                else:
+                    self.set_result(value)
+            elif status == m.CANCELLED:
+                if not self.cancelled():  # the user may have cancelled (and notified) it
+                    concurrent.futures.Future.cancel(self)
+                    self.set_running_or_notify_cancel()
+            else:
+                self.set_exception(decode_error(status, attempts, payload))
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by the user meanwhile: the result is dropped
+
+
+class _Core:
+    """Everything a pool's threads share: pipes, pending messages, futures, state."""
+
+    def __init__(
+        self,
+        workers: int,
+        defaults: _Options,
+        *,
+        rate_limits: dict[str, tuple[float, float, int]],
+        max_queue: int,
+        max_tasks_per_child: int,
+        max_memory_per_child: int,
+        initializer: Callable[..., Any] | None,
+        initargs: tuple[Any, ...],
+        aging_rate: float,
+    ) -> None:
+        self.workers = workers
+        self.defaults = defaults
+        self.state = _RUNNING
+        self.broken_reason: BaseException | None = None
+        self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.pending: list[tuple[Any, ...]] = []
+        self.wake = threading.Event()
+        self.stop_sender = False
+        self.entries: dict[int, Any] = {}  # task id -> _PoolFuture or map chunk
+        self.stats_waiters: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        self.opts_ids = itertools.count(1)
+        self.functions = FunctionRegistry()
+        self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
+        self.keys: dict[str, _PoolFuture] = {}  # dedup: key -> the unfinished task holding it
+        self.deduplicated = 0
+        self.list_waiters: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
+        self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
+        self.ready = threading.Event()
+        self.finished = threading.Event()
+        self.pids: list[int] = []
+        self.slots = threading.BoundedSemaphore(max_queue) if max_queue else None
+        initializer_blob = None
+        if initializer is not None:
+            if not callable(initializer):
+                raise TypeError("initializer must be callable")
+            initializer_blob = dumps((initializer, tuple(initargs)), "the initializer")
+        c2d_r, c2d_w = os.pipe()
+        d2c_r, d2c_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, str(c2d_r), str(d2c_w), _PACKAGE_PARENT],
+                pass_fds=(c2d_r, d2c_w),
+                stdin=subprocess.DEVNULL,
+                # Its own process group: a terminal's Ctrl-C (SIGINT to the foreground group)
+                # reaches the user process only, even while the dispatcher is still starting.
+                # It still ends with the user process: it sees end-of-file on its pipe.
+                process_group=0,
+            )
+        except BaseException:
+            for fd in (c2d_r, c2d_w, d2c_r, d2c_w):
+                os.close(fd)
+            raise
+        os.close(c2d_r)
+        os.close(d2c_w)
+        self.out_fd = c2d_w
+        self.in_fd = d2c_r
+        config = m.Config(
+            m.C_CONFIG,
+            workers,
+            list(sys.path),
+            os.getcwd(),
+            initializer_blob,
+            max_tasks_per_child,
+            max_memory_per_child,
+            aging_rate,
+            defaults.crash_retries,
+            rate_limits,
+        )
+        self.pending.append(tuple(config))
+        self.register_options(defaults)
+        self.reader = threading.Thread(target=self._read_loop, name="mppool-reader", daemon=True)
+        self.sender = threading.Thread(target=self._send_loop, name="mppool-sender", daemon=True)
+        self.reader.start()
+        self.sender.start()
+        self.wake.set()
+        # Broken after D_READY (pids known) is a failed initializer: the pool exists and
+        # reports it through its futures. Broken before it: the dispatcher never started.
+        if not self.ready.wait(START_TIMEOUT) or (self.state == _BROKEN and not self.pids):
+            self.kill()
+            reason = self.broken_reason
+            raise BrokenPoolError("the dispatcher process did not start") from reason
+
+    # --- sending -------------------------------------------------------------------------------
+    def send(self, msg: tuple[Any, ...]) -> None:
+        with self.lock:
+            pending = self.pending
+            pending.append(msg)
+            count = len(pending)
+        if count >= SEND_BATCH:
+            self.flush()
+        elif count == 1:
+            self.wake.set()
+
+    def flush(self) -> None:
+        with self.write_lock:
+            with self.lock:
+                msgs = self.pending
+                self.pending = []
+            if msgs:
+                try:
+                    m.write_all(self.out_fd, m.encode(msgs))
+                except OSError as exc:  # the dispatcher is gone; the reader reports it
+                    if self.broken_reason is None:
+                        self.broken_reason = exc
+
+    def _send_loop(self) -> None:
+        wake = self.wake
+        while True:
+            wake.wait()
+            wake.clear()
+            if self.out_fd < 0:
+                return
+            self.flush()
+            if self.stop_sender:
+                return
+
+    def register_options(self, opts: _Options) -> int:
+        key = id(self)
+        opts_id = opts._ids.get(key)
+        if opts_id is None:
+            message = opts.message(next(self.opts_ids))
+            count = 0
+            with self.lock:
+                opts_id = opts._ids.get(key)
+                if opts_id is None:
+                    # Queued under the lock before the id is published, so no task using
+                    # this id can reach the dispatcher ahead of its options.
+                    self.pending.append(message)
+                    count = len(self.pending)
+                    opts_id = opts._ids[key] = message[1]
+            if count == 1:
+                self.wake.set()  # same rule as send(): whoever makes the batch non-empty wakes
+        return opts_id
+
+    def function_id(self, fn: Callable[..., Any]) -> int:
+        fn_id, blob = self.functions.lookup(fn)
+        if blob is not None:
+            self.send((m.C_FUNCTION, fn_id, blob))
+        return fn_id
+
+    def check_open(self) -> None:
+        if self.state == _RUNNING:
+            return
+        if self.state == _BROKEN:
+            raise BrokenPoolError("the pool is broken") from self.broken_reason
+        raise PoolClosedError("the pool is shut down and accepts no new tasks")
+
+    def acquire_slot(self, block: bool, timeout: float | None) -> None:
+        if self.slots is None:
+            return
+        if not self.slots.acquire(block, timeout if block else None):
+            raise QueueFullError("the pool's queue is full (max_queue reached)")
+
+    def release_slot(self) -> None:
+        if self.slots is not None:
+            self.slots.release()
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        block: bool = True,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> _PoolFuture:
+        self.check_open()
+        if key is None:
+            if callable(opts.key):
+                raise TypeError("a callable key is for map(); submit() needs a string key")
+            key = opts.key
+        if isinstance(key, str):
+            with self.lock:
+                holder = self.keys.get(key)
+                if holder is not None and not holder.done():
+                    self.deduplicated += 1
+                    return holder  # a task with this key is queued or running: share it
+        fn_id = self.function_id(fn)
+        opts_id = self.register_options(opts)
+        payload = dumps(
+            (args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
+        )
+        self.acquire_slot(block, timeout)
+        fut = _PoolFuture()
+        task_id = next(self.ids)
+        fut._core = self
+        fut._task_id = task_id
+        if self.slots is not None:
+            fut.add_done_callback(self._release_on_done)
+        if isinstance(key, str):
+            with self.lock:
+                holder = self.keys.get(key)
+                if holder is not None and not holder.done():  # another thread won the race
+                    self.deduplicated += 1
+                    self.release_slot()
+                    return holder
+                self.keys[key] = fut
+            fut.add_done_callback(functools.partial(self._free_key, key))
+        self.entries[task_id] = fut
+        not_before = opts.not_before()
+        self.send((m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload))
+        if self.state == _BROKEN and self.entries.pop(task_id, None) is fut:
+            fut.set_exception(BrokenPoolError("the pool is broken"))
+        return fut
+
+    def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
+        self.release_slot()
+
+    def _free_key(self, key: str, fut: concurrent.futures.Future[Any]) -> None:
+        # The key is free again once its task is finished: a later submit runs anew.
+        with self.lock:
+            if self.keys.get(key) is fut:
+                del self.keys[key]
+
+    def cancel_task(self, task_id: int, kill: bool) -> None:
+        if self.state in (_RUNNING, _CLOSING):
+            self.send((m.C_CANCEL, task_id, kill))
+
+    def request(self, msg: tuple[Any, ...], waiters: dict[int, Any], request_id: int) -> Any:
+        """Send a request and wait for the dispatcher's reply to it."""
+        if self.state == _CLOSED:
+            raise PoolClosedError("the pool is shut down")
+        if self.state == _BROKEN:
+            raise BrokenPoolError("the pool is broken") from self.broken_reason
+        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        waiters[request_id] = waiter
+        self.send(msg)
+        try:
+            return waiter.result(STATS_TIMEOUT)
+        finally:
+            waiters.pop(request_id, None)
+
+    def schedule(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        interval: float,
+        cron: str,
+        description: str,
+    ) -> Any:
+        from ._schedule import Schedule
+
+        self.check_open()
+        fn_id = self.function_id(fn)
+        opts_id = self.register_options(opts)
+        payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
+        schedule_id = next(self.ids)
+        handle = Schedule(self, schedule_id, description)
+        self.schedules[schedule_id] = handle
+        self.send((m.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
+        return handle
+
+    def unschedule(self, schedule_id: int) -> None:
+        self.schedules.pop(schedule_id, None)
+        if self.state in (_RUNNING, _CLOSING):
+            self.send((m.C_UNSCHEDULE, schedule_id))
+
+    def list_tasks(self, task_id: int = 0) -> list[dict[str, Any]]:
+        request_id = next(self.ids)
+        rows: list[dict[str, Any]] = self.request(
+            (m.C_LIST, request_id, task_id), self.list_waiters, request_id
+        )
+        return rows
+
+    def stats(self) -> PoolStats:
+        request_id = next(self.ids)
+        snap = self.request((m.C_STATS, request_id), self.stats_waiters, request_id)
+        snap["deduplicated"] = self.deduplicated
+        return PoolStats.from_snapshot(snap)
+
+    # --- receiving -----------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        reader = m.BlockingReader(self.in_fd)
+        entries = self.entries
+        try:
+            while True:
+                try:
+                    msgs = reader.read()
+                except OSError:
+                    msgs = None
+                if msgs is None:
+                    if self.state != _CLOSED:
+                        self._go_broken(BrokenPoolError("the dispatcher process died"))
+                    return
+                for msg in msgs:
+                    tag = msg[0]
+                    if tag == m.D_RESULT:
+                        entry = entries.pop(msg[1], None)
+                        if entry is not None:
+                            try:
+                                entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
+                            except Exception as exc:  # never let one result stop the reader
+                                _report_resolve_failure(entry, exc)
+                    elif tag == m.D_STATS:
+                        waiter = self.stats_waiters.get(msg[1])
+                        if waiter is not None:
+                            waiter.set_result(msg[2])
+                    elif tag == m.D_LIST:
+                        list_waiter = self.list_waiters.get(msg[1])
+                        if list_waiter is not None:
+                            list_waiter.set_result(msg[2])
+                    elif tag == m.D_FIRED:
+                        handle = self.schedules.get(msg[1])
+                        if handle is not None:
+                            entries[msg[2]] = handle._fired(msg[2], msg[3], msg[4])
+                    elif tag == m.D_READY:
+                        self.pids = list(msg[1])
+                        self.ready.set()
+                    elif tag == m.D_BROKEN:
+                        cause = RemoteTraceback(msg[2]) if msg[2] else None
+                        err = BrokenPoolError(msg[1])
+                        err.__cause__ = cause
+                        self._go_broken(err)
+                    elif tag == m.D_BYE:
+                        self.state = _CLOSED
+                        return
+        finally:
+            self._cleanup()
+
+    def _go_broken(self, reason: BaseException) -> None:
+        if self.state == _CLOSED:
+            return
+        if self.state != _BROKEN:  # keep the first reason (the initializer's error)
+            self.state = _BROKEN
+            self.broken_reason = reason
+        self.ready.set()
+        # Futures failed here rather than by the dispatcher (the broken notice overtook their
+        # submission) keep the worker's traceback as their cause all the same.
+        first = self.broken_reason
+        cause = first.__cause__ if first is not None else None
+        tb = cause.tb if isinstance(cause, RemoteTraceback) else None
+        payload = pickle.dumps((str(first if first is not None else reason), tb))
+        for task_id in list(self.entries):
+            entry = self.entries.pop(task_id, None)
+            if entry is not None:
+                entry._mppool_resolve(m.BROKEN, 0, 0.0, payload)
+        all_waiters: tuple[dict[int, Any], ...] = (self.stats_waiters, self.list_waiters)
+        for waiters in all_waiters:
+            for waiter in list(waiters.values()):
+                if not waiter.done():
+                    waiter.set_exception(BrokenPoolError(str(reason)))
+
+    def _cleanup(self) -> None:
+        """Runs on the reader thread as it ends: stop the sender, reap the dispatcher."""
+        self.stop_sender = True
+        self.wake.set()
+        if threading.current_thread() is not self.sender:
+            self.sender.join()
+        if self.state == _BROKEN or self.state == _RUNNING:
+            self._go_broken(self.broken_reason or BrokenPoolError("the dispatcher process died"))
+        try:
+            self.proc.wait(EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for attr in ("out_fd", "in_fd"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                setattr(self, attr, -1)
+                os.close(fd)
+        self.finished.set()
+        _live_cores.discard(self)
+
+    # --- ending --------------------------------------------------------------------------------
+    def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
+        with self.lock:
+            first = self.state == _RUNNING
+            if first:
+                self.state = _CLOSING
+        # A broken pool's dispatcher may still be alive (failed initializer): ask it to end.
+        broken_alive = self.state == _BROKEN and self.reader.is_alive()
+        if first or broken_alive or (timeout is not None and self.state == _CLOSING):
+            deadline = -1.0 if timeout is None else max(0.0, float(timeout))
+            self.send((m.C_SHUTDOWN, bool(cancel_futures), deadline))
+            self.flush()
+        if wait:
+            self.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self.reader:
+            return False
+        self.reader.join(timeout)
+        return not self.reader.is_alive()
+
+    def kill(self) -> None:
+        """End the dispatcher (and so its workers) now."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.join(EXIT_TIMEOUT)
+
+
+def _report_resolve_failure(entry: Any, exc: Exception) -> None:
+    """Give a resolution failure to whoever waits on the entry, else print it."""
+    if isinstance(entry, concurrent.futures.Future) and not entry.done():
+        try:
+            entry.set_exception(exc)
+            return
+        except concurrent.futures.InvalidStateError:
+            pass
+    import traceback
+
+    print("mppool: error while resolving a task result:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+_live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
+
+
+def _end_all_at_exit() -> None:
+    for core in list(_live_cores):
+        try:
+            core.shutdown(wait=False, cancel_futures=True, timeout=0.0)
+            if not core.join(EXIT_TIMEOUT):
+                core.kill()
+        except Exception:
+            pass
+
+
+atexit.register(_end_all_at_exit)
+
+
+def _finalize(core: _Core) -> None:
+    if core.state == _RUNNING:
+        core.shutdown(wait=False, cancel_futures=False, timeout=None)

@@ -1,0 +1,197 @@
+"""Worker processes as the dispatcher sees them: forking, pipes, reaping, and slot records.
+
+A worker is forked from the (single-threaded) dispatcher. The child closes every descriptor
+it inherited except its own two pipe ends: holding a sibling's pipe open would hide that
+sibling's death from the dispatcher, which learns of a death from the pidfd or from
+end-of-file on the worker's result pipe.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+
+from . import _messages as m
+
+PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
+REAP_POLL_SECONDS = 0.1  # longest wait for a worker whose pipe closed to become reapable
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def set_nonblocking(fd: int) -> None:
+    os.set_blocking(fd, False)
+
+
+def grow_pipe(fd: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # above /proc/sys/fs/pipe-max-size: keep the default
+
+
+class Outbox:
+    """Bytes waiting to be written to one non-blocking fd."""
+
+    __slots__ = ("chunks", "fd", "registered")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.chunks: list[bytes | memoryview] = []
+        self.registered = False
+
+    def flush(self) -> bool:
+        """Write what the pipe takes. Returns True when everything was written."""
+        chunks = self.chunks
+        while chunks:
+            try:
+                written = os.writev(self.fd, chunks[:64])
+            except BlockingIOError:
+                return False
+            while written:
+                first = chunks[0]
+                if written >= len(first):
+                    written -= len(first)
+                    chunks.pop(0)
+                else:
+                    chunks[0] = memoryview(first)[written:]
+                    written = 0
+        return True
+
+
+class WorkerSlot:
+    """The dispatcher's record of one worker slot."""
+
+    __slots__ = (
+        "closing_since",
+        "draining",
+        "fns",
+        "frames",
+        "index",
+        "kill_reason",
+        "opts",
+        "outbox",
+        "pid",
+        "pidfd",
+        "ready",
+        "ready_at",
+        "result_fd",
+        "retired",
+        "sent_total",
+        "started_at",
+        "task_fd",
+    )
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.pidfd = -1
+        self.task_fd = -1
+        self.result_fd = -1
+        self.frames = m.FrameBuffer()
+        self.outbox = Outbox(-1)
+        self.fns: set[int] = set()
+        self.opts: set[int] = set()
+        self.ready = False
+        self.started_at = 0.0
+        self.ready_at = 0.0
+        self.sent_total = 0
+        self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
+        self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
+        self.retired = False
+        self.closing_since = 0.0
+
+    def reset(self, pid: int, task_fd: int, result_fd: int) -> None:
+        """Take a freshly forked worker into this slot."""
+        self.pid = pid
+        self.task_fd = task_fd
+        self.result_fd = result_fd
+        self.pidfd = -1
+        self.frames = m.FrameBuffer()
+        self.outbox = Outbox(task_fd)
+        self.fns = set()
+        self.opts = set()
+        self.ready = False
+        self.started_at = time.time()
+        self.ready_at = 0.0
+        self.sent_total = 0
+        self.draining = False
+        self.kill_reason = ""
+        self.retired = False
+        self.closing_since = 0.0
+
+
+def fork_worker(initializer: bytes | None, max_memory: int) -> tuple[int, int, int]:
+    """Fork a worker. Returns ``(pid, task pipe write end, result pipe read end)``.
+
+    Both returned descriptors are non-blocking. The child never returns from this call.
+    """
+    task_r, task_w = os.pipe()
+    result_r, result_w = os.pipe()
+    grow_pipe(task_w)
+    grow_pipe(result_w)
+    pid = os.fork()
+    if pid == 0:  # the child: become a worker and never return into the dispatcher's loop
+        status = 1
+        try:
+            keep = sorted((task_r, result_w))
+            os.closerange(3, keep[0])
+            os.closerange(keep[0] + 1, keep[1])
+            os.closerange(keep[1] + 1, 1 << 16)
+            from ._worker import worker_main
+
+            status = worker_main(task_r, result_w, initializer, max_memory)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(task_r)
+    os.close(result_w)
+    set_nonblocking(task_w)
+    set_nonblocking(result_r)
+    return pid, task_w, result_r
+
+
+def open_pidfd(pid: int) -> int:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), or -1."""
+    if not hasattr(os, "pidfd_open"):
+        return -1
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return -1
+
+
+def reap(pid: int) -> tuple[int | None, str | None]:
+    """Collect a dead worker's exit status: ``(exit code, signal name)``.
+
+    Called once the worker is known to be gone (its pidfd fired or its pipe closed). If it
+    still lives after ``REAP_POLL_SECONDS`` it is useless without its pipe and is killed.
+    """
+    deadline = time.monotonic() + REAP_POLL_SECONDS
+    status = 0
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None, None
+        if done:
+            break
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            break
+        time.sleep(0.001)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return None, signal.Signals(sig).name
+        except ValueError:
+            return None, f"signal {sig}"
+    return os.waitstatus_to_exitcode(status), None
