@@ -6,6 +6,7 @@ so the example scripts can stay focused on how they use the pool.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections import deque
@@ -225,3 +226,14 @@ def format_stats(stats: PoolStats, elapsed: float) -> str:
     for row in rows:
         lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     return "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    """Parse a strictly positive integer for argparse (underscores allowed, as in 5_000_000)."""
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value

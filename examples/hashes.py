@@ -96,17 +96,6 @@ class CompletionLog:
                 self.all_done.set()
 
 
-def positive_int(text: str) -> int:
-    """Parse a strictly positive integer for argparse (underscores allowed, as in 5_000)."""
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
@@ -114,13 +103,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seeds",
-        type=positive_int,
+        type=_report.positive_int,
         default=DEFAULT_SEEDS,
         help=f"number of bulk seeds, one task each (default {DEFAULT_SEEDS})",
     )
     parser.add_argument(
         "--rounds",
-        type=positive_int,
+        type=_report.positive_int,
         default=DEFAULT_ROUNDS,
         help=f"SHA-256 rounds per seed (default {DEFAULT_ROUNDS})",
     )
@@ -133,7 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=_report.positive_int,
         default=os.cpu_count() or 1,
         help="worker processes (default: the number of CPUs)",
     )

@@ -142,17 +142,6 @@ def count_below(
     return total, len(parts), time.monotonic() - started
 
 
-def positive_int(text: str) -> int:
-    """Parse a strictly positive integer for argparse (underscores allowed, as in 5_000_000)."""
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
@@ -160,19 +149,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--limit",
-        type=positive_int,
+        type=_report.positive_int,
         default=DEFAULT_LIMIT,
         help=f"count primes below this number (default {DEFAULT_LIMIT:_})",
     )
     parser.add_argument(
         "--ranges",
-        type=positive_int,
+        type=_report.positive_int,
         default=DEFAULT_RANGES,
         help=f"how many ranges to split the work into (default {DEFAULT_RANGES})",
     )
     parser.add_argument(
         "--workers",
-        type=positive_int,
+        type=_report.positive_int,
         default=os.cpu_count() or 1,
         help="worker processes (default: the number of CPUs)",
     )
