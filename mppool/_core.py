@@ -299,6 +299,16 @@ class _Core:
         elif count == 1:
             self.wake.set()
 
+    def send_now(self, msgs: list[tuple[Any, ...]]) -> None:
+        """Queue messages and write everything pending from this thread, waking nobody.
+
+        For callers that write anyway (a map refilling its window): going through
+        :meth:`send` would wake the sender thread for nothing, a thread switch per refill.
+        """
+        with self.lock:
+            self.pending.extend(msgs)
+        self.flush()
+
     def flush(self) -> None:
         with self.write_lock:
             with self.lock:

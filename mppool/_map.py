@@ -29,7 +29,7 @@ from ._serial import decode_error, decode_value, dumps
 if TYPE_CHECKING:
     from ._core import _Core, _Options
 
-CHUNK_TARGET_SECONDS = 0.005  # work per chunk the planner aims at
+CHUNK_TARGET_SECONDS = 0.020  # work per chunk the planner aims at
 MAX_CHUNK_ITEMS = 16384  # cap on items per chunk (bounds memory and result latency)
 GROWTH = 8.0  # a chunk is at most this many times larger than the largest so far
 TAIL_SPLIT = 4  # near the end, chunks are at most remaining / (TAIL_SPLIT * workers)
@@ -228,6 +228,7 @@ class MapIterator:
 
     def _fill(self) -> None:
         core = self.core
+        batch: list[tuple[Any, ...]] = []
         while self.outstanding < self.window and not self.exhausted:
             if self.planner.per_item is None and self.outstanding >= core.workers:
                 break  # unmeasured: one probe chunk per worker until a result comes back
@@ -243,7 +244,7 @@ class MapIterator:
             task_id = next(core.ids)
             chunk = _Chunk(self, task_id, len(items))
             core.entries[task_id] = chunk
-            core.send(
+            batch.append(
                 (
                     m.C_SUBMIT,
                     task_id,
@@ -260,7 +261,8 @@ class MapIterator:
             self.outstanding += 1
         # Write the chunks now, from this thread: waking the sender thread for it would cost a
         # thread switch per refill, which on a busy machine is time taken from the workers.
-        core.flush()
+        if batch:
+            core.send_now(batch)
 
     def _wait(self) -> _Chunk:
         timeout = None
