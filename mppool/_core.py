@@ -35,6 +35,7 @@ from ._serial import FunctionRegistry, decode_error, decode_value, dumps
 from ._stats import PoolStats
 
 SEND_BATCH = 512  # messages after which a submitting thread writes the batch itself
+QUIET_SECONDS = 0.0002  # after this long without a write, a message is written at once
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
@@ -222,6 +223,7 @@ class _Core:
         self.write_lock = threading.Lock()
         self.pending: list[tuple[Any, ...]] = []
         self.wake = threading.Event()
+        self.last_write = 0.0
         self.stop_sender = False
         self.entries: dict[int, Any] = {}  # task id -> _PoolFuture or map chunk
         self.stats_waiters: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
@@ -297,7 +299,13 @@ class _Core:
         if count >= SEND_BATCH:
             self.flush()
         elif count == 1:
-            self.wake.set()
+            if time.perf_counter() - self.last_write > QUIET_SECONDS:
+                # Nothing written lately: an isolated message goes out from this thread now,
+                # saving a thread hand-off of latency. In a burst the previous write was
+                # moments ago, so the sender thread collects the burst into one batch.
+                self.flush()
+            else:
+                self.wake.set()
 
     def send_now(self, msgs: list[tuple[Any, ...]]) -> None:
         """Queue messages and write everything pending from this thread, waking nobody.
@@ -315,6 +323,7 @@ class _Core:
                 msgs = self.pending
                 self.pending = []
             if msgs:
+                self.last_write = time.perf_counter()
                 try:
                     m.write_all(self.out_fd, m.encode(msgs))
                 except OSError as exc:  # the dispatcher is gone; the reader reports it

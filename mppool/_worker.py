@@ -11,6 +11,7 @@ is flushed right after, so the dispatcher's timeout clock is accurate.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import random
@@ -26,6 +27,9 @@ import cloudpickle
 from . import _messages as m
 
 FLUSH_SECONDS = 0.001  # a worker holds finished results at most this long while it keeps busy
+# The interpreter's collector settings, read when the dispatcher imports this module (before it
+# tunes its own); a forked worker runs user code and goes back to them.
+_GC_THRESHOLD = gc.get_threshold()
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -214,6 +218,7 @@ def worker_main(rfd: int, wfd: int, initializer: bytes | None, max_memory: int) 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_parent_death_signal()
     random.seed()  # forked siblings would otherwise share one random stream
+    gc.set_threshold(*_GC_THRESHOLD)
     if initializer is not None:
         try:
             fn, args = pickle.loads(initializer)

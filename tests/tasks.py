@@ -111,3 +111,9 @@ def fail_times(times: int, value: Any) -> Any:
     if _calls <= times:
         raise ConnectionError(f"attempt {_calls}")
     return value
+
+
+def gc_threshold(_: Any = None) -> tuple[int, int, int]:
+    import gc
+
+    return gc.get_threshold()

@@ -348,3 +348,10 @@ def test_not_callable_is_a_type_error(pool: mppool.Pool) -> None:
 
 def test_fifo_fixture_type() -> None:
     assert Fifo.__name__ == "Fifo"
+
+
+def test_workers_run_with_the_interpreters_default_gc_settings(pool: mppool.Pool) -> None:
+    import gc
+
+    # The dispatcher tunes its own collector; workers (forked from it) must not inherit that.
+    assert pool.submit(tasks.gc_threshold).result(timeout=RESULT_TIMEOUT) == gc.get_threshold()
