@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from mppool import _map
 from mppool import _scheduler as s
 from mppool._map import ChunkPlanner
 
@@ -347,9 +348,13 @@ def test_chunk_planner_grows_to_target_and_splits_the_tail(workers: int) -> None
     sizes = [planner.next_size(None) for _ in range(6)]
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]
     # Near the end of a known-length input chunks shrink so every worker gets a share.
-    planner.observe(1000, 1.0)  # 1 ms per item
+    planner.observe(100_000, 100.0)  # 1 ms per item
+    full = planner.next_size(None)
     tail = planner.next_size(40)
-    assert tail <= max(1, -(-40 // (4 * workers)))
+    # Near the end: at most remaining / (TAIL_SPLIT * workers), but never below a quarter of
+    # the target duration (splitting work that short only adds messages).
+    floor = int(_map.CHUNK_TARGET_SECONDS / 4 / 0.001)
+    assert tail <= max(1, -(-40 // (_map.TAIL_SPLIT * workers)), floor) < full
 
 
 def test_chunk_planner_fixed_size() -> None:
