@@ -14,6 +14,8 @@ replaced and its task retried; a hung task is killed at its timeout.
         print(pool.stats())
 """
 
+from typing import TYPE_CHECKING
+
 from ._client import Pool, PoolView
 from ._errors import (
     BrokenPoolError,
@@ -27,34 +29,61 @@ from ._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from ._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
 from ._ratelimit import RateLimit
+from ._registry import Registry, register
 from ._retry import RetryPolicy
 from ._schedule import Run, Schedule
 from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
 
+if TYPE_CHECKING:
+    from ._http import Server, serve
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP server needs the optional aiohttp; import it only when asked for.
+    if name in ("Server", "serve"):
+        from . import _http
+
+        return getattr(_http, name)
+    raise AttributeError(f"module 'mppool' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "BrokenPoolError",
     "CancelledByShutdownError",
     "LatencyStats",
+    "MetricsServer",
     "MppoolError",
     "Percentiles",
     "Pool",
     "PoolClosedError",
+    "PoolCollector",
     "PoolStats",
     "PoolView",
     "QueueFullError",
     "RateLimit",
+    "Registry",
     "RemoteTraceback",
     "RetryPolicy",
     "Run",
     "Schedule",
     "SerializationError",
+    "Server",
     "TaskAbortedError",
     "TaskInfo",
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerStats",
     "__version__",
+    "metrics_registry",
+    "register",
+    "serve",
+    "serve_metrics",
 ]

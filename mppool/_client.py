@@ -11,7 +11,7 @@ import datetime
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import _UNSET, _Core, _finalize, _live_cores, _Options, _PoolFuture
 from ._ratelimit import RateLimit
@@ -20,6 +20,10 @@ from ._retry import RetryPolicy
 from ._schedule import Schedule
 from ._scheduler import DEFAULT_AGING_RATE
 from ._stats import PoolStats, TaskInfo
+
+if TYPE_CHECKING:
+    from ._http import Server
+    from ._registry import Registry
 
 T = TypeVar("T")
 
@@ -302,6 +306,43 @@ class Pool(_Submitter, concurrent.futures.Executor):
             future.set_running_or_notify_cancel()
         self._core.cancel_task(future.task_id, kill=kill)
         return True
+
+    def cancel_task(self, task_id: int, *, kill: bool = False) -> None:
+        """Cancel a task by id (as in :meth:`tasks`), e.g. one submitted by another client.
+
+        Args:
+            task_id: the task's id.
+            kill: if it is running, kill (and replace) its worker.
+        """
+        self._core.cancel_task(task_id, kill=kill)
+
+    def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        token: str | None = None,
+        registry: Registry | None = None,
+    ) -> Server:
+        """Serve this pool's HTTP API and live dashboard from a background thread.
+
+        Needs the ``http`` extra (``pip install 'mppool[http]'``). See :func:`mppool.serve`.
+
+        Args:
+            host: address to bind; anything but loopback requires ``token``.
+            port: TCP port (0: any free port; see ``server.port``).
+            token: a bearer token every API request must carry.
+            registry: the functions that may be submitted by name (default: the built-ins).
+
+        Returns:
+            The running server; ``close()`` it (or use it as a context manager).
+
+        Raises:
+            ValueError: for a non-loopback ``host`` without a ``token``.
+        """
+        from ._http import serve
+
+        return serve(self, host, port, token=token, registry=registry)
 
     def tasks(self) -> list[TaskInfo]:
         """Live tasks (queued, delayed, running, retrying) and the most recent finished ones."""

@@ -30,6 +30,9 @@ class TaskTable:
     ) -> None:
         """Record the end of ``task`` (``state``: done, failed, cancelled)."""
         o = task.opts
+        # Starts made: every failure was one, plus the final run if it succeeded. (A task
+        # cancelled before it ran made none.)
+        attempts = task.failures + (1 if state == "done" else 0)
         self.history.append(
             (
                 task.id,
@@ -37,7 +40,7 @@ class TaskTable:
                 o.kind,
                 o.priority,
                 state,
-                task.attempts,
+                attempts,
                 task.submitted_at,
                 task.started_at,
                 now,

@@ -253,3 +253,18 @@ def test_history_is_bounded(pool: mppool.Pool) -> None:
     ends = [t.finished_at for t in finished]
     assert ends == sorted(ends, reverse=True)  # newest first
     assert {t.id for t in finished} <= {f.task_id for f in futs}
+
+
+def test_listing_counts_attempts(pool: mppool.Pool) -> None:
+    once = pool.submit(tasks.raise_value_error, "no retry")
+    thrice = pool.options(
+        retries=mppool.RetryPolicy(max_attempts=3, initial_delay=0.01, retry_on=(ValueError,))
+    ).submit(tasks.raise_value_error, "retried")
+    ok = pool.submit(tasks.square, 2)
+    for fut in (once, thrice):
+        with pytest.raises(ValueError):
+            fut.result(timeout=T)
+    assert ok.result(timeout=T) == 4
+    assert pool.task(once.task_id).attempts == 1
+    assert pool.task(thrice.task_id).attempts == 3
+    assert pool.task(ok.task_id).attempts == 1

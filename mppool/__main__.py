@@ -1,0 +1,8 @@
+"""``python -m mppool``: the command line (see :mod:`mppool._cli`)."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The ``mppool`` command (also ``python -m mppool``).
+
+    mppool serve --host 127.0.0.1 --port 8000 --workers 4 [--token T]
+    mppool run primes --n small --workers 2
+    mppool run hashes --n 500
+
+``serve`` runs a pool with the HTTP API and dashboard until Ctrl-C or SIGTERM, then shuts both
+down. ``run`` runs an example workload from the built-in task functions with a progress bar
+and prints a stats summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import FrameType
+from typing import Any
+
+from ._client import Pool
+from ._registry import primes, sha256
+from ._stats import Percentiles, PoolStats
+
+__all__ = ["format_summary", "main"]
+
+SHUTDOWN_TIMEOUT = 5.0  # seconds running tasks get when `serve` stops before they are killed
+SIZES = {"small": 100, "medium": 1_000, "large": 10_000}  # tasks per `run` workload
+HASH_ROUNDS = 20_000  # SHA-256 rounds per `run hashes` task (about 20 ms)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
+    return value
+
+
+def _size(text: str) -> int:
+    if text in SIZES:
+        return SIZES[text]
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"--n takes {', '.join(SIZES)} or a number of tasks, not {text!r}"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mppool", description="A multiprocessing pool for CPU-bound work."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    default_workers = os.cpu_count() or 1
+
+    srv = sub.add_parser("serve", help="run a pool with the HTTP API and live dashboard")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0: any free)")
+    srv.add_argument(
+        "--workers", type=_positive_int, default=default_workers, help="worker processes"
+    )
+    srv.add_argument(
+        "--token",
+        default=os.environ.get("MPPOOL_TOKEN"),
+        help="bearer token required by the API (default: $MPPOOL_TOKEN; generated when "
+        "binding beyond loopback without one)",
+    )
+
+    run = sub.add_parser("run", help="run an example workload with a progress bar")
+    run.add_argument("workload", choices=["primes", "hashes"], help="what to compute")
+    run.add_argument(
+        "--n",
+        type=_size,
+        default=SIZES["medium"],
+        help=f"number of tasks: {', '.join(SIZES)} or a number (default medium)",
+    )
+    run.add_argument(
+        "--workers", type=_positive_int, default=default_workers, help="worker processes"
+    )
+    run.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args.host, args.port, args.workers, args.token)
+    return _run(args.workload, args.n, args.workers, not args.no_progress)
+
+
+# --- serve -------------------------------------------------------------------------------------
+def _serve(host: str, port: int, workers: int, token: str | None) -> int:
+    # Imported here so `mppool run` works without the optional HTTP dependency.
+    from ._http import is_loopback, serve
+
+    if token is None and not is_loopback(host):
+        # Like a notebook server: safe by default, and the link printed below carries it.
+        token = secrets.token_urlsafe(24)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    # Installed before the pool exists, so a signal during start-up still ends in a clean stop.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pool = Pool(workers)
+        try:
+            with serve(pool, host, port, token=token) as server:
+                link = server.url + (f"?token={token}" if token else "")
+                print(f"mppool: {workers} workers, dashboard at {link}", flush=True)
+                print(f"mppool: API at {server.url}api/ ; Ctrl-C to stop", flush=True)
+                stop.wait()
+                print("mppool: stopping", flush=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True, timeout=SHUTDOWN_TIMEOUT)
+    except OSError as exc:
+        print(f"mppool: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+# --- run ---------------------------------------------------------------------------------------
+def _workload(name: str, count: int) -> tuple[Callable[..., Any], Iterable[Any], str]:
+    """The function, its inputs and a description of what the results mean."""
+    if name == "primes":
+        # Limits of uneven size (the multiplier scatters them over 5,000-45,000), so the
+        # pool's chunking and stealing have a skewed job to spread.
+        limits = [5_000 + (i * 7_919) % 40_000 for i in range(count)]
+        return primes, limits, "primes found (summed over all limits)"
+    seeds = [f"seed-{i}" for i in range(count)]
+    return functools.partial(sha256, HASH_ROUNDS), seeds, "distinct digests"
+
+
+def _run(workload: str, count: int, workers: int, progress: bool) -> int:
+    fn, inputs, meaning = _workload(workload, count)
+    started = time.monotonic()
+    try:
+        with Pool(workers) as pool:
+            results = list(pool.imap_unordered(fn, inputs, progress=progress))
+            elapsed = time.monotonic() - started
+            stats = pool.stats()  # while the pool is open: after shutdown there is none
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    answer = sum(results) if workload == "primes" else len(set(results))
+    print(
+        f"{workload}: {len(results):,} tasks on {workers} workers in {elapsed:.2f}s "
+        f"({len(results) / elapsed:,.1f} tasks/s)"
+        if elapsed > 0
+        else f"{workload}: done"
+    )
+    print(f"{meaning}: {answer:,}")
+    print()
+    print(format_summary(stats))
+    return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.2f} ms"
+
+
+def format_summary(stats: PoolStats) -> str:
+    """A pool stats snapshot as a text summary: counters, latency percentiles, workers.
+
+    Args:
+        stats: a snapshot from ``Pool.stats()``.
+
+    Returns:
+        Several lines, without a trailing newline.
+    """
+    counters = [
+        ("submitted", stats.submitted),
+        ("completed", stats.completed),
+        ("failed", stats.failed),
+        ("retried", stats.retried),
+        ("crashed", stats.crashed),
+        ("timed out", stats.timed_out),
+        ("cancelled", stats.cancelled),
+        ("steals", stats.steals),
+        ("stolen tasks", stats.stolen_tasks),
+        ("respawns", stats.respawns),
+    ]
+    lines = [f"pool stats (uptime {stats.uptime:.2f}s; a map chunk counts as one task)"]
+    width = max(len(name) for name, _ in counters)
+    lines += [f"  {name:<{width}}  {value:>10,}" for name, value in counters]
+
+    lines += ["", f"  {'latency':<12}{'p50':>12}{'p95':>12}{'p99':>12}{'tasks':>8}"]
+    stages: list[tuple[str, Percentiles]] = [
+        ("queue wait", stats.latency.queue_wait),
+        ("run time", stats.latency.run_time),
+        ("end to end", stats.latency.end_to_end),
+    ]
+    for label, p in stages:
+        lines.append(f"  {label:<12}{_ms(p.p50):>12}{_ms(p.p95):>12}{_ms(p.p99):>12}{p.count:>8}")
+
+    lines += ["", f"  {'worker':>6}{'pid':>9}{'tasks':>8}{'busy s':>9}{'busy':>7}{'RSS MiB':>9}"]
+    for w in stats.workers:
+        rss = "-" if w.rss_bytes is None else f"{w.rss_bytes / 2**20:.1f}"
+        lines.append(
+            f"  {w.index:>6}{w.pid:>9}{w.tasks_done:>8}{w.busy_seconds:>9.2f}"
+            f"{w.busy_fraction:>7.0%}{rss:>9}"
+        )
+    return "\n".join(lines)
