@@ -34,6 +34,7 @@ MAX_CHUNK_ITEMS = 16384  # cap on items per chunk (bounds memory and result late
 GROWTH = 8.0  # a chunk is at most this many times larger than the largest so far
 TAIL_SPLIT = 4  # near the end, chunks are at most remaining / (TAIL_SPLIT * workers)
 WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
+WINDOW_SECONDS_PER_WORKER = 0.1  # ... and at most this much estimated work per worker
 DECAY = 0.5  # weight kept by older measurements at each new one
 
 ProgressHook = Callable[[int, "int | None"], None]
@@ -90,21 +91,29 @@ class ChunkPlanner:
             raise ValueError(f"chunksize must be >= 1, not {fixed!r}")
         self.workers = workers
         self.fixed = fixed
-        self._seconds = 0.0
-        self._items = 0.0
+        self._mean: float | None = None
+        self._last = 0.0
         self._largest = 1
 
     def observe(self, items: int, seconds: float) -> None:
         """Record that a chunk of ``items`` items took ``seconds`` in a worker."""
-        self._seconds = self._seconds * DECAY + seconds
-        self._items = self._items * DECAY + items
+        # Averaged per chunk, not per item: weighting by items would let a big chunk of light
+        # items drown a small chunk of heavy ones, the very signal that costs are rising.
+        rate = seconds / max(1, items)
+        self._last = rate
+        self._mean = rate if self._mean is None else self._mean + (1 - DECAY) * (rate - self._mean)
 
     @property
     def per_item(self) -> float | None:
-        """Estimated seconds per item, or ``None`` before any measurement."""
-        if self._items <= 0:
+        """Estimated seconds per item, or ``None`` before any measurement.
+
+        The larger of the running mean and the latest chunk: when costs rise (a skewed input
+        whose heavy items come last) chunks shrink at once; when they fall, they grow back
+        smoothly with the mean.
+        """
+        if self._mean is None:
             return None
-        return self._seconds / self._items
+        return max(self._mean, self._last)
 
     def next_size(self, remaining: int | None) -> int:
         """Items for the next chunk, given how many are left (``None`` if unknown)."""
@@ -131,13 +140,23 @@ class ChunkPlanner:
 class _Chunk:
     """One submitted chunk: resolved by the reader thread, consumed by the iterator."""
 
-    __slots__ = ("attempts", "event", "n_items", "owner", "payload", "status", "task_id")
+    __slots__ = (
+        "attempts",
+        "estimate",
+        "event",
+        "n_items",
+        "owner",
+        "payload",
+        "status",
+        "task_id",
+    )
 
     def __init__(self, owner: MapIterator, task_id: int, n_items: int) -> None:
         self.owner = owner
         self.task_id = task_id
         self.n_items = n_items
         self.status = -1
+        self.estimate = 0.0
         self.attempts = 0
         self.payload = b""
         self.event: threading.Event | None = threading.Event() if owner.ordered else None
@@ -216,6 +235,8 @@ class MapIterator:
         self.read = 0  # items taken from the input
         self.in_flight: deque[_Chunk] = deque()  # ordered: submission order
         self.outstanding = 0
+        self.outstanding_work = 0.0  # estimated seconds of the outstanding chunks
+        self.work_window = WINDOW_SECONDS_PER_WORKER * core.workers
         self.done: queue.SimpleQueue[_Chunk] = queue.SimpleQueue()
         self.exhausted = False
         self.finished = False
@@ -230,8 +251,13 @@ class MapIterator:
         core = self.core
         batch: list[tuple[Any, ...]] = []
         while self.outstanding < self.window and not self.exhausted:
-            if self.planner.per_item is None and self.outstanding >= core.workers:
+            per_item = self.planner.per_item
+            if per_item is None and self.outstanding >= core.workers:
                 break  # unmeasured: one probe chunk per worker until a result comes back
+            if self.outstanding and self.outstanding_work >= self.work_window:
+                # Enough estimated work is in flight. Planning further ahead would size many
+                # chunks on an estimate that the coming results may prove stale.
+                break
             remaining = None if self.total is None else max(0, self.total - self.read)
             size = self.planner.next_size(remaining)
             items = list(itertools.islice(self.source, size))
@@ -243,6 +269,8 @@ class MapIterator:
             payload = dumps(items, f"an input item of map({self.fn_name})")
             task_id = next(core.ids)
             chunk = _Chunk(self, task_id, len(items))
+            chunk.estimate = (per_item or 0.0) * len(items)
+            self.outstanding_work += chunk.estimate
             core.entries[task_id] = chunk
             batch.append(
                 (
@@ -286,6 +314,7 @@ class MapIterator:
             while self.outstanding or not self.exhausted:
                 chunk = self._wait()
                 self.outstanding -= 1
+                self.outstanding_work -= chunk.estimate
                 results, error = chunk.outcome()
                 if error is None:
                     try:
