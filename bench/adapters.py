@@ -124,7 +124,22 @@ class PoolAdapter:
         self.shutdown()
 
 
-class MppoolAdapter(PoolAdapter):
+class ExecutorAdapter(PoolAdapter):
+    """A pool with the ``concurrent.futures.Executor`` interface in ``self.pool``."""
+
+    pool: Any
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.pool.submit(fn, *args)
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        return list(self.pool.map(fn, items))
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class MppoolAdapter(ExecutorAdapter):
     """mppool with default settings."""
 
     name = "mppool"
@@ -136,15 +151,6 @@ class MppoolAdapter(PoolAdapter):
         import mppool
 
         self.pool = mppool.Pool(workers=workers)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
 
     def abort(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -181,7 +187,7 @@ class MultiprocessingAdapter(PoolAdapter):
         self.pool.join()
 
 
-class ProcessPoolExecutorAdapter(PoolAdapter):
+class ProcessPoolExecutorAdapter(ExecutorAdapter):
     """``concurrent.futures.ProcessPoolExecutor`` (map uses its default chunksize=1)."""
 
     name = "ppe"
@@ -194,20 +200,11 @@ class ProcessPoolExecutorAdapter(PoolAdapter):
 
         self.pool = ProcessPoolExecutor(max_workers=workers)
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
-
     def abort(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-class LokyAdapter(PoolAdapter):
+class LokyAdapter(ExecutorAdapter):
     """loky's reusable executor (map uses its default chunksize=1)."""
 
     name = "loky"
@@ -219,15 +216,6 @@ class LokyAdapter(PoolAdapter):
         import loky
 
         self.pool = loky.get_reusable_executor(max_workers=workers)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.pool.submit(fn, *args)
-
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-        return list(self.pool.map(fn, items))
-
-    def shutdown(self) -> None:
-        self.pool.shutdown(wait=True)
 
     def abort(self) -> None:
         self.pool.shutdown(wait=False, kill_workers=True)
