@@ -33,6 +33,9 @@ class _Submitter:
 
     _core: _Core
     _opts: _Options
+    # What keeps the pool alive while a view, a map or a schedule is still in use. Without
+    # it, `Pool(2).map(...)` would let the pool be collected (and shut down) mid-iteration.
+    _owner: Any
 
     def submit(
         self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
@@ -98,9 +101,11 @@ class _Submitter:
         from ._map import MapIterator, keyed_results
 
         if callable(self._opts.key):
-            return keyed_results(self._core, fn, iterables, self._opts, True, timeout, progress)
+            return keyed_results(
+                self._core, fn, iterables, self._opts, True, timeout, progress, self._owner
+            )
         return MapIterator(
-            self._core, fn, iterables, self._opts, True, chunksize, timeout, progress
+            self._core, fn, iterables, self._opts, True, chunksize, timeout, progress, self._owner
         ).results()
 
     def imap_unordered(
@@ -115,9 +120,11 @@ class _Submitter:
         from ._map import MapIterator, keyed_results
 
         if callable(self._opts.key):
-            return keyed_results(self._core, fn, iterables, self._opts, False, timeout, progress)
+            return keyed_results(
+                self._core, fn, iterables, self._opts, False, timeout, progress, self._owner
+            )
         return MapIterator(
-            self._core, fn, iterables, self._opts, False, chunksize, timeout, progress
+            self._core, fn, iterables, self._opts, False, chunksize, timeout, progress, self._owner
         ).results()
 
     def options(
@@ -181,15 +188,16 @@ class _Submitter:
                 at = at.timestamp()
             changes["at"] = at
             changes["delay"] = None
-        return PoolView(self._core, self._opts.replace(**changes))
+        return PoolView(self._core, self._opts.replace(**changes), self._owner)
 
 
 class PoolView(_Submitter):
     """The pool with other per-task options (from :meth:`Pool.options`)."""
 
-    def __init__(self, core: _Core, opts: _Options) -> None:
+    def __init__(self, core: _Core, opts: _Options, owner: Any) -> None:
         self._core = core
         self._opts = opts
+        self._owner = owner
 
     def __repr__(self) -> str:
         o = self._opts
@@ -268,6 +276,10 @@ class Pool(_Submitter, concurrent.futures.Executor):
         )
         _live_cores.add(self._core)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
+
+    @property
+    def _owner(self) -> Pool:
+        return self
 
     @property
     def workers(self) -> int:
@@ -372,9 +384,11 @@ class Pool(_Submitter, concurrent.futures.Executor):
         """
         if not interval > 0:
             raise ValueError("interval must be > 0 seconds")
-        return self._core.schedule(  # type: ignore[no-any-return]
+        handle: Schedule = self._core.schedule(
             fn, args, kwargs, self._opts, float(interval), "", f"every {interval:g} s"
         )
+        handle._owner = self  # a running schedule keeps its pool alive
+        return handle
 
     def schedule_cron(
         self, expression: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -389,9 +403,11 @@ class Pool(_Submitter, concurrent.futures.Executor):
             ValueError: if the expression is not valid.
         """
         validate_cron(expression)
-        return self._core.schedule(  # type: ignore[no-any-return]
+        handle: Schedule = self._core.schedule(
             fn, args, kwargs, self._opts, 0.0, expression, f"cron {expression!r}"
         )
+        handle._owner = self  # a running schedule keeps its pool alive
+        return handle
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None

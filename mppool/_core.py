@@ -115,8 +115,11 @@ class _Options:
             self.kind,
             retry_on,
             retry_timeouts,
-            self.key if isinstance(self.key, str) else "",
         )
+
+    def signature(self) -> tuple[Any, ...]:
+        """What the dispatcher sees of these options: equal signatures share one id."""
+        return (self.priority, self.timeout, self.retry, self.crash_retries, self.kind)
 
     def not_before(self) -> float:
         """Dispatcher-clock time before which the task must not run (0.0: now)."""
@@ -232,6 +235,7 @@ class _Core:
         self.functions = FunctionRegistry()
         self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
         self.keys: dict[str, _PoolFuture] = {}  # dedup: key -> the unfinished task holding it
+        self.opts_by_value: dict[tuple[Any, ...], int] = {}
         self.deduplicated = 0
         self.list_waiters: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
         self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
@@ -307,14 +311,23 @@ class _Core:
             else:
                 self.wake.set()
 
-    def send_now(self, msgs: list[tuple[Any, ...]]) -> None:
-        """Queue messages and write everything pending from this thread, waking nobody.
+    def register_batch(self, batch: list[tuple[int, Any, tuple[Any, ...]]]) -> None:
+        """Register entries and write their messages from this thread, waking nobody.
 
-        For callers that write anyway (a map refilling its window): going through
-        :meth:`send` would wake the sender thread for nothing, a thread switch per refill.
+        For a map refilling its window: going through :meth:`send` would wake the sender
+        thread for nothing, a thread switch per refill. As in :meth:`register_entry`, nothing
+        is registered once the pool has ended; those entries fail at once instead.
         """
         with self.lock:
-            self.pending.extend(msgs)
+            is_open = self.state in (_RUNNING, _CLOSING)
+            if is_open:
+                for task_id, entry, msg in batch:
+                    self.entries[task_id] = entry
+                    self.pending.append(msg)
+        if not is_open:
+            for _, entry, _ in batch:
+                entry._mppool_resolve(m.CLOSED, 0, 0.0, b"")
+            return
         self.flush()
 
     def flush(self) -> None:
@@ -322,7 +335,7 @@ class _Core:
             with self.lock:
                 msgs = self.pending
                 self.pending = []
-            if msgs:
+            if msgs and self.out_fd >= 0:
                 self.last_write = time.perf_counter()
                 try:
                     m.write_all(self.out_fd, m.encode(msgs))
@@ -344,19 +357,24 @@ class _Core:
     def register_options(self, opts: _Options) -> int:
         key = id(self)
         opts_id = opts._ids.get(key)
-        if opts_id is None:
-            message = opts.message(next(self.opts_ids))
-            count = 0
-            with self.lock:
-                opts_id = opts._ids.get(key)
-                if opts_id is None:
-                    # Queued under the lock before the id is published, so no task using
-                    # this id can reach the dispatcher ahead of its options.
-                    self.pending.append(message)
-                    count = len(self.pending)
-                    opts_id = opts._ids[key] = message[1]
-            if count == 1:
-                self.wake.set()  # same rule as send(): whoever makes the batch non-empty wakes
+        if opts_id is not None:
+            return opts_id
+        # Interned by value: `pool.options(priority=1)` called a million times (or once per
+        # HTTP request) is one options set in the dispatcher and the workers, not a million.
+        signature = opts.signature()
+        count = 0
+        with self.lock:
+            opts_id = self.opts_by_value.get(signature)
+            if opts_id is None:
+                message = opts.message(next(self.opts_ids))
+                # Queued under the lock before the id is published, so no task using this
+                # id can reach the dispatcher ahead of its options.
+                self.pending.append(message)
+                count = len(self.pending)
+                opts_id = self.opts_by_value[signature] = message[1]
+            opts._ids[key] = opts_id
+        if count == 1:
+            self.wake.set()  # same rule as send(): whoever makes the batch non-empty wakes
         return opts_id
 
     def function_id(self, fn: Callable[..., Any]) -> int:
@@ -391,6 +409,7 @@ class _Core:
         block: bool = True,
         timeout: float | None = None,
         key: str | None = None,
+        created: set[int] | None = None,
     ) -> _PoolFuture:
         self.check_open()
         if key is None:
@@ -424,12 +443,42 @@ class _Core:
                     return holder
                 self.keys[key] = fut
             fut.add_done_callback(functools.partial(self._free_key, key))
-        self.entries[task_id] = fut
+        if created is not None:
+            created.add(task_id)  # the caller owns this task (it did not join another's)
         not_before = opts.not_before()
-        self.send((m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload))
-        if self.state == _BROKEN and self.entries.pop(task_id, None) is fut:
-            fut.set_exception(BrokenPoolError("the pool is broken"))
+        msg = (m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload, key or "")
+        self.register_entry(task_id, fut, msg)
         return fut
+
+    def register_entry(self, task_id: int, entry: Any, msg: tuple[Any, ...]) -> None:
+        """Record a task's entry and queue its message, unless the pool ended meanwhile.
+
+        Pickling arguments or waiting for queue room can take long; the pool may have shut
+        down since ``check_open``. The check and the registration happen under the lock that
+        the reader thread takes to end the pool, so no entry is ever left unresolved.
+        """
+        with self.lock:
+            if self.state in (_RUNNING, _CLOSING):
+                self.entries[task_id] = entry
+                self.pending.append(msg)
+                count = len(self.pending)
+            else:
+                count = -1
+        if count < 0:
+            entry._mppool_resolve(
+                m.BROKEN if self.state == _BROKEN else m.CLOSED,
+                0,
+                0.0,
+                pickle.dumps(("the pool is broken", None)),
+            )
+            return
+        if count >= SEND_BATCH:
+            self.flush()
+        elif count == 1:
+            if time.perf_counter() - self.last_write > QUIET_SECONDS:
+                self.flush()
+            else:
+                self.wake.set()
 
     def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
         self.release_slot()
@@ -446,6 +495,11 @@ class _Core:
 
     def request(self, msg: tuple[Any, ...], waiters: dict[int, Any], request_id: int) -> Any:
         """Send a request and wait for the dispatcher's reply to it."""
+        if threading.current_thread() is self.reader:
+            # The reply would be delivered by this very thread: it would wait for itself.
+            raise RuntimeError(
+                "stats(), tasks() and task() cannot be called from a future's done callback"
+            )
         if self.state == _CLOSED:
             raise PoolClosedError("the pool is shut down")
         if self.state == _BROKEN:
@@ -542,8 +596,12 @@ class _Core:
                         err.__cause__ = cause
                         self._go_broken(err)
                     elif tag == m.D_BYE:
-                        self.state = _CLOSED
+                        with self.lock:
+                            self.state = _CLOSED
                         return
+                # Drop the last entry and batch before blocking in read(): an idle reader
+                # must not keep a finished map (and through it an abandoned pool) alive.
+                entry, msg, msgs = None, (), None
         finally:
             self._cleanup()
 
@@ -583,11 +641,31 @@ class _Core:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        for attr in ("out_fd", "in_fd"):
-            fd = getattr(self, attr)
-            if fd >= 0:
-                setattr(self, attr, -1)
-                os.close(fd)
+        with self.lock:
+            if self.state not in (_BROKEN, _CLOSED):
+                self.state = _CLOSED
+            leftovers = [self.entries.pop(t, None) for t in list(self.entries)]
+            waiters: list[concurrent.futures.Future[Any]] = [
+                *self.stats_waiters.values(),
+                *self.list_waiters.values(),
+            ]
+        # Anything still registered never reached the dispatcher in time (a map refilling its
+        # window as the pool closed): fail it rather than leave someone waiting forever.
+        for entry in leftovers:
+            if entry is not None:
+                try:
+                    entry._mppool_resolve(m.CLOSED, 0, 0.0, b"")
+                except Exception as exc:
+                    _report_resolve_failure(entry, exc)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(PoolClosedError("the pool is shut down"))
+        with self.write_lock:  # no flush may write to a closed (or reused) descriptor
+            for attr in ("out_fd", "in_fd"):
+                fd = getattr(self, attr)
+                if fd >= 0:
+                    setattr(self, attr, -1)
+                    os.close(fd)
         self.finished.set()
         _live_cores.discard(self)
 

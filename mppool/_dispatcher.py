@@ -266,7 +266,7 @@ class Dispatcher:
         for msg in msgs:
             tag = msg[0]
             if tag == m.C_SUBMIT:
-                _, task_id, fn_id, opts_id, n_items, flags, not_before, payload = msg
+                _, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key = msg
                 self.counters["submitted"] += 1
                 if self.broken is not None:
                     self.results.append(
@@ -283,6 +283,7 @@ class Dispatcher:
                     opts,
                     payload,
                     n_items=n_items,
+                    dedup_key=key,
                     flags=flags,
                     not_before=not_before,
                 )
@@ -302,7 +303,6 @@ class Dispatcher:
                     crash_retries=o.crash_retries,
                     kind=o.kind,
                     retry_timeouts=o.retry_timeouts,
-                    key=o.key,
                 )
                 if o.retry_on is not None:
                     self.retry_on[o.opts_id] = o.retry_on

@@ -78,6 +78,7 @@ EXECUTOR_THREADS = 4
 TASK_STATES = frozenset({"queued", "delayed", "running", "retrying", "done", "failed", "cancelled"})
 _FINISHED = frozenset({"done", "failed", "cancelled"})
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+_MAX_LABEL = 200  # longest kind or key accepted over HTTP
 _SUBMIT_FIELDS = frozenset({"name", "args", "kwargs", "priority", "timeout", "kind", "key"})
 
 T = TypeVar("T")
@@ -517,9 +518,18 @@ class Server:
             options["timeout"] = None if timeout is None else float(timeout)
         for field in ("kind", "key"):
             if body.get(field) is not None:
-                if not isinstance(body[field], str) or not body[field]:
-                    raise _HTTPError(400, f"'{field}' must be a non-empty string or null")
-                options[field] = body[field]
+                value = body[field]
+                if not isinstance(value, str) or not value or len(value) > _MAX_LABEL:
+                    raise _HTTPError(
+                        400,
+                        f"'{field}' must be a non-empty string of at most {_MAX_LABEL} "
+                        "characters, or null",
+                    )
+                options[field] = value
+        if "key" in options:
+            # Keys from HTTP live in their own namespace, per function: a request must never
+            # join (and so read the result of) a task the program submitted in-process.
+            options["key"] = f"http:{name}:{options['key']}"
         return name, args, kwargs, options
 
     async def _cancel(self, request: web.Request) -> web.Response:

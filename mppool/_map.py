@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _messages as m
+from ._errors import PoolClosedError, SerializationError
 from ._serial import decode_error, decode_value, dumps
 
 if TYPE_CHECKING:
@@ -188,6 +189,16 @@ class _Chunk:
         return [], decode_error(self.status, self.attempts, self.payload)
 
 
+def _picklable_prefix(items: list[Any]) -> int:
+    """How many leading items pickle on their own (only on the error path)."""
+    for index, item in enumerate(items):
+        try:
+            dumps(item, "an input item")
+        except SerializationError:
+            return index
+    return len(items)
+
+
 def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     hints = [operator.length_hint(it, -1) for it in iterables]
     if any(h < 0 for h in hints):
@@ -208,11 +219,13 @@ class MapIterator:
         chunksize: int | None,
         timeout: float | None,
         progress: Progress = None,
+        owner: Any = None,
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         core.check_open()
         self.core = core
+        self.owner = owner  # keeps the pool alive while the results are being consumed
         self.ordered = ordered
         self.fn_id = core.function_id(fn)
         self.opts_id = core.register_options(opts)
@@ -241,39 +254,63 @@ class MapIterator:
         self.exhausted = False
         self.finished = False
         self.progress = _Reporter(progress, self.total, self.fn_name)
+        # An error from the input (it raised, or an item did not pickle) is raised after every
+        # earlier item has been yielded, where the built-in map would raise it.
+        self.input_error: BaseException | None = None
         try:
             self._fill()
-        except BaseException:
+        except PoolClosedError:
             self.progress.close()
             raise
+        except BaseException as exc:
+            self.input_error, self.exhausted = exc, True
 
     def _fill(self) -> None:
         core = self.core
-        batch: list[tuple[Any, ...]] = []
-        while self.outstanding < self.window and not self.exhausted:
-            per_item = self.planner.per_item
-            if per_item is None and self.outstanding >= core.workers:
-                break  # unmeasured: one probe chunk per worker until a result comes back
-            if self.outstanding and self.outstanding_work >= self.work_window:
-                # Enough estimated work is in flight. Planning further ahead would size many
-                # chunks on an estimate that the coming results may prove stale.
-                break
-            remaining = None if self.total is None else max(0, self.total - self.read)
-            size = self.planner.next_size(remaining)
-            items = list(itertools.islice(self.source, size))
-            if len(items) < size:
-                self.exhausted = True
-            if not items:
-                break
-            self.read += len(items)
-            payload = dumps(items, f"an input item of map({self.fn_name})")
-            task_id = next(core.ids)
-            chunk = _Chunk(self, task_id, len(items))
-            chunk.estimate = (per_item or 0.0) * len(items)
-            self.outstanding_work += chunk.estimate
-            core.entries[task_id] = chunk
-            batch.append(
-                (
+        batch: list[tuple[int, Any, tuple[Any, ...]]] = []
+        try:
+            while self.outstanding < self.window and not self.exhausted:
+                core.check_open()
+                per_item = self.planner.per_item
+                if per_item is None and self.outstanding >= core.workers:
+                    break  # unmeasured: one probe chunk per worker until a result comes back
+                if self.outstanding and self.outstanding_work >= self.work_window:
+                    # Enough estimated work is in flight. Planning further ahead would size
+                    # many chunks on an estimate that the coming results may prove stale.
+                    break
+                remaining = None if self.total is None else max(0, self.total - self.read)
+                size = self.planner.next_size(remaining)
+                items: list[Any] = []
+                pull_error: BaseException | None = None
+                try:
+                    # extend() keeps the items pulled before the input raised: they are sent,
+                    # and the error is raised after their results.
+                    items.extend(itertools.islice(self.source, size))
+                except BaseException as exc:
+                    pull_error = exc
+                if len(items) < size:
+                    self.exhausted = True
+                if not items:
+                    if pull_error is not None:
+                        raise pull_error
+                    break
+                self.read += len(items)
+                try:
+                    payload = dumps(items, f"an input item of map({self.fn_name})")
+                except SerializationError as exc:
+                    # Send the items before the one that does not pickle, then raise: the
+                    # caller gets every result up to the bad item, as with the built-in map.
+                    good = _picklable_prefix(items)
+                    if not good:
+                        raise
+                    items, pull_error = items[:good], exc
+                    self.exhausted = True
+                    payload = dumps(items, f"an input item of map({self.fn_name})")
+                task_id = next(core.ids)
+                chunk = _Chunk(self, task_id, len(items))
+                chunk.estimate = (per_item or 0.0) * len(items)
+                self.outstanding_work += chunk.estimate
+                msg = (
                     m.C_SUBMIT,
                     task_id,
                     self.fn_id,
@@ -282,15 +319,21 @@ class MapIterator:
                     self.flags,
                     0.0,
                     payload,
+                    "",
                 )
-            )
-            if self.ordered:
-                self.in_flight.append(chunk)
-            self.outstanding += 1
-        # Write the chunks now, from this thread: waking the sender thread for it would cost a
-        # thread switch per refill, which on a busy machine is time taken from the workers.
-        if batch:
-            core.send_now(batch)
+                batch.append((task_id, chunk, msg))
+                if self.ordered:
+                    self.in_flight.append(chunk)
+                self.outstanding += 1
+                if pull_error is not None:
+                    raise pull_error
+        finally:
+            # Chunks planned before an error (the input raised, an item did not pickle) are
+            # still sent: their results come before the error. Written from this thread, not
+            # by waking the sender thread: a thread switch per refill is time taken from the
+            # workers on a busy machine.
+            if batch:
+                core.register_batch(batch)
 
     def _wait(self) -> _Chunk:
         timeout = None
@@ -316,15 +359,17 @@ class MapIterator:
                 self.outstanding -= 1
                 self.outstanding_work -= chunk.estimate
                 results, error = chunk.outcome()
-                if error is None:
+                if error is None and self.input_error is None:
                     try:
                         self._fill()  # refill before yielding, so workers stay busy
                     except BaseException as exc:  # the input raised, or an item did not pickle
-                        error = exc
+                        self.input_error, self.exhausted = exc, True
                 self.progress.advance(len(results))
                 yield from results
                 if error is not None:
                     raise error
+            if self.input_error is not None:
+                raise self.input_error
         finally:
             self.progress.close()
             self.close()
@@ -334,6 +379,7 @@ class MapIterator:
         if self.finished:
             return
         self.finished = True
+        self.owner = None  # the map is over: it no longer keeps the pool alive
         core = self.core
         for task_id in [c.task_id for c in self.in_flight] if self.ordered else []:
             core.cancel_task(task_id, kill=False)
@@ -352,6 +398,7 @@ def keyed_results(
     ordered: bool,
     timeout: float | None,
     progress: Progress = None,
+    owner: Any = None,
 ) -> Iterator[Any]:
     """``map`` with ``options(key=callable)``: one task per item, deduplicated by its key.
 
@@ -368,6 +415,7 @@ def keyed_results(
     window = WINDOW_PER_WORKER * core.workers
     deadline = None if timeout is None else time.monotonic() + timeout
     pending: deque[concurrent.futures.Future[Any]] = deque()
+    mine: set[int] = set()  # tasks this map created (others' tasks it joined are not its own)
     exhausted = False
     reporter = _Reporter(progress, _length(iterables), getattr(fn, "__qualname__", "map"))
 
@@ -381,7 +429,7 @@ def keyed_results(
                 return
             args = tuple(item) if star else (item,)
             key = str(keyfn(*args))
-            pending.append(core.submit(fn, args, {}, opts, key=key))
+            pending.append(core.submit(fn, args, {}, opts, key=key, created=mine))
 
     def left() -> float | None:
         return None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -406,4 +454,7 @@ def keyed_results(
     finally:
         reporter.close()
         for fut in pending:
-            fut.cancel()
+            # Leaving early cancels only this map's own tasks: a task it shares with another
+            # submit or map (same key) still has someone waiting for it.
+            if getattr(fut, "task_id", None) in mine:
+                fut.cancel()

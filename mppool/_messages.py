@@ -65,6 +65,7 @@ TIMEOUT = 6  # payload: pickled (timeout seconds, pid)
 CANCELLED = 7  # payload: b""
 KILLED = 8  # payload: b"": killed at the shutdown deadline
 BROKEN = 9  # payload: pickled (message, traceback text or None)
+CLOSED = 10  # payload: b"": the pool ended before the task reached the dispatcher
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
 # is a pickled list of arguments; STAR marks a list of argument tuples (several iterables).
@@ -105,7 +106,6 @@ class Options(NamedTuple):
     kind: str
     retry_on: bytes | None  # pickled tuple of exception classes, None when max_attempts == 1
     retry_timeouts: bool  # whether a timeout counts as a retryable failure
-    key: str  # the options' dedup key, shown in task listings ("" if none)
 
 
 class Function(NamedTuple):
@@ -127,6 +127,7 @@ class Submit(NamedTuple):
     flags: int
     not_before: float  # dispatcher clock time before which it must not run; 0: now
     payload: bytes
+    key: str  # its dedup key, shown in task listings ("" if none)
 
 
 class Cancel(NamedTuple):

@@ -42,6 +42,7 @@ class Schedule:
 
     def __init__(self, core: _Core, schedule_id: int, description: str) -> None:
         self._core = core
+        self._owner: Any = None  # the Pool, kept alive while this handle is
         self.id = schedule_id
         self.description = description
         self._lock = threading.Lock()

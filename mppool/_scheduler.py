@@ -87,7 +87,6 @@ class TaskOptions:
     crash_retries: int = 2
     kind: str = ""
     retry_timeouts: bool = False
-    key: str = ""
 
     def backoff(self, failures: int, rng: random.Random) -> float:
         """Seconds to wait before the attempt that follows ``failures`` failures (>= 1)."""
@@ -105,16 +104,19 @@ class Task:
         "blamed_start",
         "cost",
         "crashes",
+        "dedup_key",
         "failures",
         "flags",
         "fn_id",
         "has_token",
         "id",
+        "isolate",
         "key",
         "n_items",
         "not_before",
         "opts",
         "opts_id",
+        "order",
         "payload",
         "started_at",
         "state",
@@ -133,6 +135,7 @@ class Task:
         n_items: int = 0,
         flags: int = 0,
         not_before: float = 0.0,
+        dedup_key: str = "",
     ) -> None:
         self.id = task_id
         self.fn_id = fn_id
@@ -153,6 +156,9 @@ class Task:
         self.not_before = not_before
         self.blamed_start = False
         self.has_token = False
+        self.dedup_key = dedup_key
+        self.order = 0  # arrival order among equal keys, fixed at first entry
+        self.isolate = False  # suspected of a crash: send it alone so any blame is exact
 
     @property
     def attempts(self) -> int:
@@ -212,8 +218,8 @@ class Scheduler:
         self.aging_rate = aging_rate
         self.rng = rng or random.Random()
         self.tasks: dict[int, Task] = {}
-        self._heap: list[tuple[float, int, Task]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, int, Task]] = []
+        self._seq = itertools.count(1)  # from 1: an order of 0 means "not yet set"
         self._heap_live = 0  # heap entries not cancelled
         self.local: list[deque[Task]] = [deque() for _ in range(workers)]
         self.local_cost = [0.0] * workers
@@ -281,9 +287,13 @@ class Scheduler:
             return
         task.state = QUEUED
         task.worker = -1
-        heapq.heappush(self._heap, (task.key, next(self._seq), task))
+        if not task.order:
+            task.order = next(self._seq)
+        # (key, first-arrival order, unique tiebreak): a requeued task keeps its place among
+        # equals, and two entries never get as far as comparing Task objects.
+        heapq.heappush(self._heap, (task.key, task.order, next(self._seq), task))
         self._heap_live += 1
-        self._spill(task.key)
+        self._spill(task.key, task.order)
 
     def _release_kind(self, kind: str, now: float) -> None:
         """Move waiting tasks of a rate-limited kind to the heap while tokens last."""
@@ -306,15 +316,15 @@ class Scheduler:
             task.has_token = True
             self._enqueue(task, now)
 
-    def _spill(self, key: float) -> None:
-        """Move deque tasks that rank behind ``key`` back to the heap (keeps priority order)."""
+    def _spill(self, key: float, order: int) -> None:
+        """Move deque tasks that rank behind ``(key, order)`` back to the heap."""
         for w in range(self.workers):
             dq = self.local[w]
-            while dq and dq[-1].key > key:
+            while dq and (dq[-1].key > key or (dq[-1].key == key and dq[-1].order > order)):
                 t = dq.pop()
                 self.local_cost[w] -= t.cost
                 t.state = QUEUED
-                heapq.heappush(self._heap, (t.key, next(self._seq), t))
+                heapq.heappush(self._heap, (t.key, t.order, next(self._seq), t))
                 self._heap_live += 1
             if not dq:
                 self.local_cost[w] = 0.0
@@ -367,7 +377,7 @@ class Scheduler:
     def _pop_heap(self) -> Task | None:
         heap = self._heap
         while heap:
-            task = heapq.heappop(heap)[2]
+            task = heapq.heappop(heap)[3]
             if task.state == QUEUED:
                 self._heap_live -= 1
                 return task
@@ -376,7 +386,7 @@ class Scheduler:
     def _peek_heap(self) -> Task | None:
         heap = self._heap
         while heap:
-            task = heap[0][2]
+            task = heap[0][3]
             if task.state == QUEUED:
                 return task
             heapq.heappop(heap)
@@ -463,6 +473,8 @@ class Scheduler:
             task = dq[0]
             est = self.estimate(task)
             if sent:
+                if task.isolate or sent[-1].isolate:
+                    break  # a crash suspect travels alone
                 if est is None or task.opts.priority != sent[-1].opts.priority:
                     break  # unknown cost, or another priority level: not behind this batch
                 tiny = self.sent_cost[w] + est <= PIPE_WINDOW_SECONDS
@@ -564,7 +576,11 @@ class Scheduler:
 
         Args:
             w: the worker slot.
-            blame: whether the first task in its pipe was running (and so killed it).
+            blame: whether the worker died of something a task did (not killed by us, not
+                retiring). The first task in its pipe is blamed only when it surely was
+                running: it was alone there, or it had announced its start. Otherwise (a batch,
+                whose earlier tasks may have finished with their results not yet written)
+                nobody is blamed and every task of the batch is sent alone from then on.
 
         Returns:
             The blamed task and what happens to it (retry at once, or fail), or ``(None, None)``.
@@ -576,9 +592,12 @@ class Scheduler:
         culprit: Task | None = None
         outcome: Retry | Fail | None = None
         now = self.clock()
+        certain = blame and bool(sent) and (len(sent) == 1 or sent[0].blamed_start)
         for i, task in enumerate(sent):
             task.attempt += 1  # whatever that worker wrote is stale now
-            if i == 0 and blame:
+            if blame and not certain:
+                task.isolate = True
+            if i == 0 and certain:
                 culprit = task
                 task.crashes += 1
                 task.failures += 1

@@ -15,6 +15,7 @@ from . import _messages as m
 from ._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
+    PoolClosedError,
     RemoteTraceback,
     SerializationError,
     TaskAbortedError,
@@ -173,6 +174,8 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
             )
             _note_attempts(exc, attempts)
             return exc
+        if status == m.CLOSED:
+            return PoolClosedError("the pool was shut down before this task could run")
         if status == m.KILLED:
             return CancelledByShutdownError("the task was killed at the shutdown deadline")
         if status == m.BROKEN:

@@ -36,7 +36,7 @@ class TaskTable:
         self.history.append(
             (
                 task.id,
-                o.key,
+                task.dedup_key,
                 o.kind,
                 o.priority,
                 state,
@@ -74,7 +74,7 @@ class TaskTable:
             out.append(
                 {
                     "id": task.id,
-                    "key": o.key or None,
+                    "key": task.dedup_key or None,
                     "kind": o.kind or None,
                     "priority": o.priority,
                     "state": state,

@@ -117,3 +117,18 @@ def gc_threshold(_: Any = None) -> tuple[int, int, int]:
     import gc
 
     return gc.get_threshold()
+
+
+def exit_now(code: int = 7) -> None:
+    os._exit(code)
+
+
+class ShutsDownWhenPickled:
+    """An argument whose pickling shuts the pool down: a submit racing a shutdown, made exact."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.pool.shutdown(wait=True)
+        return (int, (0,))

@@ -20,7 +20,17 @@ def test_every_tag_has_a_class_and_tags_are_unique() -> None:
     [
         (
             m.Submit,
-            ("tag", "task_id", "fn_id", "opts_id", "n_items", "flags", "not_before", "payload"),
+            (
+                "tag",
+                "task_id",
+                "fn_id",
+                "opts_id",
+                "n_items",
+                "flags",
+                "not_before",
+                "payload",
+                "key",
+            ),
         ),
         (m.Run, ("tag", "task_id", "attempt", "fn_id", "opts_id", "n_items", "flags", "payload")),
         (m.WorkerResult, ("tag", "task_id", "attempt", "status", "duration", "payload")),
@@ -33,7 +43,7 @@ def test_hot_tuple_layouts_match_their_schema(cls: type, fields: tuple[str, ...]
 
 
 def test_frames_round_trip_through_partial_reads() -> None:
-    msgs = [(m.C_SUBMIT, i, 1, 0, 0, 0, 0.0, os.urandom(i % 50)) for i in range(200)]
+    msgs = [(m.C_SUBMIT, i, 1, 0, 0, 0, 0.0, os.urandom(i % 50), "") for i in range(200)]
     data = m.encode(msgs[:120]) + m.encode(msgs[120:])
     buf = m.FrameBuffer()
     got: list[tuple[object, ...]] = []
