@@ -300,6 +300,10 @@ class _Core:
             pending = self.pending
             pending.append(msg)
             count = len(pending)
+        self._after_queueing(count)
+
+    def _after_queueing(self, count: int) -> None:
+        """Decide who writes, now that ``count`` messages are pending."""
         if count >= SEND_BATCH:
             self.flush()
         elif count == 1:
@@ -472,13 +476,7 @@ class _Core:
                 pickle.dumps(("the pool is broken", None)),
             )
             return
-        if count >= SEND_BATCH:
-            self.flush()
-        elif count == 1:
-            if time.perf_counter() - self.last_write > QUIET_SECONDS:
-                self.flush()
-            else:
-                self.wake.set()
+        self._after_queueing(count)
 
     def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
         self.release_slot()
