@@ -312,12 +312,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         """
         if not isinstance(future, _PoolFuture) or future._core is not self._core:
             raise ValueError("not a future of this pool")
-        if future.done():
-            return False
-        if concurrent.futures.Future.cancel(future):
-            future.set_running_or_notify_cancel()
-        self._core.cancel_task(future.task_id, kill=kill)
-        return True
+        return future._cancel(kill=kill)
 
     def cancel_task(self, task_id: int, *, kill: bool = False) -> None:
         """Cancel a task by id (as in :meth:`tasks`), e.g. one submitted by another client.

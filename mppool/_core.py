@@ -173,6 +173,9 @@ class _PoolFuture(concurrent.futures.Future[Any]):
         return self._task_id
 
     def cancel(self) -> bool:
+        return self._cancel(kill=False)
+
+    def _cancel(self, kill: bool) -> bool:
         cancelled = super().cancel()
         if cancelled:
             # Future.cancel() wakes result() callers but not wait()/as_completed() waiters;
@@ -180,7 +183,7 @@ class _PoolFuture(concurrent.futures.Future[Any]):
             self.set_running_or_notify_cancel()
             core = self._core
             if core is not None:
-                core.cancel_task(self._task_id, kill=False)
+                core.cancel_task(self._task_id, kill=kill)
         return cancelled
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
@@ -315,24 +318,40 @@ class _Core:
             else:
                 self.wake.set()
 
+    def _register(self, batch: list[tuple[int, Any, tuple[Any, ...]]]) -> int:
+        """Record entries and queue their messages, unless the pool ended meanwhile.
+
+        Pickling arguments or waiting for queue room can take long; the pool may have shut
+        down since ``check_open``. The check and the registration happen under the lock that
+        the reader thread takes to end the pool, so no entry is ever left unresolved: if the
+        pool has ended they fail at once. Returns the pending count, or -1 if they failed.
+        """
+        with self.lock:
+            if self.state in (_RUNNING, _CLOSING):
+                for task_id, entry, msg in batch:
+                    self.entries[task_id] = entry
+                    self.pending.append(msg)
+                return len(self.pending)
+        status = m.BROKEN if self.state == _BROKEN else m.CLOSED
+        payload = pickle.dumps(("the pool is broken", None))
+        for _, entry, _ in batch:
+            entry._mppool_resolve(status, 0, 0.0, payload)
+        return -1
+
+    def register_entry(self, task_id: int, entry: Any, msg: tuple[Any, ...]) -> None:
+        """Register one task; the usual rule decides who writes it (see :meth:`send`)."""
+        count = self._register([(task_id, entry, msg)])
+        if count >= 0:
+            self._after_queueing(count)
+
     def register_batch(self, batch: list[tuple[int, Any, tuple[Any, ...]]]) -> None:
         """Register entries and write their messages from this thread, waking nobody.
 
         For a map refilling its window: going through :meth:`send` would wake the sender
-        thread for nothing, a thread switch per refill. As in :meth:`register_entry`, nothing
-        is registered once the pool has ended; those entries fail at once instead.
+        thread for nothing, a thread switch per refill.
         """
-        with self.lock:
-            is_open = self.state in (_RUNNING, _CLOSING)
-            if is_open:
-                for task_id, entry, msg in batch:
-                    self.entries[task_id] = entry
-                    self.pending.append(msg)
-        if not is_open:
-            for _, entry, _ in batch:
-                entry._mppool_resolve(m.CLOSED, 0, 0.0, b"")
-            return
-        self.flush()
+        if self._register(batch) >= 0:
+            self.flush()
 
     def flush(self) -> None:
         with self.write_lock:
@@ -454,30 +473,6 @@ class _Core:
         self.register_entry(task_id, fut, msg)
         return fut
 
-    def register_entry(self, task_id: int, entry: Any, msg: tuple[Any, ...]) -> None:
-        """Record a task's entry and queue its message, unless the pool ended meanwhile.
-
-        Pickling arguments or waiting for queue room can take long; the pool may have shut
-        down since ``check_open``. The check and the registration happen under the lock that
-        the reader thread takes to end the pool, so no entry is ever left unresolved.
-        """
-        with self.lock:
-            if self.state in (_RUNNING, _CLOSING):
-                self.entries[task_id] = entry
-                self.pending.append(msg)
-                count = len(self.pending)
-            else:
-                count = -1
-        if count < 0:
-            entry._mppool_resolve(
-                m.BROKEN if self.state == _BROKEN else m.CLOSED,
-                0,
-                0.0,
-                pickle.dumps(("the pool is broken", None)),
-            )
-            return
-        self._after_queueing(count)
-
     def _release_on_done(self, _fut: concurrent.futures.Future[Any]) -> None:
         self.release_slot()
 
@@ -585,7 +580,7 @@ class _Core:
                         handle = self.schedules.get(msg[1])
                         if handle is not None:
                             entries[msg[2]] = handle._fired(msg[2], msg[3], msg[4])
-                    elif tag == m.D_READY:
+                    elif tag == m.D_READY:  # (tag, pids)
                         self.pids = list(msg[1])
                         self.ready.set()
                     elif tag == m.D_BROKEN:

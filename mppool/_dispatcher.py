@@ -343,21 +343,13 @@ class Dispatcher:
                     self.kill_at = self.clock() + deadline
 
     def _kill_running(self, task_id: int) -> s.Task | None:
-        """Cancel a task that is in a worker's pipe: kill the worker if it is running it.
-
-        A task waiting in the pipe behind another is not interrupted; it is dropped from
-        the scheduler so its result is discarded when it comes.
-        """
-        task = self.sched.tasks.get(task_id)
-        if task is None or task.state != s.SENT:
+        """Cancel a task in a worker's pipe, killing (and replacing) the worker running it."""
+        cancelled = self.sched.cancel_sent(task_id)
+        if cancelled is None:
             return None
-        w = self.workers[task.worker]
-        running = self.sched.sent[w.index][0] is task
-        self.sched._take_sent(w.index, task.id, task.attempt)
-        task.state = s.CANCELLED
-        del self.sched.tasks[task.id]
+        task, running = cancelled
         if running:
-            self.kill(w, "cancel")
+            self.kill(self.workers[task.worker], "cancel")
         return task
 
     def _fire_schedules(self) -> None:
@@ -565,7 +557,7 @@ class Dispatcher:
         for w in self.workers:
             self.spawn(w)
             pids.append(w.pid)
-        self.results.append((m.D_READY, pids, self.clock()))
+        self.results.append((m.D_READY, pids))
         # Report ready now, not after the first event: a worker's initializer may take long.
         self._flush_results()
         select = self.selector.select

@@ -180,7 +180,6 @@ class Shutdown(NamedTuple):
 class Ready(NamedTuple):
     tag: int
     pids: list[int]
-    clock: float  # dispatcher's monotonic clock when it became ready
 
 
 class Result(NamedTuple):

@@ -88,39 +88,25 @@ class WorkerSlot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.pid = 0
-        self.pidfd = -1
-        self.task_fd = -1
-        self.result_fd = -1
-        self.frames = m.FrameBuffer()
-        self.outbox = Outbox(-1)
-        self.fns: set[int] = set()
-        self.opts: set[int] = set()
-        self.ready = False
+        self.reset(0, -1, -1)
         self.started_at = 0.0
-        self.ready_at = 0.0
-        self.sent_total = 0
-        self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
-        self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
-        self.retired = False
-        self.closing_since = 0.0
 
     def reset(self, pid: int, task_fd: int, result_fd: int) -> None:
-        """Take a freshly forked worker into this slot."""
+        """Take a freshly forked worker into this slot (pid 0: an empty slot)."""
         self.pid = pid
         self.task_fd = task_fd
         self.result_fd = result_fd
         self.pidfd = -1
         self.frames = m.FrameBuffer()
         self.outbox = Outbox(task_fd)
-        self.fns = set()
-        self.opts = set()
+        self.fns: set[int] = set()
+        self.opts: set[int] = set()
         self.ready = False
         self.started_at = time.time()
         self.ready_at = 0.0
         self.sent_total = 0
-        self.draining = False
-        self.kill_reason = ""
+        self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
+        self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
         self.retired = False
         self.closing_since = 0.0
 

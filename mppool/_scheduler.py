@@ -349,6 +349,22 @@ class Scheduler:
         del self.tasks[task_id]
         return task
 
+    def cancel_sent(self, task_id: int) -> tuple[Task, bool] | None:
+        """Cancel a task already written to a worker's pipe.
+
+        Returns the task and whether it was running (first in its pipe: the caller kills that
+        worker), or ``None`` if the task is not in a pipe. A task waiting behind another
+        cannot be taken back from the pipe; it is forgotten, so its result is discarded.
+        """
+        task = self.tasks.get(task_id)
+        if task is None or task.state != SENT:
+            return None
+        running = self.sent[task.worker][0] is task
+        self._take_sent(task.worker, task.id, task.attempt)
+        task.state = CANCELLED
+        del self.tasks[task.id]
+        return task, running
+
     def drop_queued(self) -> list[Task]:
         """Cancel every task not yet sent to a worker (shutdown with ``cancel_futures``)."""
         return [t for t in list(self.tasks.values()) if self.cancel(t.id) is not None]

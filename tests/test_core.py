@@ -17,7 +17,7 @@ import mppool
 from mppool import _map
 
 from . import tasks
-from .conftest import Fifo, PoolTracker, wait_until, worker_pids
+from .conftest import PoolTracker, wait_until, worker_pids
 
 RESULT_TIMEOUT = 60
 
@@ -345,10 +345,6 @@ def test_not_callable_is_a_type_error(pool: mppool.Pool) -> None:
     with pytest.raises(TypeError):
         pool.submit(42)  # type: ignore[arg-type]
     assert pool.submit(tasks.square, 2).result(timeout=RESULT_TIMEOUT) == 4
-
-
-def test_fifo_fixture_type() -> None:
-    assert Fifo.__name__ == "Fifo"
 
 
 def test_workers_run_with_the_interpreters_default_gc_settings(pool: mppool.Pool) -> None:
