@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _messages as m
+from . import _protocol as p
 from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
 from ._retry import RetryPolicy
 from ._serial import FunctionRegistry, decode_error, decode_value, dumps
@@ -95,14 +95,14 @@ class _Options:
         self.at = at
         self._ids: dict[int, int] = {}
 
-    def message(self, opts_id: int) -> tuple[Any, ...]:
+    def message(self, opts_id: int) -> p.Options:
         retry = self.retry
         retry_on = dumps(retry.retry_on, "retry_on") if retry.max_attempts > 1 else None
         from ._errors import TaskTimeoutError
 
         retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
-        return (
-            m.C_OPTIONS,
+        return p.Options(
+            p.C_OPTIONS,
             opts_id,
             self.priority,
             self.timeout or 0.0,
@@ -136,6 +136,10 @@ class _Options:
 
 
 _CONDITION_LOCK = threading.Lock()
+# concurrent.futures.Future's private states, which _PoolFuture's fast paths rely on
+# (tests/test_regressions.py pins them).
+_FINISHED = "FINISHED"
+_ENDED = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 
 
 class _PoolFuture(concurrent.futures.Future[Any]):
@@ -172,6 +176,45 @@ class _PoolFuture(concurrent.futures.Future[Any]):
         """The pool's id for this task (as in ``Pool.tasks()``)."""
         return self._task_id
 
+    # Fast paths. Most futures of a batch are resolved by the reader thread before anyone
+    # waits on them, and read once when they are done: neither needs a condition. A waiter
+    # always creates the condition (under _CONDITION_LOCK) before it waits, so "no
+    # condition yet" means "nobody to wake", and the state can be set directly.
+    def _finish(self, result: Any, exception: BaseException | None) -> None:
+        with _CONDITION_LOCK:
+            direct = "_lazy_condition" not in self.__dict__
+            if direct:
+                if self._state in _ENDED:
+                    raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+                self._result = result
+                self._exception = exception
+                self._state = _FINISHED
+        if not direct:
+            if exception is not None:
+                super().set_exception(exception)
+            else:
+                super().set_result(result)
+            return
+        self._invoke_callbacks()  # type: ignore[attr-defined]
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == _FINISHED:  # set once, never changed after: safe to read bare
+            if self._exception is not None:
+                try:
+                    raise self._exception
+                finally:
+                    self = None  # type: ignore[assignment]  # no cycle via the traceback
+            return self._result
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == _FINISHED:
+            return self._exception
+        return super().exception(timeout)
+
+    def done(self) -> bool:
+        return self._state in _ENDED
+
     def cancel(self) -> bool:
         return self._cancel(kill=False)
 
@@ -188,19 +231,19 @@ class _PoolFuture(concurrent.futures.Future[Any]):
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
         try:
-            if status == m.OK:
+            if status == p.OK:
                 try:
                     value = decode_value(payload)
                 except Exception as exc:
-                    self.set_exception(exc)
+                    self._finish(None, exc)
                 else:
-                    self.set_result(value)
-            elif status == m.CANCELLED:
+                    self._finish(value, None)
+            elif status == p.CANCELLED:
                 if not self.cancelled():  # the user may have cancelled (and notified) it
                     concurrent.futures.Future.cancel(self)
                     self.set_running_or_notify_cancel()
             else:
-                self.set_exception(decode_error(status, attempts, payload))
+                self._finish(None, decode_error(status, attempts, payload))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user meanwhile: the result is dropped
 
@@ -220,6 +263,7 @@ class _Core:
         initializer: Callable[..., Any] | None,
         initargs: tuple[Any, ...],
         aging_rate: float,
+        init_timeout: float = 60.0,
     ) -> None:
         self.workers = workers
         self.defaults = defaults
@@ -271,8 +315,8 @@ class _Core:
         os.close(d2c_w)
         self.out_fd = c2d_w
         self.in_fd = d2c_r
-        config = m.Config(
-            m.C_CONFIG,
+        config = p.Config(
+            p.C_CONFIG,
             workers,
             list(sys.path),
             os.getcwd(),
@@ -280,10 +324,10 @@ class _Core:
             max_tasks_per_child,
             max_memory_per_child,
             aging_rate,
-            defaults.crash_retries,
             rate_limits,
+            init_timeout,
         )
-        self.pending.append(tuple(config))
+        self.pending.append(config)
         self.register_options(defaults)
         self.reader = threading.Thread(target=self._read_loop, name="mppool-reader", daemon=True)
         self.sender = threading.Thread(target=self._send_loop, name="mppool-sender", daemon=True)
@@ -332,7 +376,7 @@ class _Core:
                     self.entries[task_id] = entry
                     self.pending.append(msg)
                 return len(self.pending)
-        status = m.BROKEN if self.state == _BROKEN else m.CLOSED
+        status = p.BROKEN if self.state == _BROKEN else p.CLOSED
         payload = pickle.dumps(("the pool is broken", None))
         for _, entry, _ in batch:
             entry._mppool_resolve(status, 0, 0.0, payload)
@@ -361,7 +405,7 @@ class _Core:
             if msgs and self.out_fd >= 0:
                 self.last_write = time.perf_counter()
                 try:
-                    m.write_all(self.out_fd, m.encode(msgs))
+                    p.write_all(self.out_fd, p.encode(msgs))
                 except OSError as exc:  # the dispatcher is gone; the reader reports it
                     if self.broken_reason is None:
                         self.broken_reason = exc
@@ -403,7 +447,7 @@ class _Core:
     def function_id(self, fn: Callable[..., Any]) -> int:
         fn_id, blob = self.functions.lookup(fn)
         if blob is not None:
-            self.send((m.C_FUNCTION, fn_id, blob))
+            self.send(p.Function(p.C_FUNCTION, fn_id, blob))
         return fn_id
 
     def check_open(self) -> None:
@@ -469,7 +513,7 @@ class _Core:
         if created is not None:
             created.add(task_id)  # the caller owns this task (it did not join another's)
         not_before = opts.not_before()
-        msg = (m.C_SUBMIT, task_id, fn_id, opts_id, m.SINGLE, 0, not_before, payload, key or "")
+        msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, not_before, payload, key or "")
         self.register_entry(task_id, fut, msg)
         return fut
 
@@ -484,7 +528,7 @@ class _Core:
 
     def cancel_task(self, task_id: int, kill: bool) -> None:
         if self.state in (_RUNNING, _CLOSING):
-            self.send((m.C_CANCEL, task_id, kill))
+            self.send(p.Cancel(p.C_CANCEL, task_id, kill))
 
     def request(self, msg: tuple[Any, ...], waiters: dict[int, Any], request_id: int) -> Any:
         """Send a request and wait for the dispatcher's reply to it."""
@@ -524,30 +568,30 @@ class _Core:
         schedule_id = next(self.ids)
         handle = Schedule(self, schedule_id, description)
         self.schedules[schedule_id] = handle
-        self.send((m.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
+        self.send(p.Schedule(p.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
         return handle
 
     def unschedule(self, schedule_id: int) -> None:
         self.schedules.pop(schedule_id, None)
         if self.state in (_RUNNING, _CLOSING):
-            self.send((m.C_UNSCHEDULE, schedule_id))
+            self.send(p.Unschedule(p.C_UNSCHEDULE, schedule_id))
 
     def list_tasks(self, task_id: int = 0) -> list[dict[str, Any]]:
         request_id = next(self.ids)
         rows: list[dict[str, Any]] = self.request(
-            (m.C_LIST, request_id, task_id), self.list_waiters, request_id
+            p.ListTasks(p.C_LIST, request_id, task_id), self.list_waiters, request_id
         )
         return rows
 
     def stats(self) -> PoolStats:
         request_id = next(self.ids)
-        snap = self.request((m.C_STATS, request_id), self.stats_waiters, request_id)
+        snap = self.request(p.StatsRequest(p.C_STATS, request_id), self.stats_waiters, request_id)
         snap["deduplicated"] = self.deduplicated
         return PoolStats.from_snapshot(snap)
 
     # --- receiving -----------------------------------------------------------------------------
     def _read_loop(self) -> None:
-        reader = m.BlockingReader(self.in_fd)
+        reader = p.BlockingReader(self.in_fd)
         entries = self.entries
         try:
             while True:
@@ -561,34 +605,41 @@ class _Core:
                     return
                 for msg in msgs:
                     tag = msg[0]
-                    if tag == m.D_RESULT:
+                    if tag == p.D_RESULT:
                         entry = entries.pop(msg[1], None)
                         if entry is not None:
                             try:
                                 entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
                             except Exception as exc:  # never let one result stop the reader
                                 _report_resolve_failure(entry, exc)
-                    elif tag == m.D_STATS:
+                    elif tag == p.D_CHUNK:
+                        entry = entries.pop(msg[1], None)
+                        if entry is not None:
+                            try:
+                                entry._mppool_chunk(p.ChunkResult.view(msg))
+                            except Exception as exc:
+                                _report_resolve_failure(entry, exc)
+                    elif tag == p.D_STATS:
                         waiter = self.stats_waiters.get(msg[1])
                         if waiter is not None:
                             waiter.set_result(msg[2])
-                    elif tag == m.D_LIST:
+                    elif tag == p.D_LIST:
                         list_waiter = self.list_waiters.get(msg[1])
                         if list_waiter is not None:
                             list_waiter.set_result(msg[2])
-                    elif tag == m.D_FIRED:
+                    elif tag == p.D_FIRED:
                         handle = self.schedules.get(msg[1])
                         if handle is not None:
                             entries[msg[2]] = handle._fired(msg[2], msg[3], msg[4])
-                    elif tag == m.D_READY:  # (tag, pids)
+                    elif tag == p.D_READY:  # (tag, pids)
                         self.pids = list(msg[1])
                         self.ready.set()
-                    elif tag == m.D_BROKEN:
+                    elif tag == p.D_BROKEN:
                         cause = RemoteTraceback(msg[2]) if msg[2] else None
                         err = BrokenPoolError(msg[1])
                         err.__cause__ = cause
                         self._go_broken(err)
-                    elif tag == m.D_BYE:
+                    elif tag == p.D_BYE:
                         with self.lock:
                             self.state = _CLOSED
                         return
@@ -614,7 +665,7 @@ class _Core:
         for task_id in list(self.entries):
             entry = self.entries.pop(task_id, None)
             if entry is not None:
-                entry._mppool_resolve(m.BROKEN, 0, 0.0, payload)
+                entry._mppool_resolve(p.BROKEN, 0, 0.0, payload)
         all_waiters: tuple[dict[int, Any], ...] = (self.stats_waiters, self.list_waiters)
         for waiters in all_waiters:
             for waiter in list(waiters.values()):
@@ -647,7 +698,7 @@ class _Core:
         for entry in leftovers:
             if entry is not None:
                 try:
-                    entry._mppool_resolve(m.CLOSED, 0, 0.0, b"")
+                    entry._mppool_resolve(p.CLOSED, 0, 0.0, b"")
                 except Exception as exc:
                     _report_resolve_failure(entry, exc)
         for waiter in waiters:
@@ -672,7 +723,7 @@ class _Core:
         broken_alive = self.state == _BROKEN and self.reader.is_alive()
         if first or broken_alive or (timeout is not None and self.state == _CLOSING):
             deadline = -1.0 if timeout is None else max(0.0, float(timeout))
-            self.send((m.C_SHUTDOWN, bool(cancel_futures), deadline))
+            self.send(p.Shutdown(p.C_SHUTDOWN, bool(cancel_futures), deadline))
             self.flush()
         if wait:
             self.join()

@@ -7,6 +7,7 @@ The tree::
     ├── BrokenPoolError          the dispatcher died, or the initializer failed
     ├── QueueFullError           a bounded queue refused a task
     ├── SerializationError       a function, argument, result or exception did not pickle
+    ├── RemoteError              a task's exception could not be rebuilt in the caller
     ├── WorkerCrashedError       a task kept killing the worker running it
     ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
     ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
@@ -24,6 +25,7 @@ __all__ = [
     "MppoolError",
     "PoolClosedError",
     "QueueFullError",
+    "RemoteError",
     "RemoteTraceback",
     "SerializationError",
     "TaskAbortedError",
@@ -58,6 +60,31 @@ class SerializationError(MppoolError, TypeError):
 
     The original pickling error is the ``__cause__``. Nothing was lost: the pool keeps serving.
     """
+
+
+class RemoteError(MppoolError):
+    """A task raised an exception that could not be rebuilt as itself in the caller.
+
+    That happens when the exception does not survive pickling: an ``__init__`` that takes
+    other arguments than the ones it passes on to ``Exception``, an attribute that does not
+    pickle, or a class the caller cannot import. What could be kept is kept: the worker's
+    traceback is the ``__cause__`` (a :class:`RemoteTraceback`).
+
+    Attributes:
+        type_name: the qualified name of the original exception's class
+            (``"module.Class"``).
+        message: ``str()`` of the original exception.
+        traceback: the worker's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.traceback))
 
 
 class WorkerCrashedError(MppoolError):

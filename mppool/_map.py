@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _messages as m
+from . import _protocol as p
 from ._errors import PoolClosedError, SerializationError
 from ._serial import decode_error, decode_value, dumps
 
@@ -148,6 +148,7 @@ class _Chunk:
         "n_items",
         "owner",
         "payload",
+        "result",
         "status",
         "task_id",
     )
@@ -160,29 +161,44 @@ class _Chunk:
         self.estimate = 0.0
         self.attempts = 0
         self.payload = b""
+        self.result: p.ChunkResult | None = None
         self.event: threading.Event | None = threading.Event() if owner.ordered else None
 
+    def _mppool_chunk(self, result: p.ChunkResult) -> None:
+        """The chunk ran (in one or more parts): its pieces of results and any error."""
+        self.result = result
+        self.status = p.OK
+        self.attempts = result.attempts
+        if result.err_status == p.OK:
+            self.owner.planner.observe(self.n_items, result.duration)
+        self._wake()
+
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        """The chunk never ran to an outcome: cancelled, or the pool ended."""
         self.status = status
         self.attempts = attempts
         self.payload = payload
-        owner = self.owner
-        if status == m.OK:
-            owner.planner.observe(self.n_items, duration)
+        self._wake()
+
+    def _wake(self) -> None:
         if self.event is not None:
             self.event.set()
         else:
-            owner.done.put(self)
+            self.owner.done.put(self)
 
     def outcome(self) -> tuple[list[Any], BaseException | None]:
         """The chunk's results, and the error that stopped it (if any)."""
-        if self.status == m.OK:
-            results, error = decode_value(self.payload)
-            if error is None:
+        result = self.result
+        if result is not None:
+            pieces = result.pieces
+            results: list[Any] = decode_value(pieces[0]) if len(pieces) == 1 else []
+            if len(pieces) > 1:
+                for piece in pieces:
+                    results.extend(decode_value(piece))
+            if result.err_status == p.OK:
                 return results, None
-            status, body = error
-            return results, decode_error(status, self.attempts, body)
-        if self.status == m.CANCELLED:
+            return results, decode_error(result.err_status, self.attempts, result.err_payload)
+        if self.status == p.CANCELLED:
             from concurrent.futures import CancelledError
 
             return [], CancelledError()
@@ -231,7 +247,7 @@ class MapIterator:
         self.opts_id = core.register_options(opts)
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.star = len(iterables) > 1
-        self.flags = m.FLAG_STAR if self.star else 0
+        self.flags = p.FLAG_STAR if self.star else 0
         self.total = _length(iterables)
         self.source: Iterator[Any] = (
             zip(*iterables, strict=False) if self.star else iter(iterables[0])
@@ -310,16 +326,8 @@ class MapIterator:
                 chunk = _Chunk(self, task_id, len(items))
                 chunk.estimate = (per_item or 0.0) * len(items)
                 self.outstanding_work += chunk.estimate
-                msg = (
-                    m.C_SUBMIT,
-                    task_id,
-                    self.fn_id,
-                    self.opts_id,
-                    len(items),
-                    self.flags,
-                    0.0,
-                    payload,
-                    "",
+                msg = p.submit(
+                    task_id, self.fn_id, self.opts_id, len(items), self.flags, 0.0, payload, ""
                 )
                 batch.append((task_id, chunk, msg))
                 if self.ordered:

@@ -13,8 +13,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
+from typing import Any
 
-from . import _messages as m
+from . import _protocol as p
 
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
 REAP_POLL_SECONDS = 0.1  # longest wait for a worker whose pipe closed to become reapable
@@ -97,7 +99,7 @@ class WorkerSlot:
         self.task_fd = task_fd
         self.result_fd = result_fd
         self.pidfd = -1
-        self.frames = m.FrameBuffer()
+        self.frames = p.FrameBuffer()
         self.outbox = Outbox(task_fd)
         self.fns: set[int] = set()
         self.opts: set[int] = set()
@@ -111,7 +113,9 @@ class WorkerSlot:
         self.closing_since = 0.0
 
 
-def fork_worker(initializer: bytes | None, max_memory: int) -> tuple[int, int, int]:
+def fork_worker(
+    initializer: bytes | None, max_memory: int, sems: Sequence[Any]
+) -> tuple[int, int, int]:
     """Fork a worker. Returns ``(pid, task pipe write end, result pipe read end)``.
 
     Both returned descriptors are non-blocking. The child never returns from this call.
@@ -130,7 +134,7 @@ def fork_worker(initializer: bytes | None, max_memory: int) -> tuple[int, int, i
             os.closerange(keep[1] + 1, 1 << 16)
             from ._worker import worker_main
 
-            status = worker_main(task_r, result_w, initializer, max_memory)
+            status = worker_main(task_r, result_w, initializer, max_memory, sems)
         except BaseException:
             import traceback
 

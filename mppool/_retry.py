@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["RetryPolicy"]
+
+
+def backoff_delay(initial: float, factor: float, max_delay: float, failures: int) -> float:
+    """The wait before the attempt that follows ``failures`` failures (>= 1), without jitter.
+
+    ``min(max_delay, initial * factor ** (failures - 1))``; the one definition of the formula,
+    used by :class:`RetryPolicy` and by the dispatcher.
+    """
+    try:
+        delay = initial * factor ** (failures - 1)
+    except OverflowError:
+        delay = math.inf
+    return min(max_delay, delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +34,14 @@ class RetryPolicy:
         max_attempts: total tries including the first (1 means no retry).
         initial_delay: seconds before the first retry.
         factor: growth of the delay per retry.
-        max_delay: cap on any single delay.
+        max_delay: cap on any single delay (``math.inf``: no cap).
         jitter: relative randomisation of each delay, from 0 (none) to 1.
         retry_on: exception classes that are retried; anything else fails at once. A task that
             times out is retried when ``mppool.TaskTimeoutError`` matches one of them.
 
     Raises:
-        ValueError: if a field is out of range.
+        ValueError: if a field is out of range or not finite.
+        TypeError: if a delay, factor or jitter is not a number.
     """
 
     max_attempts: int = 4
@@ -39,6 +54,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
+        for name in ("initial_delay", "factor", "jitter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, not {value!r}")
+        if isinstance(self.max_delay, bool) or not isinstance(self.max_delay, int | float):
+            raise TypeError(f"max_delay must be a number, not {self.max_delay!r}")
+        if math.isnan(self.max_delay):
+            raise ValueError("max_delay must be a number of seconds (or inf: no cap), not nan")
         if self.initial_delay < 0 or self.max_delay < 0:
             raise ValueError("delays must be >= 0")
         if self.factor < 1:
@@ -60,6 +85,6 @@ class RetryPolicy:
     def delays(self) -> list[float]:
         """The waits before each retry, without jitter (``max_attempts - 1`` of them)."""
         return [
-            min(self.max_delay, self.initial_delay * self.factor**k)
-            for k in range(self.max_attempts - 1)
+            backoff_delay(self.initial_delay, self.factor, self.max_delay, k)
+            for k in range(1, self.max_attempts)
         ]

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _messages as m
+from . import _protocol as p
 from ._serial import decode_error, decode_value
 
 if TYPE_CHECKING:
@@ -130,9 +130,9 @@ class _RunEntry:
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
         try:
-            if status == m.OK:
+            if status == p.OK:
                 run = Run(self.task_id, True, value=decode_value(payload))
-            elif status == m.CANCELLED:
+            elif status == p.CANCELLED:
                 return
             else:
                 run = Run(self.task_id, False, error=decode_error(status, attempts, payload))

@@ -2,36 +2,31 @@
 
 Where a task can be::
 
-    submit ──▶ DELAYED (timer) ──┐
-       │                         ▼
-       └──────────────────▶ QUEUED (global heap) ──▶ LOCAL (worker w's deque) ──▶ SENT (w's pipe)
-                                  ▲       ▲  spill back        ▲   steal (tail)        │
-                                  │       └────────────────────┘   from a busy peer    │
-                                  └── BACKOFF (timer) ◀── retryable error / crash ◀────┘
+    submit ──▶ DELAYED (timer) ──┐       ┌───────── taken back (more urgent work) ◀──┐
+       │                         ▼       ▼                                            │
+       └─────────────────────▶ QUEUED (global heap) ───▶ SENT (a batch in worker w's pipe)
+                                   ▲                        │  ▲    │
+                                   │                        │  └────┘ unstarted end taken
+                                   └── BACKOFF (timer) ◀── retryable error / crash      by an idle
+                                                                                      worker (steal)
 
-* **Heap.** Highest priority first, FIFO among equals. Aging is folded into a static key:
-  a task's effective priority at time ``t`` is ``priority + rate * (t - enqueued)``, and since
-  ``rate * t`` is the same for every task at any instant, ordering by effective priority is
-  ordering by ``rate * enqueued - priority``. So aging costs nothing per tick, and a task of
-  priority ``p`` waits at most ``(P - p) / rate`` behind work of priority ``P`` that arrives
-  after it (plus the work already queued ahead of it).
-* **Local deques.** Each worker has a deque of tasks taken from the heap, up to about
-  ``LOCAL_TARGET_SECONDS`` of estimated work. They are kept sorted (they are filled by popping
-  the heap), and a task entering the heap with a better key than a deque's tail pushes that
-  tail back into the heap ("spill"), so a deque never holds work that should wait behind
-  something still in the heap.
-* **Stealing.** A worker whose deque runs dry takes the most urgent queued work, wherever it
-  is: from the heap, or, when the front of a busy peer's deque is more urgent than the heap's
-  top (or the heap is empty), the front half of that peer's deque. Taking the front half, not
-  the back, keeps priority order across workers: an idle worker never starts a less urgent
-  task while a more urgent one waits behind a busy peer. Only deque work can be stolen: a
-  task written to a worker's pipe belongs to that worker.
-* **Pipe window.** Little sits in a pipe: tiny tasks are batched up to
-  ``PIPE_WINDOW_SECONDS`` of estimated work, one medium task (``PREFETCH_MAX_SECONDS``) may
-  wait behind the running one to hide the round trip, and a task of unknown or long duration
-  is sent only to an idle worker.
-* **Estimates.** Per function, an exponentially weighted mean of the measured run time per
-  item; a map chunk of ``n`` items is estimated at ``n`` times that.
+* **Heap** (``_runqueue``): highest priority first, FIFO among equals, aging folded into the
+  key.
+* **Local queues** (``_pipes``): what each worker has been handed and not reported on. It
+  sits in the worker's pipe, yet stays within reach: through a claim counter per batch the
+  dispatcher can take back any unit the worker has not started, at once.
+* **Choosing work** (:meth:`Scheduler.assign`): an idle worker gets the most urgent work
+  anywhere: the heap's top, or the unstarted end of a busy peer's batch when that is more
+  urgent (a higher priority, or work stuck behind a worker that has not got to it), or, when
+  the heap is empty, half of a busy peer's unstarted work (load balancing; for a map chunk
+  that means half its remaining items). A busy worker whose current work is known to be short
+  gets one more batch behind it (prefetch), so it does not wait a round trip between tasks.
+* **Batching**: tasks measured as tiny go out together, one priority level per batch, up to
+  ``PIPE_WINDOW_SECONDS`` of work and a fair share of that level's queue.
+* **Taking back**: when a task enters the heap while every worker is busy, unstarted work in
+  pipes that ranks behind it goes back to the heap, so nothing less urgent starts before it.
+* **Estimates**: per function, an exponentially weighted mean of the measured run time per
+  item; a chunk part of ``n`` items is estimated at ``n`` times that.
 
 All times are seconds on an injected clock, so tests drive it by hand.
 """
@@ -40,172 +35,72 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
+import pickle
 import random
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable, Iterator
 
+from . import _protocol as p
+from ._claims import ClaimCounters
+from ._pipes import Claimed, Pipes
 from ._ratelimit import RateLimit, TokenBucket
+from ._runqueue import RunQueue, rank
+from ._tasks import (
+    BACKOFF,
+    CANCELLED,
+    DELAYED,
+    DONE,
+    PART_IDS_FROM,
+    QUEUED,
+    RATE_LIMITED,
+    SENT,
+    Batch,
+    ChunkJob,
+    Fail,
+    JobDone,
+    Retry,
+    Task,
+    Timeout,
+)
 
 # --- tunables (module constants so tests can change them) ------------------------------------
-LOCAL_TARGET_SECONDS = 0.004  # estimated work a worker's deque is topped up to
-PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one worker's pipe
-PREFETCH_MAX_SECONDS = 0.010  # a task this short may wait in the pipe behind the running one
-MAX_IN_PIPE = 256  # tasks in one worker's pipe at most
-UNKNOWN_COST = 1.0  # what a task of a never-measured function counts as in the pipe window
+PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one write
+PREFETCH_MAX_SECONDS = 0.010  # a batch is prefetched only behind this little known work
+MAX_IN_PIPE = 256  # tasks in one batch at most
+UNKNOWN_COST = 1.0  # what a never-measured task counts as when weighing work
 EWMA_ALPHA = 0.3  # weight of the newest duration in a function's estimate
 DEFAULT_AGING_RATE = 0.1  # priority levels gained per second of waiting
-
-# --- task states ------------------------------------------------------------------------------
-DELAYED: Final = "delayed"
-QUEUED: Final = "queued"
-LOCAL: Final = "local"
-SENT: Final = "sent"
-BACKOFF: Final = "retrying"
-RATE_LIMITED: Final = "rate-limited"
-DONE: Final = "done"
-CANCELLED: Final = "cancelled"
+WAKE_SECONDS = 0.001  # a peer's untouched next task is taken only after this long
+RECHECK_SECONDS = 0.0002  # how soon a worker left waiting for that is reconsidered
+CROWDED_PER_WORKER = 4  # a level with this many tasks queued per worker keeps its batches put
+BLOCKS_PER_CHUNK = 64  # claim tokens a chunk is cut into at most
+MIN_BLOCK_SECONDS = 0.0001  # ... but a block is at least this much estimated work
 
 # --- timer kinds ------------------------------------------------------------------------------
 _T_RELEASE = 0  # a delayed or backing-off task becomes runnable
 _T_TIMEOUT = 1  # a running task's timeout
 _T_BUCKET = 2  # a kind's token bucket has a token again
 
-
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
-    """Options shared by many tasks (interned by the client, named by an id)."""
-
-    priority: float = 0.0
-    timeout: float = 0.0  # 0: none
-    max_attempts: int = 1
-    initial_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 60.0
-    jitter: float = 0.0
-    crash_retries: int = 2
-    kind: str = ""
-    retry_timeouts: bool = False
-
-    def backoff(self, failures: int, rng: random.Random) -> float:
-        """Seconds to wait before the attempt that follows ``failures`` failures (>= 1)."""
-        delay = min(self.max_delay, self.initial_delay * self.factor ** (failures - 1))
-        if self.jitter:
-            delay *= 1.0 + rng.uniform(-self.jitter, self.jitter)
-        return max(0.0, delay)
-
-
-class Task:
-    """One unit of work as the dispatcher sees it: a header and opaque payload bytes."""
-
-    __slots__ = (
-        "attempt",
-        "blamed_start",
-        "cost",
-        "crashes",
-        "dedup_key",
-        "failures",
-        "flags",
-        "fn_id",
-        "has_token",
-        "id",
-        "isolate",
-        "key",
-        "n_items",
-        "not_before",
-        "opts",
-        "opts_id",
-        "order",
-        "payload",
-        "started_at",
-        "state",
-        "submitted_at",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        task_id: int,
-        fn_id: int,
-        opts_id: int,
-        opts: TaskOptions,
-        payload: bytes,
-        *,
-        n_items: int = 0,
-        flags: int = 0,
-        not_before: float = 0.0,
-        dedup_key: str = "",
-    ) -> None:
-        self.id = task_id
-        self.fn_id = fn_id
-        self.opts_id = opts_id
-        self.opts = opts
-        self.n_items = n_items
-        self.flags = flags
-        self.payload = payload
-        self.attempt = 1  # dispatch generation: a result from another attempt is stale
-        self.failures = 0  # errors, crashes and timeouts so far
-        self.crashes = 0
-        self.key = 0.0  # heap key, fixed at first enqueue (aging folded in)
-        self.state = QUEUED
-        self.worker = -1
-        self.cost = 0.0  # estimate counted into the deque/pipe totals it sits in
-        self.submitted_at = 0.0
-        self.started_at = 0.0
-        self.not_before = not_before
-        self.blamed_start = False
-        self.has_token = False
-        self.dedup_key = dedup_key
-        self.order = 0  # arrival order among equal keys, fixed at first entry
-        self.isolate = False  # suspected of a crash: send it alone so any blame is exact
-
-    @property
-    def attempts(self) -> int:
-        """Times the task was started (failures so far, plus the current or last try)."""
-        return self.failures + 1
-
-    def __repr__(self) -> str:
-        return f"Task(id={self.id}, state={self.state}, attempt={self.attempt})"
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Outcome: the task will run again at ``at`` (dispatcher clock)."""
-
-    task: Task
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Outcome: the task is finished with an error."""
-
-    task: Task
-
-
-@dataclass(frozen=True, slots=True)
-class Timeout:
-    """A running task passed its timeout: kill ``worker``; ``outcome`` says what to report."""
-
-    worker: int
-    outcome: Retry | Fail
+COUNTERS = ("submitted", "completed", "failed", "retried", "crashed", "timed_out", "cancelled")
 
 
 class Scheduler:
-    """Heap, per-worker deques, stealing, pipe windows, timers and estimates.
+    """Heap, local queues, stealing, batching, timers, rate limits and outcomes.
 
     Args:
         workers: number of worker slots.
         clock: returns the current time in seconds (monotonic).
+        claims: the claim counters of the workers' batches.
         aging_rate: priority levels a queued task gains per second of waiting (0: off).
         rng: random source for backoff jitter.
+        rate_limits: token buckets per kind.
     """
 
     def __init__(
         self,
         workers: int,
         clock: Callable[[], float],
+        claims: ClaimCounters,
         *,
         aging_rate: float = DEFAULT_AGING_RATE,
         rng: random.Random | None = None,
@@ -215,35 +110,56 @@ class Scheduler:
             raise ValueError("workers must be >= 1")
         self.workers = workers
         self.clock = clock
-        self.aging_rate = aging_rate
         self.rng = rng or random.Random()
-        self.tasks: dict[int, Task] = {}
-        self._heap: list[tuple[float, int, int, Task]] = []
-        self._seq = itertools.count(1)  # from 1: an order of 0 means "not yet set"
-        self._heap_live = 0  # heap entries not cancelled
-        self.local: list[deque[Task]] = [deque() for _ in range(workers)]
-        self.local_cost = [0.0] * workers
-        self.sent: list[deque[Task]] = [deque() for _ in range(workers)]
-        self.sent_cost = [0.0] * workers
-        self.up = [False] * workers
+        self.queue = RunQueue(aging_rate)
+        self._part_ids = itertools.count(PART_IDS_FROM)
+        self.pipes = Pipes(workers, claims, lambda: next(self._part_ids))
+        self.tasks: dict[int, Task] = {}  # live tasks and parts by run id
+        self.jobs: dict[int, ChunkJob] = {}  # live map chunks by client id
+        self._forgotten: dict[int, Task] = {}  # cancelled while running: results dropped
+        self._expired_parts: set[int] = set()  # chunk parts killed at a timeout
+        self._up = [False] * workers
         self._timers: list[tuple[float, int, int, Task | str, int]] = []
-        # Rate-limited kinds: tasks wait here, not in the heap, until their bucket has a token.
+        self._seq = itertools.count(1)
         now = clock()
         self._buckets = {k: TokenBucket(v, now) for k, v in (rate_limits or {}).items()}
-        self._limited: dict[str, list[tuple[float, int, Task]]] = {k: [] for k in self._buckets}
+        self._limited: dict[str, list[tuple[float, int, int, Task]]] = {
+            k: [] for k in self._buckets
+        }
         self._limited_live = 0
         self._bucket_timer: dict[str, float] = {}
-        self.rate_limited_waits = 0
         self._delayed = 0
         self._per_item: dict[int, float] = {}
-        # counters
-        self.steals = 0
-        self.stolen_tasks = 0
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        self.rate_limited_waits = 0
         self.starts = 0
         self.done_by = [0] * workers
         self.busy_by = [0.0] * workers
+        self._ran: list[tuple[tuple[float, int], int]] = [((-math.inf, 0), 0)] * workers
+        self._max_given = (-math.inf, 0)  # the rank of the least urgent task ever handed out
+        self.recheck = False  # a worker was left without work, to be reconsidered shortly
 
-    # --- estimates ----------------------------------------------------------------------------
+    # --- workers -------------------------------------------------------------------------------
+    def worker_up(self, w: int) -> None:
+        """Worker ``w`` is ready for work."""
+        self._up[w] = True
+
+    def worker_down(self, w: int) -> None:
+        """Worker ``w`` takes no new work (it is leaving, or not yet there)."""
+        self._up[w] = False
+
+    def is_up(self, w: int) -> bool:
+        return self._up[w]
+
+    def idle(self, w: int) -> bool:
+        """Worker ``w`` is ready and has nothing in hand."""
+        return self._up[w] and not self.pipes.busy(w)
+
+    def tick(self) -> None:
+        """A new round of the dispatcher's loop (clears ``recheck``)."""
+        self.recheck = False
+
+    # --- estimates -----------------------------------------------------------------------------
     def estimate(self, task: Task) -> float | None:
         """Estimated run time of ``task`` in seconds, or ``None`` if its function is unmeasured."""
         per_item = self._per_item.get(task.fn_id)
@@ -251,56 +167,65 @@ class Scheduler:
             return None
         return per_item * (task.n_items or 1)
 
-    def _learn(self, task: Task, duration: float) -> None:
-        per_item = duration / (task.n_items or 1)
+    def _learn(self, task: Task, duration: float, items: int) -> None:
+        per_item = duration / max(1, items)
         old = self._per_item.get(task.fn_id)
         if old is None:
             self._per_item[task.fn_id] = per_item
         else:
             self._per_item[task.fn_id] = old + EWMA_ALPHA * (per_item - old)
 
-    # --- entering ----------------------------------------------------------------------------
+    def forget_function(self, fn_id: int) -> None:
+        self._per_item.pop(fn_id, None)
+
+    def _block_for(self, task: Task) -> int:
+        """Items per claim token for a chunk part: small enough to share, big enough to pay."""
+        if task.flags & p.FLAG_TIMED:
+            return 1  # each item announces its start: its timeout is its own
+        n = task.n_items
+        block = max(1, n // BLOCKS_PER_CHUNK)
+        per_item = self._per_item.get(task.fn_id)
+        if per_item and per_item > 0:
+            block = max(block, math.ceil(MIN_BLOCK_SECONDS / per_item))
+        return min(block, max(1, n))
+
+    # --- entering ------------------------------------------------------------------------------
     def submit(self, task: Task) -> None:
         """Accept a new task: queue it now, or hold it until ``task.not_before``."""
         now = self.clock()
         task.submitted_at = now
         self.tasks[task.id] = task
+        self.counts["submitted"] += 1
+        if task.job is not None:
+            self.jobs[task.id] = task.job
+            task.job.parts.add(task)
         if task.not_before > now:
             task.state = DELAYED
             self._delayed += 1
-            self._push_timer(task.not_before, _T_RELEASE, task)
+            self._push_timer(task.not_before, _T_RELEASE, task, task.attempt)
         else:
             self._enqueue(task, now)
 
-    def _enqueue(self, task: Task, now: float) -> None:
-        if task.state in (QUEUED, DELAYED) and task.failures == 0 and task.attempt == 1:
-            # First entry (or release from a delay): fix the aging key now. Re-entries after
-            # a crash or a retry keep theirs, so they do not fall behind newer work.
-            task.key = self.aging_rate * now - task.opts.priority
+    def _enqueue(self, task: Task, now: float, take_back: bool = True) -> None:
         kind = task.opts.kind
         if kind in self._buckets and not task.has_token:
+            self.queue.place(task, now)
             task.state = RATE_LIMITED
             task.worker = -1
-            heapq.heappush(self._limited[kind], (task.key, next(self._seq), task))
+            heapq.heappush(self._limited[kind], (task.key, task.order, next(self._seq), task))
             self._limited_live += 1
             self._release_kind(kind, now)
             return
-        task.state = QUEUED
-        task.worker = -1
-        if not task.order:
-            task.order = next(self._seq)
-        # (key, first-arrival order, unique tiebreak): a requeued task keeps its place among
-        # equals, and two entries never get as far as comparing Task objects.
-        heapq.heappush(self._heap, (task.key, task.order, next(self._seq), task))
-        self._heap_live += 1
-        self._spill(task.key, task.order)
+        self.queue.push(task, now)
+        if take_back:
+            self._take_back_behind(task)
 
     def _release_kind(self, kind: str, now: float) -> None:
         """Move waiting tasks of a rate-limited kind to the heap while tokens last."""
         waiting = self._limited[kind]
         bucket = self._buckets[kind]
         while waiting:
-            task = waiting[0][2]
+            task = waiting[0][3]
             if task.state != RATE_LIMITED:
                 heapq.heappop(waiting)  # cancelled meanwhile
                 continue
@@ -316,255 +241,309 @@ class Scheduler:
             task.has_token = True
             self._enqueue(task, now)
 
-    def _spill(self, key: float, order: int) -> None:
-        """Move deque tasks that rank behind ``(key, order)`` back to the heap."""
-        for w in range(self.workers):
-            dq = self.local[w]
-            while dq and (dq[-1].key > key or (dq[-1].key == key and dq[-1].order > order)):
-                t = dq.pop()
-                self.local_cost[w] -= t.cost
-                t.state = QUEUED
-                heapq.heappush(self._heap, (t.key, t.order, next(self._seq), t))
-                self._heap_live += 1
-            if not dq:
-                self.local_cost[w] = 0.0
+    def _take_back_behind(self, task: Task) -> None:
+        """Unstarted work in pipes that ranks behind ``task`` goes back to the heap.
 
-    # --- leaving the queue ---------------------------------------------------------------------
-    def cancel(self, task_id: int) -> Task | None:
-        """Remove a task that has not been sent to a worker. Returns it, or ``None``."""
-        task = self.tasks.get(task_id)
-        if task is None or task.state in (SENT, DONE, CANCELLED):
-            return None
-        if task.state == LOCAL:
-            w = task.worker
-            self.local[w].remove(task)
-            self.local_cost[w] -= task.cost
-        elif task.state == QUEUED:
-            self._heap_live -= 1  # its heap entry is skipped when popped
-        elif task.state in (DELAYED, BACKOFF):
-            self._delayed -= 1  # its timer is skipped when it fires
-        elif task.state == RATE_LIMITED:
-            self._limited_live -= 1  # skipped when its kind's queue reaches it
-        task.state = CANCELLED
-        del self.tasks[task_id]
-        return task
-
-    def cancel_sent(self, task_id: int) -> tuple[Task, bool] | None:
-        """Cancel a task already written to a worker's pipe.
-
-        Returns the task and whether it was running (first in its pipe: the caller kills that
-        worker), or ``None`` if the task is not in a pipe. A task waiting behind another
-        cannot be taken back from the pipe; it is forgotten, so its result is discarded.
+        Not needed while some worker is idle: ``task`` goes to it in this same round. Cheap
+        in the common case (a stream of equal tasks): each pipe ends with earlier work.
         """
-        task = self.tasks.get(task_id)
-        if task is None or task.state != SENT:
-            return None
-        running = self.sent[task.worker][0] is task
-        self._take_sent(task.worker, task.id, task.attempt)
-        task.state = CANCELLED
-        del self.tasks[task.id]
-        return task, running
-
-    def drop_queued(self) -> list[Task]:
-        """Cancel every task not yet sent to a worker (shutdown with ``cancel_futures``)."""
-        return [t for t in list(self.tasks.values()) if self.cancel(t.id) is not None]
-
-    def abort_all(self) -> list[Task]:
-        """Forget every task, wherever it is (pool broken, or killed at a deadline)."""
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.state = CANCELLED
-        self.tasks.clear()
-        self._heap.clear()
-        self._heap_live = 0
-        self._timers.clear()
-        self._delayed = 0
-        for waiting in self._limited.values():
-            waiting.clear()
-        self._limited_live = 0
-        self._bucket_timer.clear()
+        mine = rank(task)
+        if mine > self._max_given:
+            return  # ranks behind everything ever handed out (a stream of equal tasks)
+        behind: list[int] = []
         for w in range(self.workers):
-            self.local[w].clear()
-            self.local_cost[w] = 0.0
-            self.sent[w].clear()
-            self.sent_cost[w] = 0.0
-        return tasks
-
-    def _pop_heap(self) -> Task | None:
-        heap = self._heap
-        while heap:
-            task = heapq.heappop(heap)[3]
-            if task.state == QUEUED:
-                self._heap_live -= 1
-                return task
-        return None
-
-    def _peek_heap(self) -> Task | None:
-        heap = self._heap
-        while heap:
-            task = heap[0][3]
-            if task.state == QUEUED:
-                return task
-            heapq.heappop(heap)
-        return None
-
-    def _refill(self, w: int, steal: bool = True) -> None:
-        dq = self.local[w]
-        if not dq and steal:
-            # Running dry: the most urgent queued work may sit at the front of a busy peer's
-            # deque rather than in the heap; take it from there if so.
-            victim = self._steal_candidate(w)
-            top = self._peek_heap()
-            if victim >= 0 and (top is None or self.local[victim][0].key < top.key):
-                self._steal(w, victim)
-                return
-        # A deque holds one priority level at a time: it is not topped up with less urgent
-        # work while it still holds more urgent work.
-        level = dq[0].opts.priority if dq else None
-        while self.local_cost[w] < LOCAL_TARGET_SECONDS:
-            top = self._peek_heap()
-            if top is None or (level is not None and top.opts.priority != level):
-                return
-            level = top.opts.priority
-            task = self._pop_heap()
-            if task is None:
-                return
-            est = self.estimate(task)
-            task.cost = LOCAL_TARGET_SECONDS if est is None else est
-            task.state = LOCAL
-            task.worker = w
-            dq.append(task)
-            self.local_cost[w] += task.cost
-
-    def _steal_candidate(self, thief: int) -> int:
-        """The peer to steal from: the one whose next task is most urgent, or -1."""
-        victim = -1
-        best: tuple[float, float] | None = None
-        for v in range(self.workers):
-            if v == thief or not self.local[v]:
-                continue
-            # An idle live peer takes its own deque this round; steal only from busy or dead.
-            if self.up[v] and not self.sent[v]:
-                continue
-            rank = (self.local[v][0].key, -self.local_cost[v])  # most urgent, then busiest
-            if best is None or rank < best:
-                victim, best = v, rank
-        return victim
-
-    def _steal(self, thief: int, victim: int) -> None:
-        src = self.local[victim]
-        count = max(1, len(src) // 2)
-        # The thief takes the front half: the most urgent of the victim's work. Taking the
-        # back half would have the idle worker run the least urgent tasks while better ones
-        # wait behind the victim's running task.
-        taken = [src.popleft() for _ in range(count)]
-        dst = self.local[thief]
-        for t in taken:
-            self.local_cost[victim] -= t.cost
-            t.worker = thief
-            dst.append(t)
-            self.local_cost[thief] += t.cost
-        if not src:
-            self.local_cost[victim] = 0.0
-        self.steals += 1
-        self.stolen_tasks += count
-
-    def assign(self, w: int, limit: int = MAX_IN_PIPE) -> list[Task]:
-        """Tasks to write to worker ``w``'s pipe now (moved to its sent list)."""
-        if not self.up[w]:
-            return []
-        out: list[Task] = []
-        sent = self.sent[w]
-        dq = self.local[w]
+            last = self.pipes.last_live(w)
+            if last is None:
+                if self._up[w]:
+                    return  # an idle worker: task goes there
+            elif rank(last) > mine:
+                behind.append(w)
         now = self.clock()
-        while len(sent) < MAX_IN_PIPE and len(out) < limit:
-            # Once no tiny task fits, only a first prefetch behind a short task could.
-            full = len(sent) > 1 or self.sent_cost[w] > PREFETCH_MAX_SECONDS
-            if sent and self.sent_cost[w] >= PIPE_WINDOW_SECONDS and full:
-                self._refill(w, steal=False)  # top up from the heap; never steal for later
-                break
-            self._refill(w)
-            if not dq:
-                break
-            task = dq[0]
-            est = self.estimate(task)
-            if sent:
-                if task.isolate or sent[-1].isolate:
-                    break  # a crash suspect travels alone
-                if est is None or task.opts.priority != sent[-1].opts.priority:
-                    break  # unknown cost, or another priority level: not behind this batch
-                tiny = self.sent_cost[w] + est <= PIPE_WINDOW_SECONDS
-                # One medium task may wait behind a running task of known, short duration, so
-                # the worker finds it as soon as it is done instead of after a round trip.
-                prefetch = len(sent) == 1 and est <= PREFETCH_MAX_SECONDS
-                prefetch = prefetch and self.sent_cost[w] <= PREFETCH_MAX_SECONDS
-                if not (tiny or prefetch):
-                    break
-            dq.popleft()
-            self.local_cost[w] -= task.cost
-            if not dq:
-                self.local_cost[w] = 0.0
-            task.cost = UNKNOWN_COST if est is None else est
-            task.state = SENT
-            task.worker = w
+        for w in behind:
+            for batch in reversed(self.pipes.batches[w]):
+                while True:
+                    back = self.pipes.back(batch)
+                    if back is None or rank(back) <= mine:
+                        break
+                    index = batch.tasks.index(back)
+                    moved = self.pipes.take_back(batch, batch.cut - batch.begin(index))
+                    for t in moved:
+                        self._requeue(t, now)
+                    if not moved or moved[0] is not back:
+                        break  # the worker had started it
+
+    def _requeue(self, task: Task, now: float) -> None:
+        """Put a task taken back from a pipe (or a new part of one) into the heap."""
+        if task.job is not None and task not in task.job.parts:
+            task.job.parts.add(task)
+        self.tasks[task.id] = task
+        task.batch = None
+        self._enqueue(task, now, take_back=False)
+
+    # --- choosing work -------------------------------------------------------------------------
+    def assign(self, w: int, limit: int = MAX_IN_PIPE) -> Batch | None:
+        """A batch to write to worker ``w`` now, or ``None``. Its counter is already armed."""
+        if not self._up[w] or limit <= 0 or not self.pipes.room(w):
+            return None
+        busy = self.pipes.busy(w)
+        if busy:
+            remaining = self._remaining(w)
+            if remaining is None or remaining > PREFETCH_MAX_SECONDS:
+                return None  # behind long or unknown work a prefetch would only wait
+        tasks = self._pick(w, prefetch=busy)
+        if not tasks:
+            return None
+        self._extend(tasks, min(limit, MAX_IN_PIPE))
+        now = self.clock()
+        for task in tasks:
             task.has_token = False  # spent: a retry or requeue needs a new one
-            task.blamed_start = False
-            if not sent:
-                task.started_at = now  # first in the pipe: it starts as soon as it arrives
-            sent.append(task)
-            self.sent_cost[w] += task.cost
-            out.append(task)
-        self.starts += len(out)
+            task.running_item = -1
+            if task.job is not None:
+                task.block = self._block_for(task)
+        batch = self.pipes.open(w, tasks)
+        batch.written_at = now
+        arrivals = self.queue.arrivals
+        for task in tasks:
+            task.given = arrivals
+        last = rank(tasks[-1])
+        if last > self._max_given:
+            self._max_given = last
+        if not busy:
+            tasks[0].started_at = now  # it starts as soon as it arrives
+        self.starts += len(tasks)
+        return batch
+
+    def _remaining(self, w: int) -> float | None:
+        total = 0.0
+        for task in self.pipes.live(w):
+            est = self.estimate(task)
+            if est is None:
+                return None
+            total += est
+        return total
+
+    def _pick(self, w: int, prefetch: bool) -> list[Task]:
+        """The most urgent work for ``w``: unstarted work in a peer's pipe, or the heap's top."""
+        best = self.queue.peek()
+        stolen = self._steal_urgent(w, best)
+        if stolen is None:
+            return []  # more urgent work is about to start elsewhere: look again next round
+        if stolen:
+            return stolen
+        if best is not None:
+            task = self.queue.pop()
+            return [task] if task is not None else []
+        if prefetch:
+            return []  # moving work from one busy worker to another gains nothing
+        return self._steal_half(w)
+
+    def _eligible(self, w: int, task: Task) -> bool:
+        """Whether ``w`` may take ``task`` from a peer without starting tasks out of order.
+
+        ``w`` must not start a task that ranks before the last one it holds (or ran), unless
+        that task came into the queue after it was given to ``w`` (new work may be more
+        urgent, rightly so).
+        """
+        last = self.pipes.last_live(w)
+        kept_rank, kept_seq = (rank(last), last.given) if last is not None else self._ran[w]
+        return rank(task) > kept_rank or task.arrived > kept_seq
+
+    def _steal_urgent(self, w: int, best: Task | None) -> list[Task] | None:
+        """Unstarted work in peers' pipes that must start before ``best``.
+
+        A peer that has not started its next task gives up everything it holds, in order
+        (else it would start later work first); a busy peer gives up what it has not started
+        of a batch queued behind its current task. The most urgent candidate that ranks
+        before ``best`` goes to ``w``, if ``w`` may take it (see :meth:`_eligible`).
+
+        A peer's next task written less than ``WAKE_SECONDS`` ago is not taken (its worker
+        is waking up); ``w`` then gets nothing and is reconsidered shortly (returns ``None``)
+        rather than start something less urgent first. Past that, the peer is taken to be
+        stalled (not scheduled by the OS) and its work moves. Within one priority level with plenty
+        queued, batches are left where they are: the level's order is kept batch by batch,
+        and moving work between pipes would only write it twice.
+        """
+        if best is None:
+            return []
+        crowded = self.queue.level(best.opts.priority) >= CROWDED_PER_WORKER * self._n_up()
+        chosen: tuple[int, Batch | None, Task] | None = None
+        wait = False
+        for v in range(self.workers):
+            if v == w:
+                continue
+            for batch, cand in self._candidates(v):
+                if rank(cand) >= rank(best) or not self._eligible(w, cand):
+                    continue
+                if crowded and cand.opts.priority == best.opts.priority:
+                    continue
+                if batch is None and self._fresh(self._head_batch(v)):
+                    wait = True
+                elif chosen is None or rank(cand) < rank(chosen[2]):
+                    chosen = (v, batch, cand)
+        if chosen is None:
+            if wait:
+                self.recheck = True
+                return None
+            return []
+        v, batch, cand = chosen
+        # Everything the peer has not started from there on: the peer would otherwise start
+        # its later work before ``w`` gets to this.
+        return self._moved_to(w, self._take_tail(v, batch))
+
+    def _take_tail(self, v: int, first: Batch | None = None) -> list[Task]:
+        """Take back all unstarted work of ``v`` from batch ``first`` on (``None``: all)."""
+        moved: list[Task] = []
+        for other in reversed(self.pipes.batches[v]):
+            moved[:0] = self.pipes.take_back(other, other.cut)
+            if other is first:
+                break
+        return moved
+
+    def _fresh(self, batch: Batch) -> bool:
+        """Written so recently that its worker may simply not have woken up yet."""
+        return self.clock() - batch.written_at < WAKE_SECONDS
+
+    def _head_batch(self, v: int) -> Batch:
+        head = self.pipes.first_live(v)
+        assert head is not None and head.batch is not None
+        return head.batch
+
+    def _candidates(self, v: int) -> list[tuple[Batch | None, Task]]:
+        """What could be taken from worker ``v``: ``(None, next task)`` if it has not
+        started it, else ``(batch, its first unstarted task)`` for each batch behind what
+        runs."""
+        head = self.pipes.first_live(v)
+        if head is None or head.batch is None:
+            return []
+        batch = head.batch
+        index = batch.tasks.index(head)
+        unclaimed = self.pipes.claims.unclaimed(v, batch.slot)
+        if unclaimed is not None and unclaimed >= batch.cut - batch.begin(index):
+            return [(None, head)]
+        out: list[tuple[Batch | None, Task]] = []
+        for other in self.pipes.batches[v]:
+            first = self.pipes.first_unclaimed(other)
+            if first is not None and first is not head:
+                out.append((other, first))
         return out
 
+    def _steal_half(self, w: int) -> list[Task]:
+        """Load balancing when the heap is empty: the unstarted work of the busiest peer.
+
+        All of it, in order, so that the peer does not start later work while ``w`` holds
+        earlier work (they will share it again as each runs dry); only the blocks of one
+        chunk, which rank alike, are shared by halves.
+        """
+        best: tuple[float, int, int] | None = None
+        for v in range(self.workers):
+            if v == w:
+                continue
+            work, unclaimed = self._unstarted_work(w, v)
+            if unclaimed and (best is None or work > best[0]):
+                best = (work, v, unclaimed)
+        if best is None:
+            return []
+        _, v, unclaimed = best
+        tail = [(b, t) for b in self.pipes.batches[v] for t in b.live()]
+        unstarted = [t for b, t in tail if self.pipes.first_unclaimed(b) is not None]
+        if len({t.client_id for t in unstarted}) == 1 and unstarted[0].job is not None:
+            batch = self.pipes.batches[v][-1]
+            return self._moved_to(w, self.pipes.take_back(batch, (unclaimed + 1) // 2))
+        return self._moved_to(w, self._take_tail(v))
+
+    def _unstarted_work(self, w: int, v: int) -> tuple[float, int]:
+        """Estimated seconds and claim tokens of what ``v`` holds and ``w`` could take."""
+        candidates = self._candidates(v)
+        if candidates and candidates[0][0] is None:
+            if self._fresh(self._head_batch(v)):
+                self.recheck = True  # just written: v is waking up; look again shortly
+                return 0.0, 0
+            if not self._eligible(w, candidates[0][1]):
+                return 0.0, 0
+        work = 0.0
+        total = 0
+        for batch in self.pipes.batches[v]:
+            unclaimed = self.pipes.unclaimed(batch)
+            back = self.pipes.back(batch)
+            if back is None or unclaimed <= 0 or not self._eligible(w, back):
+                continue
+            est = self.estimate(back)
+            work += unclaimed * (UNKNOWN_COST if est is None else est / max(1, back.tokens()))
+            total += unclaimed
+        return work, total
+
+    def _moved_to(self, w: int, moved: list[Task]) -> list[Task]:
+        if moved:
+            self.pipes.steals += 1
+            self.pipes.stolen_tasks += len(moved)
+            for task in moved:
+                if task.job is not None and task not in task.job.parts:
+                    task.job.parts.add(task)
+                self.tasks[task.id] = task
+        return moved
+
+    def _extend(self, tasks: list[Task], limit: int) -> None:
+        """Add tiny tasks of the same priority level from the heap behind ``tasks``."""
+        costs = [self.estimate(t) for t in tasks]
+        if any(c is None for c in costs):
+            return  # unknown work travels alone
+        cost = sum(c for c in costs if c is not None)
+        level = tasks[0].opts.priority
+        # A fair share of the level's queue: with few tasks waiting, each worker gets its own,
+        # so a batch never makes its peers start later work first.
+        share = max(len(tasks), (self.queue.level(level) + len(tasks)) // self._n_up())
+        queue = self.queue
+        while len(tasks) < min(limit, share):
+            top = queue.peek()
+            if top is None or top.opts.priority != level:
+                return
+            est = self.estimate(top)
+            if est is None or cost + est > PIPE_WINDOW_SECONDS:
+                return
+            queue.pop()
+            tasks.append(top)
+            cost += est
+
+    def _n_up(self) -> int:
+        return max(1, sum(self._up))
+
     # --- results -------------------------------------------------------------------------------
-    def _take_sent(self, w: int, task_id: int, attempt: int) -> Task | None:
-        task = self.tasks.get(task_id)
+    def _take(self, w: int, run_id: int, attempt: int) -> Task | None:
+        """The live task a result is about, or ``None`` if the result is stale."""
+        task = self.tasks.get(run_id)
         if task is None or task.state != SENT or task.worker != w or task.attempt != attempt:
-            return None  # stale: an earlier attempt, or already resolved
-        sent = self.sent[w]
-        if sent[0] is task:
-            sent.popleft()
-            if sent:
-                sent[0].started_at = self.clock()  # the next one starts now
-        else:
-            sent.remove(task)
-        self.sent_cost[w] -= task.cost
-        if not sent:
-            self.sent_cost[w] = 0.0
+            forgotten = self._forgotten.pop(run_id, None)
+            if forgotten is not None:
+                self.pipes.reported(forgotten)
+            return None
+        self.pipes.reported(task)
+        self._ran[w] = (rank(task), task.given)  # the last task w surely started
+        nxt = self.pipes.first_live(w)
+        if nxt is not None and nxt.started_at <= task.started_at:
+            nxt.started_at = self.clock()  # the next one starts now
         return task
 
-    def started(self, w: int, task_id: int, attempt: int) -> None:
-        """Worker ``w`` announced that it started a (timed) task: arm its timeout."""
-        task = self.tasks.get(task_id)
-        if task is None or task.state != SENT or task.worker != w or task.attempt != attempt:
-            return
-        now = self.clock()
-        task.started_at = now
-        task.blamed_start = True
-        if task.opts.timeout > 0:
-            self._push_timer(now + task.opts.timeout, _T_TIMEOUT, task)
-
-    def complete(self, w: int, task_id: int, attempt: int, duration: float) -> Task | None:
-        """A task succeeded. Returns it, or ``None`` if the result is stale (drop it)."""
-        task = self._take_sent(w, task_id, attempt)
+    def complete(self, w: int, run_id: int, attempt: int, duration: float) -> Task | None:
+        """A single task succeeded. Returns it, or ``None`` if the result is stale (drop it)."""
+        task = self._take(w, run_id, attempt)
         if task is None:
             return None
-        self._learn(task, duration)
+        self._learn(task, duration, 1)
         self.done_by[w] += 1
         self.busy_by[w] += duration
         task.state = DONE
-        del self.tasks[task_id]
+        del self.tasks[run_id]
+        self.counts["completed"] += 1
         return task
 
     def fail(
-        self, w: int, task_id: int, attempt: int, duration: float, retryable: bool
+        self, w: int, run_id: int, attempt: int, duration: float, retryable: bool
     ) -> Retry | Fail | None:
-        """A task raised. Retry it after its backoff if allowed, else fail it."""
-        task = self._take_sent(w, task_id, attempt)
+        """A single task raised. Retry it after its backoff if allowed, else fail it."""
+        task = self._take(w, run_id, attempt)
         if task is None:
             return None
-        self._learn(task, duration)
+        self._learn(task, duration, 1)
         self.done_by[w] += 1
         self.busy_by[w] += duration
         return self._after_failure(task, retryable)
@@ -576,64 +555,307 @@ class Scheduler:
             at = self.clock() + task.opts.backoff(task.failures, self.rng)
             task.state = BACKOFF
             task.worker = -1
+            task.batch = None
             self._delayed += 1
-            self._push_timer(at, _T_RELEASE, task)
+            self._push_timer(at, _T_RELEASE, task, task.attempt)
+            self.counts["retried"] += 1
             return Retry(task, at)
         task.state = DONE
         self.tasks.pop(task.id, None)
+        self.counts["failed"] += 1
         return Fail(task)
 
-    # --- workers -------------------------------------------------------------------------------
-    def worker_up(self, w: int) -> None:
-        self.up[w] = True
+    def part_done(self, w: int, msg: p.PartResult) -> JobDone | None:
+        """A run of chunk items reported. Returns the finished chunk, once no part is left."""
+        task = self._take(w, msg.run_id, msg.attempt)
+        if task is None:
+            return None
+        items = msg.n_done + (msg.err_status != p.OK)
+        self._learn(task, msg.duration, items)
+        if task.job is not None and task.id == task.job.task_id:
+            self.done_by[w] += 1  # a chunk counts once, for its first part
+        self.busy_by[w] += msg.duration
+        job = task.job
+        assert job is not None
+        job.duration += msg.duration
+        job.attempts = max(job.attempts, task.attempts)
+        job.add_piece(task.start, msg.n_done, msg.results)
+        at = task.start + msg.n_done
+        now = self.clock()
+        if msg.err_status == p.OK:
+            if at < task.stop:  # stopped early without an error: run the rest elsewhere
+                self._requeue(task.split(at, next(self._part_ids)), now)
+        else:
+            self._item_failed(task, at, msg.err_status, msg.err_payload, now)
+        return self._part_finished(task)
 
-    def worker_lost(self, w: int, *, blame: bool) -> tuple[Task | None, Retry | Fail | None]:
-        """Worker ``w`` died. Its unsent deque stays; its pipe contents go back to the heap.
+    def _item_failed(self, task: Task, at: int, status: int, payload: bytes, now: float) -> None:
+        """Item ``at`` of ``task`` failed: retry that item alone, or end the chunk there."""
+        rest = task.split(at + 1, next(self._part_ids)) if at + 1 < task.stop else None
+        item = task.split(at, next(self._part_ids)) if at > task.start else task
+        item.failures = task.failures
+        if status == p.ERROR_RETRYABLE and self._retry_part(item):
+            if rest is not None:
+                self._requeue(rest, now)  # the items after it run meanwhile
+            if item is not task:
+                self.tasks[item.id] = item
+            return
+        job = task.job
+        assert job is not None
+        job.add_error(at, p.ERROR if status == p.ERROR_RETRYABLE else status, payload)
+        if rest is not None:
+            job.parts.discard(rest)  # nothing after a failed item is reported
+        if item is not task:
+            job.parts.discard(item)
+        self._drop_parts_after(job, at)
+
+    def _retry_part(self, part: Task) -> bool:
+        """Count a failure of a chunk part; back it off for another try if it has one left."""
+        part.failures += 1
+        part.attempt += 1
+        if part.failures >= part.opts.max_attempts:
+            return False
+        at = self.clock() + part.opts.backoff(part.failures, self.rng)
+        part.state = BACKOFF
+        part.worker = -1
+        part.batch = None
+        self._delayed += 1
+        self._push_timer(at, _T_RELEASE, part, part.attempt)
+        self.counts["retried"] += 1
+        return True
+
+    def _drop_parts_after(self, job: ChunkJob, at: int) -> None:
+        """Queued parts beyond a failed item would run for nothing: cancel them."""
+        for part in list(job.parts):
+            if part.start > at and part.state in (QUEUED, DELAYED, BACKOFF, RATE_LIMITED):
+                self._leave_queue(part)
+                job.parts.discard(part)
+                self.tasks.pop(part.id, None)
+
+    def _part_finished(self, task: Task) -> JobDone | None:
+        job = task.job
+        assert job is not None
+        if task.state not in (BACKOFF,):
+            task.state = DONE
+            self.tasks.pop(task.id, None)
+            job.parts.discard(task)
+        if job.parts:
+            return None
+        self.jobs.pop(job.task_id, None)
+        self.counts["completed" if job.err is None else "failed"] += 1
+        return JobDone(job, task)
+
+    def started(self, w: int, run_id: int, attempt: int, item: int) -> None:
+        """Worker ``w`` announced that it started a (timed) task or item: arm its timeout."""
+        task = self.tasks.get(run_id)
+        if task is None or task.state != SENT or task.worker != w or task.attempt != attempt:
+            return
+        now = self.clock()
+        task.started_at = now
+        task.running_item = item
+        if task.opts.timeout > 0:
+            self._push_timer(now + task.opts.timeout, _T_TIMEOUT, task, attempt)
+
+    def cut(self, w: int, batch_id: int) -> None:
+        """Worker ``w`` reached the end of what it could claim of a batch."""
+        self.pipes.cut(w, batch_id)
+
+    # --- workers dying -------------------------------------------------------------------------
+    def worker_lost(
+        self, w: int, *, blame: bool, crash: bytes = b"", pid: int = 0
+    ) -> list[tuple[Task, Retry | Fail | JobDone | None]]:
+        """Worker ``w`` died: put back what it held, and decide about what it was running.
 
         Args:
             w: the worker slot.
-            blame: whether the worker died of something a task did (not killed by us, not
-                retiring). The first task in its pipe is blamed only when it surely was
-                running: it was alone there, or it had announced its start. Otherwise (a batch,
-                whose earlier tasks may have finished with their results not yet written)
-                nobody is blamed and every task of the batch is sent alone from then on.
+            blame: whether it died of something a task did (not killed by us, not retiring).
+                Only the unit it was running is blamed (known exactly from the claim counters:
+                it had claimed it and not reported it); units it had claimed before that ran
+                but their results were lost, and are run again; unclaimed ones just move.
+            crash: the error payload for a chunk item that fails by crashing.
+            pid: the dead worker's process id (for the error of a timed-out chunk item).
 
         Returns:
-            The blamed task and what happens to it (retry at once, or fail), or ``(None, None)``.
+            ``(task, outcome)`` for the blamed or timed-out unit, if any: ``Retry`` (it runs
+            again), ``Fail`` (a single task failed), ``JobDone`` (its chunk is finished), or
+            ``None`` (its chunk has other parts still running).
         """
-        self.up[w] = False
-        sent = self.sent[w]
-        self.sent[w] = deque()
-        self.sent_cost[w] = 0.0
-        culprit: Task | None = None
-        outcome: Retry | Fail | None = None
+        self._up[w] = False
         now = self.clock()
-        certain = blame and bool(sent) and (len(sent) == 1 or sent[0].blamed_start)
-        for i, task in enumerate(sent):
+        events: list[tuple[Task, Retry | Fail | JobDone | None]] = []
+        for run_id in [i for i, t in self._forgotten.items() if t.worker == w]:
+            del self._forgotten[run_id]  # no result will come
+        for entry in self.pipes.lost(w):
+            task = entry.task
+            if task.state != SENT or task.worker != w:
+                continue
             task.attempt += 1  # whatever that worker wrote is stale now
-            if blame and not certain:
-                task.isolate = True
-            if i == 0 and certain:
-                culprit = task
-                task.crashes += 1
-                task.failures += 1
-                if task.crashes > task.opts.crash_retries:
-                    task.state = DONE
-                    self.tasks.pop(task.id, None)
-                    outcome = Fail(task)
-                    continue
-                outcome = Retry(task, now)
-            task.state = QUEUED
-            self._enqueue(task, now)
-        return culprit, outcome
+            timed_out = task.id in self._expired_parts
+            self._expired_parts.discard(task.id)
+            if not entry.running or not (blame or timed_out):
+                self._requeue(task, now)
+            elif task.job is not None:
+                payload = pickle.dumps((task.opts.timeout, pid)) if timed_out else crash
+                events.append(self._recover_part(entry, timed_out, payload, now))
+            else:
+                events.append((task, self._crashed(task, now)))
+        return events
 
-    def worker_retired(self, w: int) -> None:
-        """Worker ``w`` left cleanly between tasks: requeue what it held, blaming nobody."""
-        self.worker_lost(w, blame=False)
+    def _crashed(self, task: Task, now: float) -> Retry | Fail:
+        task.crashes += 1
+        task.failures += 1
+        self.counts["crashed"] += 1
+        if task.crashes > task.opts.crash_retries:
+            task.state = DONE
+            self.tasks.pop(task.id, None)
+            self.counts["failed"] += 1
+            return Fail(task)
+        self.counts["retried"] += 1
+        self._requeue(task, now)
+        return Retry(task, now)
+
+    def _recover_part(
+        self, entry: Claimed, timed_out: bool, payload: bytes, now: float
+    ) -> tuple[Task, Retry | Fail | JobDone | None]:
+        """The unit a chunk part was running is one block: split it out, judge only it."""
+        task = entry.task
+        run_start = task.start + (entry.claimed - 1) * task.block
+        if timed_out and task.start <= task.running_item < task.stop:
+            run_start = task.running_item
+        run_stop = min(task.stop, run_start + task.block)
+        if run_stop < task.stop:
+            self._requeue(task.split(run_stop, next(self._part_ids)), now)
+        unit = task
+        if run_start > task.start:
+            unit = task.split(run_start, next(self._part_ids))
+            unit.attempt = task.attempt
+            self._requeue(task, now)  # the blocks before it ran; their results were lost
+        unit.block = 1  # if it fails again, the failure names its item
+        unit.failures = task.failures + 1
+        if timed_out:
+            retry = unit.opts.retry_timeouts and unit.failures < unit.opts.max_attempts
+        else:
+            unit.crashes = task.crashes + 1
+            self.counts["crashed"] += 1
+            retry = unit.crashes <= unit.opts.crash_retries
+        if retry:
+            self.counts["retried"] += 1
+            if timed_out:
+                at = now + unit.opts.backoff(unit.failures, self.rng)
+                unit.state = BACKOFF
+                self.tasks[unit.id] = unit
+                self._delayed += 1
+                self._push_timer(at, _T_RELEASE, unit, unit.attempt)
+                return unit, Retry(unit, at)
+            self._requeue(unit, now)
+            return unit, Retry(unit, now)
+        job = unit.job
+        assert job is not None
+        job.attempts = max(job.attempts, unit.attempts)
+        job.add_error(run_start, p.TIMEOUT if timed_out else p.CRASHED, payload)
+        unit.state = DONE
+        self.tasks.pop(unit.id, None)
+        job.parts.discard(unit)
+        self._drop_parts_after(job, run_start)
+        if job.parts:
+            return unit, None
+        self.jobs.pop(job.task_id, None)
+        self.counts["failed"] += 1
+        return unit, JobDone(job, unit)
+
+    # --- cancelling ----------------------------------------------------------------------------
+    def cancel(self, client_id: int, kill: bool) -> tuple[bool, list[int]]:
+        """Cancel a task (or a whole map chunk) by the id the client knows.
+
+        Returns whether it was cancelled, and the workers to kill: those running it, when
+        ``kill`` is set. Without ``kill`` a running task is forgotten: it finishes, and its
+        result is dropped.
+        """
+        job = self.jobs.get(client_id)
+        parts = list(job.parts) if job is not None else []
+        single = self.tasks.get(client_id) if job is None else None
+        if single is not None and single.job is None:
+            parts = [single]
+        if not parts:
+            return False, []
+        kills: list[int] = []
+        now = self.clock()
+        for part in parts:
+            worker = self._cancel_one(part, now)
+            if worker is not None and kill:
+                kills.append(worker)
+        if job is not None:
+            job.parts.clear()
+            self.jobs.pop(client_id, None)
+        self.counts["cancelled"] += 1
+        return True, kills
+
+    def _cancel_one(self, task: Task, now: float) -> int | None:
+        """Remove one task; return the worker running it, if it could not be taken back."""
+        running_on: int | None = None
+        if task.state == SENT:
+            moved = self.pipes.take_task(task) or []
+            if not moved or moved[0] is not task:
+                running_on = task.worker
+                self._forgotten[task.id] = task
+            for other in moved:
+                if other.job is not None and other.job is task.job:
+                    other.state = CANCELLED  # the rest of this very chunk: cancelled too
+                    self.tasks.pop(other.id, None)
+                elif other is not task:
+                    self._requeue(other, now)
+        else:
+            self._leave_queue(task)
+        task.state = CANCELLED
+        self.tasks.pop(task.id, None)
+        return running_on
+
+    def _leave_queue(self, task: Task) -> None:
+        if task.state == QUEUED:
+            self.queue.discard(task)  # its heap entry is skipped when popped
+        elif task.state in (DELAYED, BACKOFF):
+            self._delayed -= 1  # its timer is skipped when it fires
+        elif task.state == RATE_LIMITED:
+            self._limited_live -= 1  # skipped when its kind's queue reaches it
+        task.state = CANCELLED
+
+    def drop_queued(self) -> list[int]:
+        """Cancel every task nothing has started (shutdown with ``cancel_futures``)."""
+        dropped = []
+        for task in list(self.tasks.values()):
+            if task.state == SENT or task.state == CANCELLED:
+                continue
+            job = task.job
+            if job is not None and any(t.state == SENT for t in job.parts):
+                continue  # a chunk with a running part finishes
+            if self.cancel(task.client_id, kill=False)[0]:
+                dropped.append(task.client_id)
+        return dropped
+
+    def abort_all(self) -> list[int]:
+        """Forget every task, wherever it is (pool broken, or killed at a deadline).
+
+        Returns the client ids of everything that was live.
+        """
+        ids = {t.client_id for t in self.tasks.values()} | set(self.jobs)
+        for task in self.tasks.values():
+            task.state = CANCELLED
+        self.tasks.clear()
+        self.jobs.clear()
+        self._forgotten.clear()
+        self._expired_parts.clear()
+        self.queue.clear()
+        self._timers.clear()
+        self._delayed = 0
+        for waiting in self._limited.values():
+            waiting.clear()
+        self._limited_live = 0
+        self._bucket_timer.clear()
+        return sorted(ids)
 
     # --- timers --------------------------------------------------------------------------------
-    def _push_timer(self, at: float, kind: int, task: Task) -> None:
-        heapq.heappush(self._timers, (at, next(self._seq), kind, task, task.attempt))
+    def _push_timer(self, at: float, kind: int, task: Task, attempt: int) -> None:
+        heapq.heappush(self._timers, (at, next(self._seq), kind, task, attempt))
 
     def next_timer(self) -> float | None:
         """Clock time of the earliest pending timer, or ``None``."""
@@ -670,26 +892,35 @@ class Scheduler:
             if kind == _T_RELEASE:
                 self._delayed -= 1
                 self._enqueue(task, now)
-            else:
-                w = task.worker
-                self._take_sent(w, task.id, task.attempt)
-                self.busy_by[w] += now - task.started_at
-                out.append(Timeout(w, self._after_failure(task, task.opts.retry_timeouts)))
+            elif task.started_at + task.opts.timeout <= now + 1e-9:
+                out.append(self._timed_out(task, now))
         return out
+
+    def _timed_out(self, task: Task, now: float) -> Timeout:
+        w = task.worker
+        self.busy_by[w] += now - task.started_at
+        self.counts["timed_out"] += 1
+        if task.job is not None:
+            # Decided when the worker is gone, from how far it got (see worker_lost).
+            self._expired_parts.add(task.id)
+            return Timeout(w, task, None)
+        self.pipes.reported(task)
+        return Timeout(w, task, self._after_failure(task, task.opts.retry_timeouts))
 
     # --- introspection -------------------------------------------------------------------------
     @property
     def queued(self) -> int:
-        """Tasks waiting to be sent to a worker (heap, deques, delays and backoffs)."""
-        return (
-            self._heap_live + sum(len(d) for d in self.local) + self._delayed + self._limited_live
-        )
+        """Tasks waiting for a worker (heap, delays, backoffs, rate limits)."""
+        return self.queue.live + self._delayed + self._limited_live
 
     @property
     def in_pipes(self) -> int:
-        """Tasks written to a worker and not yet resolved."""
-        return sum(len(s) for s in self.sent)
+        """Tasks handed to a worker and not yet reported."""
+        return sum(1 for w in range(self.workers) for _ in self.pipes.live(w))
 
-    def idle(self) -> bool:
+    def live_tasks(self) -> Iterator[Task]:
+        return iter(list(self.tasks.values()))
+
+    def empty(self) -> bool:
         """No task anywhere: nothing queued, delayed or running."""
-        return not self.tasks
+        return not self.tasks and not self.jobs

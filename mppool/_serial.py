@@ -11,11 +11,12 @@ from typing import Any
 
 import cloudpickle
 
-from . import _messages as m
+from . import _protocol as p
 from ._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
     PoolClosedError,
+    RemoteError,
     RemoteTraceback,
     SerializationError,
     TaskAbortedError,
@@ -145,17 +146,15 @@ def _note_attempts(exc: BaseException, attempts: int) -> None:
 def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
     """Turn a non-OK result into the exception the caller sees."""
     try:
-        if status == m.ERROR:
-            exc, tb = pickle.loads(payload)
-            _note_attempts(exc, attempts)
-            return _with_cause(exc, tb)
-        if status == m.ABORTED:
+        if status == p.ERROR:
+            return _rebuild(payload, attempts)
+        if status == p.ABORTED:
             message, tb = pickle.loads(payload)
             return _with_cause(TaskAbortedError(message), tb)
-        if status == m.SERIAL_ERROR:
+        if status == p.SERIAL_ERROR:
             message, tb = pickle.loads(payload)
             return _with_cause(SerializationError(message), tb)
-        if status == m.CRASHED:
+        if status == p.CRASHED:
             pid, exitcode, signame = pickle.loads(payload)
             how = f"signal {signame}" if signame else f"exit code {exitcode}"
             return WorkerCrashedError(
@@ -166,7 +165,7 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
                 signal=signame,
                 attempts=attempts,
             )
-        if status == m.TIMEOUT:
+        if status == p.TIMEOUT:
             timeout, pid = pickle.loads(payload)
             exc = TaskTimeoutError(
                 f"the task ran longer than its timeout of {timeout:g} s; "
@@ -174,11 +173,11 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
             )
             _note_attempts(exc, attempts)
             return exc
-        if status == m.CLOSED:
+        if status == p.CLOSED:
             return PoolClosedError("the pool was shut down before this task could run")
-        if status == m.KILLED:
+        if status == p.KILLED:
             return CancelledByShutdownError("the task was killed at the shutdown deadline")
-        if status == m.BROKEN:
+        if status == p.BROKEN:
             message, tb = pickle.loads(payload)
             return _with_cause(BrokenPoolError(message), tb)
     except Exception as exc:  # the exception itself did not unpickle here
@@ -186,6 +185,21 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
         err.__cause__ = exc
         return err
     return RuntimeError(f"unknown result status {status}")
+
+
+def _rebuild(payload: bytes, attempts: int) -> BaseException:
+    """A task's own exception, as itself if it unpickles here, else as a ``RemoteError``."""
+    blob, type_name, message, tb = pickle.loads(payload)
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(type_name, message, tb)
+    _note_attempts(exc, attempts)
+    return _with_cause(exc, tb)
 
 
 def decode_value(payload: bytes) -> Any:

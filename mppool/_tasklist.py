@@ -1,21 +1,25 @@
-"""The dispatcher's task table: live tasks by state, and a bounded history of finished ones."""
+"""The dispatcher's task table: live tasks by state, and a bounded history of finished ones.
+
+Tasks are listed as the client knows them: a map chunk is one row, whatever parts it runs in.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import _scheduler as s
+from ._tasks import BACKOFF, DELAYED, LOCAL_STATES, RATE_LIMITED, SENT, ChunkJob, Task
+
+if TYPE_CHECKING:
+    from ._scheduler import Scheduler
 
 HISTORY_SIZE = 1000  # finished tasks remembered for listings
 
 _LIVE_STATE = {
-    s.DELAYED: "delayed",
-    s.QUEUED: "queued",
-    s.LOCAL: "queued",
-    s.RATE_LIMITED: "queued",
-    s.BACKOFF: "retrying",
+    DELAYED: "delayed",
+    RATE_LIMITED: "queued",
+    BACKOFF: "retrying",
 }
 
 
@@ -26,16 +30,26 @@ class TaskTable:
         self.history: deque[tuple[Any, ...]] = deque(maxlen=size)
 
     def finished(
-        self, task: s.Task, state: str, now: float, duration: float = 0.0, pid: int = 0
+        self,
+        task: Task,
+        state: str,
+        now: float,
+        duration: float = 0.0,
+        pid: int = 0,
+        job: ChunkJob | None = None,
     ) -> None:
-        """Record the end of ``task`` (``state``: done, failed, cancelled)."""
+        """Record the end of ``task`` (``state``: done, failed) or of its whole chunk."""
         o = task.opts
-        # Starts made: every failure was one, plus the final run if it succeeded. (A task
-        # cancelled before it ran made none.)
-        attempts = task.failures + (1 if state == "done" else 0)
+        if job is not None:
+            attempts = job.attempts
+            items = job.n_items
+        else:
+            # Starts made: every failure was one, plus the final run if it succeeded.
+            attempts = task.failures + (1 if state == "done" else 0)
+            items = 0
         self.history.append(
             (
-                task.id,
+                task.client_id,
                 task.dedup_key,
                 o.kind,
                 o.priority,
@@ -46,12 +60,15 @@ class TaskTable:
                 now,
                 duration,
                 pid,
-                task.n_items,
+                items,
             )
         )
 
+    def cancelled(self, task_id: int, now: float) -> None:
+        self.history.append((task_id, "", "", 0.0, "cancelled", 0, 0.0, 0.0, now, 0.0, 0, 0))
+
     def listing(
-        self, sched: s.Scheduler, pids: list[int], now: float, task_id: int = 0
+        self, sched: Scheduler, pids: list[int], now: float, task_id: int = 0
     ) -> list[dict[str, Any]]:
         """Live tasks, then finished ones (newest first); or just ``task_id`` if given."""
         offset = time.time() - now  # dispatcher clock -> wall clock
@@ -59,36 +76,11 @@ class TaskTable:
         def wall(t: float) -> float | None:
             return t + offset if t else None
 
-        out: list[dict[str, Any]] = []
-        live = [sched.tasks[task_id]] if task_id in sched.tasks else []
-        if not task_id:
-            live = list(sched.tasks.values())
-        for task in live:
-            if task.state == s.SENT:
-                w = task.worker
-                running = bool(sched.sent[w]) and sched.sent[w][0] is task
-                state, pid = ("running" if running else "queued"), pids[w]
-            else:
-                state, pid = _LIVE_STATE.get(task.state, task.state), 0
-            o = task.opts
-            out.append(
-                {
-                    "id": task.id,
-                    "key": task.dedup_key or None,
-                    "kind": o.kind or None,
-                    "priority": o.priority,
-                    "state": state,
-                    "attempts": task.attempts,
-                    "items": task.n_items,
-                    "submitted_at": wall(task.submitted_at),
-                    "started_at": wall(task.started_at) if state == "running" else None,
-                    "finished_at": None,
-                    "duration": None,
-                    "pid": pid or None,
-                }
-            )
-        if task_id and out:
-            return out
+        out = [self._live_row(task, state, pid, wall) for task, state, pid in _live(sched, pids)]
+        if task_id:
+            out = [row for row in out if row["id"] == task_id]
+            if out:
+                return out
         for rec in reversed(self.history):
             if task_id and rec[0] != task_id:
                 continue
@@ -112,3 +104,40 @@ class TaskTable:
             if task_id:
                 break
         return out
+
+    @staticmethod
+    def _live_row(task: Task, state: str, pid: int, wall: Any) -> dict[str, Any]:
+        o = task.opts
+        return {
+            "id": task.client_id,
+            "key": task.dedup_key or None,
+            "kind": o.kind or None,
+            "priority": o.priority,
+            "state": state,
+            "attempts": task.attempts,
+            "items": task.job.n_items if task.job is not None else 0,
+            "submitted_at": wall(task.submitted_at),
+            "started_at": wall(task.started_at) if state == "running" else None,
+            "finished_at": None,
+            "duration": None,
+            "pid": pid or None,
+        }
+
+
+def _live(sched: Scheduler, pids: list[int]) -> list[tuple[Task, str, int]]:
+    """Each live client task once, with its listed state and worker pid."""
+    firsts = {w: sched.pipes.first_live(w) for w in range(sched.workers)}
+    rows: dict[int, tuple[Task, str, int]] = {}
+    rank = {"running": 0, "queued": 1, "retrying": 2, "delayed": 3}
+    for task in sched.tasks.values():
+        if task.state == SENT:
+            running = firsts.get(task.worker) is task
+            state, pid = ("running" if running else "queued"), pids[task.worker]
+        else:
+            state, pid = _LIVE_STATE.get(task.state, "queued"), 0
+            if task.state not in LOCAL_STATES:
+                continue
+        seen = rows.get(task.client_id)
+        if seen is None or rank.get(state, 9) < rank.get(seen[1], 9):
+            rows[task.client_id] = (task, state, pid)
+    return list(rows.values())

@@ -1,12 +1,19 @@
 """The worker process: forked by the dispatcher, runs tasks, sends results back.
 
-A worker reads frames of ``Run`` messages from its task pipe, runs them in order and writes
-``WorkerResult`` messages to its result pipe. It is the only place where task payloads are
-unpickled and user code runs. Results are batched: a frame goes back when the batch it
-received is done, or sooner once ``FLUSH_SECONDS`` have passed since the last write, so many
-tiny tasks cost one write while a long batch still reports progress. A timed task is
-bracketed: pending results are flushed and ``Started`` is sent before it runs, and its result
-is flushed right after, so the dispatcher's timeout clock is accurate.
+A worker reads frames of ``Run`` messages from its task pipe and runs them in order. Before
+each unit of work (a single task, or a block of a chunk's items) it takes a token from the
+batch's claim counter (see ``mppool._claims``); when the counter is empty the rest of that
+batch was taken back by the dispatcher, so it skips it and reports the cut. It is the only
+place where task payloads are unpickled and user code runs.
+
+Results are batched: a frame goes back when the frame of work it received is done, or sooner
+once ``FLUSH_SECONDS`` have passed since the last write, so many tiny tasks cost one write
+while a long batch still reports progress. A timed task (or item) is bracketed: pending
+results are flushed and ``Started`` is sent before it runs, and its result is flushed right
+after, so the dispatcher's timeout clock is accurate.
+
+This module imports the protocol and the standard library only; cloudpickle is imported when
+a result needs it.
 """
 
 from __future__ import annotations
@@ -19,18 +26,20 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-import cloudpickle
-
-from . import _messages as m
+from . import _protocol as p
 
 FLUSH_SECONDS = 0.001  # a worker holds finished results at most this long while it keeps busy
 # The interpreter's collector settings, read when the dispatcher imports this module (before it
 # tunes its own); a forked worker runs user code and goes back to them.
 _GC_THRESHOLD = gc.get_threshold()
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class _Semaphore(Protocol):
+    def acquire(self, block: bool = ...) -> bool: ...
 
 
 def _set_parent_death_signal() -> None:
@@ -66,6 +75,8 @@ def dumps(obj: object) -> bytes:
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
+        import cloudpickle
+
         return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
 
 
@@ -76,38 +87,62 @@ def _describe(exc: BaseException) -> str:
         return f"<{type(exc).__name__} (repr failed)>"
 
 
-def _error_payload(exc: BaseException) -> tuple[int, bytes]:
-    """Status and payload for an exception raised by a task."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "(str() failed)"
+
+
+def _traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def error_payload(exc: BaseException) -> tuple[int, bytes]:
+    """Status and payload for an exception raised by a task.
+
+    The exception travels pickled, with its type's qualified name, its text and the formatted
+    traceback beside it. If it does not survive a pickle round trip here (an ``__init__``
+    that takes other arguments than ``args``, an attribute that does not pickle), the blob is
+    left out and the caller gets a ``RemoteError`` with the rest.
+    """
+    tb = _traceback(exc)
     if not isinstance(exc, Exception):
         # SystemExit, KeyboardInterrupt, GeneratorExit: report, never re-raise as themselves.
-        return m.ABORTED, pickle.dumps((f"task raised {_describe(exc)}", tb))
+        return p.ABORTED, pickle.dumps((f"task raised {_describe(exc)}", tb))
+    cls = type(exc)
+    name = f"{cls.__module__}.{cls.__qualname__}"
+    blob: bytes | None
     try:
-        return m.ERROR, dumps((exc, tb))
-    except Exception as pickling_error:
-        message = (
-            f"task raised {_describe(exc)}, which could not be pickled to send back: "
-            f"{_describe(pickling_error)}"
-        )
-        return m.SERIAL_ERROR, pickle.dumps((message, tb))
+        blob = dumps(exc)
+        pickle.loads(blob)
+    except BaseException:
+        blob = None
+    return p.ERROR, pickle.dumps((blob, name, _text(exc), tb))
+
+
+def _serial_error(what: str, exc: BaseException) -> tuple[int, bytes]:
+    return p.SERIAL_ERROR, pickle.dumps((f"{what}: {_describe(exc)}", _traceback(exc)))
 
 
 class _Runner:
     """State of one worker: known functions and retry classes, and the task loop."""
 
-    def __init__(self, rfd: int, wfd: int, max_memory: int) -> None:
+    def __init__(self, rfd: int, wfd: int, max_memory: int, sems: Sequence[_Semaphore]) -> None:
         self.rfd = rfd
         self.wfd = wfd
         self.max_memory = max_memory
+        self.sems = sems
         self.blobs: dict[int, bytes] = {}
         self.functions: dict[int, Callable[..., Any]] = {}
         self.retry_on: dict[int, tuple[type[BaseException], ...]] = {}
-        self.out: list[tuple[Any, ...]] = []
+        self.out: list[p.Message] = []
         self.last_flush = time.perf_counter()
+        self.cut_batch = 0  # the last batch whose counter was found empty
 
     def flush(self) -> None:
         if self.out:
-            m.write_all(self.wfd, m.encode(self.out))
+            p.write_all(self.wfd, p.encode(self.out))
             self.out = []
         self.last_flush = time.perf_counter()
 
@@ -118,101 +153,146 @@ class _Runner:
             self.functions[fn_id] = fn
         return fn
 
-    def run(
-        self, fn_id: int, opts_id: int, n_items: int, flags: int, payload: bytes
-    ) -> tuple[int, bytes]:
-        """Run one task; return (status, payload) for its result message."""
-        try:
-            fn = self.function(fn_id)
-            data = pickle.loads(payload)
-        except BaseException as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return m.SERIAL_ERROR, pickle.dumps(
-                (f"could not unpickle the task in the worker: {_describe(exc)}", tb)
-            )
-        if n_items == m.SINGLE:
-            args, kwargs = data
-            try:
-                value = fn(*args, **kwargs) if kwargs else fn(*args)
-            except BaseException as exc:
-                status, body = _error_payload(exc)
-                if status == m.ERROR:
-                    classes = self.retry_on.get(opts_id)
-                    if classes and isinstance(exc, classes):
-                        status = m.ERROR_RETRYABLE
-                return status, body
-            try:
-                return m.OK, dumps(value)
-            except Exception as exc:
-                tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                return m.SERIAL_ERROR, pickle.dumps(
-                    (f"the task's result could not be pickled: {_describe(exc)}", tb)
-                )
-        return self._run_chunk(fn, opts_id, flags, data)
+    def _classify(self, exc: BaseException, opts_id: int) -> tuple[int, bytes]:
+        status, body = error_payload(exc)
+        if status == p.ERROR:
+            classes = self.retry_on.get(opts_id)
+            if classes and isinstance(exc, classes):
+                status = p.ERROR_RETRYABLE
+        return status, body
 
-    def _run_chunk(
-        self, fn: Callable[..., Any], opts_id: int, flags: int, items: list[Any]
-    ) -> tuple[int, bytes]:
-        # A chunk reports the results of the items before a failing one, then the error, so
-        # an ordered map yields exactly the items it would have yielded serially. Each item
-        # runs once: nothing is re-run to locate a failure.
-        results: list[Any] = []
-        append = results.append
-        error: tuple[int, bytes] | None = None
+    def _announce(self, run_id: int, attempt: int, item: int) -> None:
+        self.out.append(p.Started(p.R_STARTED, run_id, attempt, item))
+        self.flush()
+
+    def run_single(self, r: p.Run) -> tuple[int, bytes]:
+        """Run one call; return (status, payload) for its result message."""
         try:
-            if flags & m.FLAG_STAR:
-                for item in items:
-                    append(fn(*item))
-            else:
-                for item in items:
-                    append(fn(item))
+            fn = self.function(r.fn_id)
+            args, kwargs = pickle.loads(r.payload)
         except BaseException as exc:
-            error = _error_payload(exc)
-            if error[0] == m.ERROR:
-                classes = self.retry_on.get(opts_id)
-                if classes and isinstance(exc, classes):
-                    return m.ERROR_RETRYABLE, error[1]
+            return _serial_error("could not unpickle the task in the worker", exc)
+        if r.flags & p.FLAG_TIMED:
+            self._announce(r.run_id, r.attempt, 0)
         try:
-            return m.OK, dumps((results, error))
+            value = fn(*args, **kwargs) if kwargs else fn(*args)
+        except BaseException as exc:
+            return self._classify(exc, r.opts_id)
+        try:
+            return p.OK, dumps(value)
         except Exception as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            return m.SERIAL_ERROR, pickle.dumps(
-                (f"a result in the map chunk could not be pickled: {_describe(exc)}", tb)
-            )
+            return _serial_error("the task's result could not be pickled", exc)
+
+    def run_part(self, r: p.Run, acquire: Callable[[bool], bool]) -> tuple[p.Message, bool]:
+        """Run items ``r.start`` to ``r.stop`` of a chunk, a block per claim token.
+
+        Returns the ``PartResult`` and whether the batch was found cut. After a failing item
+        the rest of the part's tokens are still taken (and their items not run), so the
+        tokens this worker takes keep matching the dispatcher's count.
+        """
+        t0 = time.perf_counter()
+        results: list[Any] = []
+        err: tuple[int, bytes] = (p.OK, b"")
+        cut = False
+        try:
+            fn = self.function(r.fn_id)
+            items = pickle.loads(r.payload)
+        except BaseException as exc:
+            fn, items = None, None
+            err = _serial_error("could not unpickle the chunk in the worker", exc)
+        at, stop, block = r.start, r.stop, r.block
+        timed = r.flags & p.FLAG_TIMED
+        star = r.flags & p.FLAG_STAR
+        append = results.append
+        while at < stop:
+            if not acquire(False):
+                cut = True
+                break
+            end = min(at + block, stop)
+            if fn is None or err[0] != p.OK:
+                at = end  # taken, not run: the part stopped at an earlier item
+                continue
+            try:
+                if timed:
+                    for index in range(at, end):
+                        self._announce(r.run_id, r.attempt, index)
+                        append(fn(*items[index]) if star else fn(items[index]))
+                elif star:
+                    for item in items[at:end]:
+                        append(fn(*item))
+                else:
+                    for item in items[at:end]:
+                        append(fn(item))
+            except BaseException as exc:
+                err = self._classify(exc, r.opts_id)
+            at = end
+        try:
+            body = dumps(results)
+        except Exception as exc:
+            body = pickle.dumps([])
+            results.clear()
+            err = _serial_error("a result in the map chunk could not be pickled", exc)
+        msg = p.part_result(
+            r.run_id, r.attempt, time.perf_counter() - t0, len(results), body, err[0], err[1]
+        )
+        return msg, cut
 
     def loop(self) -> None:
-        reader = m.BlockingReader(self.rfd)
+        reader = p.BlockingReader(self.rfd)
         perf = time.perf_counter
+        view = p.Run.view
         while True:
             msgs = reader.read()
             if msgs is None:
                 return  # the dispatcher closed our pipe: leave
             for msg in msgs:
                 tag = msg[0]
-                if tag == m.W_RUN:
-                    _, task_id, attempt, fn_id, opts_id, n_items, flags, payload = msg
-                    timed = flags & m.FLAG_TIMED
-                    if timed:
-                        self.out.append((m.R_STARTED, task_id, attempt))
-                        self.flush()
-                    t0 = perf()
-                    status, body = self.run(fn_id, opts_id, n_items, flags, payload)
-                    now = perf()
-                    self.out.append((m.R_RESULT, task_id, attempt, status, now - t0, body))
-                    if timed or now - self.last_flush >= FLUSH_SECONDS:
-                        self.flush()
-                    if self.max_memory and _rss_bytes() > self.max_memory:
-                        self.out.append((m.R_RETIRE, "max_memory_per_child"))
-                        self.flush()
+                if tag == p.W_RUN:
+                    if not self.run(view(msg), perf):
                         return
-                elif tag == m.W_FUNCTION:
+                elif tag == p.W_FUNCTION:
                     self.blobs[msg[1]] = msg[2]
-                elif tag == m.W_RETRY_ON:
+                elif tag == p.W_RETRY_ON:
                     self.retry_on[msg[1]] = pickle.loads(msg[2])
+                elif tag == p.W_FORGET:
+                    for fn_id in msg[1]:
+                        self.blobs.pop(fn_id, None)
+                        self.functions.pop(fn_id, None)
+                    for opts_id in msg[2]:
+                        self.retry_on.pop(opts_id, None)
             self.flush()
 
+    def run(self, r: p.Run, perf: Callable[[], float]) -> bool:
+        """Claim and run one ``Run``; False when the worker must leave (memory limit)."""
+        if r.batch == self.cut_batch:
+            return True  # taken back before this worker got to it
+        acquire = self.sems[r.slot].acquire
+        if r.stop:
+            result, cut = self.run_part(r, acquire)
+            self.out.append(result)
+            if cut:
+                self.cut_batch = r.batch
+                self.out.append(p.Cut(p.R_CUT, r.batch))
+        elif not acquire(False):
+            self.cut_batch = r.batch
+            self.out.append(p.Cut(p.R_CUT, r.batch))
+            return True
+        else:
+            t0 = perf()
+            status, body = self.run_single(r)
+            self.out.append(p.worker_result(r.run_id, r.attempt, status, perf() - t0, body))
+        if r.flags & p.FLAG_TIMED or perf() - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+        if self.max_memory and _rss_bytes() > self.max_memory:
+            self.out.append(p.Retire(p.R_RETIRE))
+            self.flush()
+            return False
+        return True
 
-def worker_main(rfd: int, wfd: int, initializer: bytes | None, max_memory: int) -> int:
+
+def worker_main(
+    rfd: int, wfd: int, initializer: bytes | None, max_memory: int, sems: Sequence[_Semaphore]
+) -> int:
     """Entry point of a freshly forked worker. Returns the exit status."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the user process's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -224,9 +304,9 @@ def worker_main(rfd: int, wfd: int, initializer: bytes | None, max_memory: int) 
             fn, args = pickle.loads(initializer)
             fn(*args)
         except BaseException as exc:
-            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            m.write_all(wfd, m.encode([(m.R_INIT_FAILED, _describe(exc), tb)]))
+            failed = p.InitFailed(p.R_INIT_FAILED, _describe(exc), _traceback(exc))
+            p.write_all(wfd, p.encode([failed]))
             return 3
-    m.write_all(wfd, m.encode([(m.R_HELLO, os.getpid())]))
-    _Runner(rfd, wfd, max_memory).loop()
+    p.write_all(wfd, p.encode([p.Hello(p.R_HELLO)]))
+    _Runner(rfd, wfd, max_memory, sems).loop()
     return 0

@@ -25,6 +25,7 @@ import pytest
 import mppool
 from mppool import (
     BrokenPoolError,
+    RemoteError,
     RemoteTraceback,
     RetryPolicy,
     SerializationError,
@@ -110,6 +111,20 @@ def aborted(what: str) -> Check:
     def check(exc: BaseException) -> None:
         assert what in str(exc)
         assert isinstance(exc.__cause__, RemoteTraceback)
+
+    return check
+
+
+def rebuilt_as_remote_error(name: str, message: str, where: str) -> Check:
+    """An exception that cannot be rebuilt keeps its type name, its text and its traceback."""
+
+    def check(exc: BaseException) -> None:
+        assert isinstance(exc, RemoteError)
+        assert exc.type_name == f"tests.faults.{name}"
+        assert exc.message == message
+        assert where in exc.traceback and name in exc.traceback
+        assert str(exc) == f"tests.faults.{name}: {message}"
+        assert isinstance(exc.__cause__, RemoteTraceback) and where in exc.__cause__.tb
 
     return check
 
@@ -281,11 +296,19 @@ FAULTS = [
     # -- the task's exception crossing back
     _case(
         "exception unpicklable",
-        Fault(faults.raise_locked, error=SerializationError, check=mentions("LockedError")),
+        Fault(
+            faults.raise_locked,
+            error=RemoteError,
+            check=rebuilt_as_remote_error("LockedError", "holding a lock", "raise_locked"),
+        ),
     ),
     _case(
         "exception not unpicklable in caller",
-        Fault(faults.raise_two_arg, error=SerializationError, check=mentions("TwoArgError")),
+        Fault(
+            faults.raise_two_arg,
+            error=RemoteError,
+            check=rebuilt_as_remote_error("TwoArgError", "first", "raise_two_arg"),
+        ),
     ),
     _case(
         "exception exit at pickle",

@@ -1,14 +1,22 @@
-"""The pure scheduling core, driven by a fake clock: no processes, no real time."""
+"""The pure scheduling core, driven by a fake clock and fake claim counters.
+
+No processes, no real time: the tests play the workers, taking claim tokens and reporting
+results in whatever order a case needs, including orders that real timing makes rare.
+"""
 
 from __future__ import annotations
 
+import itertools
+import pickle
 import random
 
 import pytest
 
 from mppool import _map
+from mppool import _protocol as p
 from mppool import _scheduler as s
 from mppool._map import ChunkPlanner
+from mppool._tasks import BACKOFF, QUEUED, Batch, Fail, JobDone, Retry, Task, TaskOptions
 
 
 class FakeClock:
@@ -22,123 +30,312 @@ class FakeClock:
         self.now += seconds
 
 
-_ids = iter(range(1, 10**9))
+class FakeClaims:
+    """Claim counters whose worker side is played by the test (``claim``)."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[tuple[int, int], int] = {}
+        self.taken: dict[int, int] = {}  # batch id -> tokens the (simulated) worker took
+
+    def arm(self, worker: int, slot: int, tokens: int) -> None:
+        assert self.tokens.get((worker, slot), 0) == 0, "a slot reused before it was empty"
+        self.tokens[(worker, slot)] = tokens
+
+    def take(self, worker: int, slot: int, want: int) -> int:
+        got = min(want, self.tokens.get((worker, slot), 0))
+        self.tokens[(worker, slot)] = self.tokens.get((worker, slot), 0) - got
+        return got
+
+    def drain(self, worker: int, slot: int) -> int:
+        return self.take(worker, slot, 1 << 30)
+
+    def unclaimed(self, worker: int, slot: int) -> int | None:
+        return self.tokens.get((worker, slot), 0)
+
+    def claim(self, batch: Batch) -> bool:
+        """The worker takes its next token of ``batch``."""
+        return self.take(batch.worker, batch.slot, 1) == 1
+
+
+TRIALS = 60
+_ids = itertools.count(1)
 
 
 def task(
-    opts: s.TaskOptions | None = None, fn_id: int = 1, n_items: int = 0, not_before: float = 0.0
-) -> s.Task:
-    return s.Task(
-        next(_ids), fn_id, 0, opts or s.TaskOptions(), b"", n_items=n_items, not_before=not_before
+    opts: TaskOptions | None = None, fn_id: int = 1, n_items: int = 0, not_before: float = 0.0
+) -> Task:
+    return Task(
+        next(_ids), fn_id, 0, opts or TaskOptions(), b"", n_items=n_items, not_before=not_before
     )
 
 
-def make(workers: int = 1, aging: float = 0.0) -> tuple[s.Scheduler, FakeClock]:
+def make(workers: int = 1, aging: float = 0.0) -> tuple[s.Scheduler, FakeClock, FakeClaims]:
     clock = FakeClock()
-    sched = s.Scheduler(workers, clock, aging_rate=aging, rng=random.Random(7))
+    claims = FakeClaims()
+    sched = s.Scheduler(workers, clock, claims, aging_rate=aging, rng=random.Random(7))
     for w in range(workers):
         sched.worker_up(w)
-    return sched, clock
+    return sched, clock, claims
 
 
-def drain(sched: s.Scheduler, w: int = 0, duration: float = 0.0) -> list[s.Task]:
-    """Run everything worker ``w`` is given, one assignment at a time."""
-    order = []
+def finish(
+    sched: s.Scheduler, claims: FakeClaims, batch: Batch, duration: float = 0.0
+) -> list[Task]:
+    """Worker ``batch.worker`` runs the batch to its end (or its cut) and reports."""
+    ran = []
+    for t in list(batch.tasks):
+        if t.job is None:
+            if not claims.claim(batch):
+                sched.cut(batch.worker, batch.id)
+                break
+            ran.append(t)
+            sched.complete(batch.worker, t.id, t.attempt, duration)
+        else:
+            start, stop, n, cut = t.start, t.stop, 0, False
+            for _ in range(t.tokens()):
+                if not claims.claim(batch):
+                    cut = True
+                    break
+                n += t.block
+            n = min(n, stop - start)
+            ran.append(t)
+            msg = p.PartResult.view(
+                p.part_result(
+                    t.id,
+                    t.attempt,
+                    duration,
+                    n,
+                    pickle.dumps(list(range(start, start + n))),
+                    p.OK,
+                    b"",
+                )
+            )
+            sched.part_done(batch.worker, msg)
+            if cut:
+                sched.cut(batch.worker, batch.id)
+                break
+    return ran
+
+
+def drain(sched: s.Scheduler, claims: FakeClaims, w: int = 0, duration: float = 0.0) -> list[Task]:
+    """Run everything worker ``w`` is given, one batch at a time."""
+    order: list[Task] = []
     while True:
         batch = sched.assign(w)
-        if not batch:
+        if batch is None:
             return order
-        for t in batch:
-            order.append(t)
-            sched.complete(w, t.id, t.attempt, duration)
+        order.extend(finish(sched, claims, batch, duration))
 
 
+# --- order ---------------------------------------------------------------------------------------
 def test_priority_order_then_fifo() -> None:
-    sched, _ = make()
+    sched, _, claims = make()
     prios = [0, 5, 0, 10, 5, 10, 0]
-    tasks = [task(s.TaskOptions(priority=p)) for p in prios]
+    tasks = [task(TaskOptions(priority=p)) for p in prios]
     for t in tasks:
         sched.submit(t)
-    order = drain(sched)
+    order = drain(sched, claims)
     expected = sorted(tasks, key=lambda t: (-t.opts.priority, t.id))
     assert [t.id for t in order] == [t.id for t in expected]
 
 
-def test_higher_priority_spills_deque_work_back() -> None:
-    sched, _ = make()
-    sched._per_item[1] = 1e-6  # a fast function: many tasks fit in the local deque
-    low = [task(s.TaskOptions(priority=0)) for _ in range(5)]
+def test_more_urgent_work_takes_back_a_prefetched_task() -> None:
+    sched, _, claims = make()
+    sched._per_item[1] = 0.002  # short: one task is prefetched behind the running one
+    low = [task() for _ in range(3)]
     for t in low:
         sched.submit(t)
     first = sched.assign(0)
-    assert first  # some went to the pipe, the rest sit in the local deque
-    assert len(sched.local[0]) + len(first) == 5 or sched.queued + len(first) == 5
-    high = task(s.TaskOptions(priority=9))
+    prefetched = sched.assign(0)
+    assert first is not None and prefetched is not None
+    assert [t.id for t in prefetched.tasks] == [low[1].id]
+    assert claims.claim(first)  # the worker runs low[0]; low[1] waits in its pipe
+    high = task(TaskOptions(priority=9))
     sched.submit(high)
-    for t in first:
-        sched.complete(0, t.id, t.attempt, 1e-6)
-    rest = drain(sched)
-    assert rest[0] is high, "the high-priority task must come before queued low-priority work"
+    assert low[1].state == QUEUED, "the prefetched task must go back to the heap"
+    sched.complete(0, low[0].id, low[0].attempt, 0.002)
+    assert not claims.claim(prefetched)  # its token was taken back: the worker skips it
+    sched.cut(0, prefetched.id)
+    assert [t.id for t in drain(sched, claims)] == [high.id, low[1].id, low[2].id]
 
 
+@pytest.mark.parametrize("workers", [1, 2, 4])
+@pytest.mark.parametrize("measured", [None, 1e-5, 0.003])
+@pytest.mark.parametrize("stall", [1, 3, 12])
+def test_gated_start_order_holds_across_workers(
+    workers: int, measured: float | None, stall: int
+) -> None:
+    """Every worker busy; tasks of mixed priorities queue; then workers free up in random
+    orders, finishing and starting at random moments, a worker with work in hand waiting at
+    most ``stall`` rounds of a quarter of ``WAKE_SECONDS`` each (the OS may leave a worker
+    unscheduled for a while: 12 rounds is past the point where its work is taken). On each
+    worker tasks start in priority order, and no task starts after the task ``workers``
+    places behind it has started."""
+    rng = random.Random(workers * 1000 + int((measured or 0) * 1e6) + stall)
+    for _trial in range(TRIALS):
+        sched, clock, claims = make(workers)
+        if measured is not None:
+            sched._per_item[2] = measured
+        gates = [task(fn_id=1) for _ in range(workers)]  # never measured: nothing waits behind
+        for g in gates:
+            sched.submit(g)
+        for w in range(workers):
+            sched.tick()
+            b = sched.assign(w)
+            assert b is not None and claims.claim(b)
+        prios = [rng.choice([0, 1, 5, 9]) for _ in range(rng.randint(3, 12))]
+        work = [task(TaskOptions(priority=pr), fn_id=2) for pr in prios]
+        for t in work:
+            sched.tick()
+            sched.submit(t)
+            _offer(sched, workers)
+        expected = sorted(work, key=lambda t: (-t.opts.priority, t.id))
+        position = {t.id: i for i, t in enumerate(expected)}
+        started = _run_gated(sched, clock, claims, gates, work, rng, stall, measured or 0.0)
+        _check_order([(w, position[t]) for t, w in started], workers)
+
+
+def _offer(sched: s.Scheduler, workers: int) -> None:
+    """The dispatcher's send pass: every worker is offered work until it takes no more."""
+    for w in range(workers):
+        while sched.assign(w) is not None:
+            pass
+
+
+def _run_gated(
+    sched: s.Scheduler,
+    clock: FakeClock,
+    claims: FakeClaims,
+    gates: list[Task],
+    work: list[Task],
+    rng: random.Random,
+    stall: int,
+    duration: float,
+) -> list[tuple[int, int]]:
+    """Play the workers until all ``work`` has started: (task id, worker) in start order."""
+    workers = len(gates)
+    started: list[tuple[int, int]] = []
+    running: dict[int, Task | None] = dict(enumerate(gates))
+    waiting = dict.fromkeys(range(workers), 0)  # rounds each idle worker has let pass
+    for _step in range(100_000):
+        if len(started) == len(work):
+            break
+        sched.tick()  # every step is a round of the dispatcher's loop
+        clock.advance(s.WAKE_SECONDS / 4)
+        overdue = [w for w in range(workers) if waiting[w] >= stall]
+        w = overdue[0] if overdue else rng.randrange(workers)
+        for v in range(workers):
+            waiting[v] += v != w and running[v] is None
+        waiting[w] = 0
+        current = running[w]
+        if current is not None:  # finish what it runs; the result offers it work
+            sched.complete(w, current.id, current.attempt, duration)
+            running[w] = None
+        else:
+            nxt = _claim_next(sched, claims, w)
+            if nxt is not None:
+                running[w] = nxt
+                started.append((nxt.id, w))
+        _offer(sched, workers)
+    else:
+        raise AssertionError(f"stuck: {len(started)} of {len(work)} started")
+    return started
+
+
+def _claim_next(sched: s.Scheduler, claims: FakeClaims, w: int) -> Task | None:
+    """Worker ``w`` takes its next unit, skipping (and reporting) batches that were cut."""
+    for batch in list(sched.pipes.batches[w]):
+        if batch.closed:
+            continue
+        done = claims.taken.get(batch.id, 0)
+        if done >= len(batch.tasks):
+            continue  # everything claimed: the worker is past this batch
+        if not claims.claim(batch):
+            sched.cut(w, batch.id)
+            continue
+        claims.taken[batch.id] = done + 1
+        return batch.tasks[done]
+    return None
+
+
+def _check_order(starts: list[tuple[int, int]], workers: int) -> None:
+    """``starts``: (worker, priority rank of the task) for each start, in start order."""
+    positions = [pos for _, pos in starts]
+    per_worker: dict[int, list[int]] = {}
+    for w, pos in starts:
+        per_worker.setdefault(w, []).append(pos)
+    for w, seq in per_worker.items():
+        assert seq == sorted(seq), f"worker {w} started out of order: {seq}"
+    start_index = {pos: i for i, pos in enumerate(positions)}
+    for pos, at in start_index.items():
+        later = start_index.get(pos + workers)
+        assert later is None or later > at, f"#{pos} started after #{pos + workers}: {positions}"
+
+
+# --- aging ---------------------------------------------------------------------------------------
 def test_aging_bounds_the_wait_of_low_priority_work() -> None:
     rate = 1.0  # one priority level per second
-    sched, clock = make(aging=rate)
-    low = task(s.TaskOptions(priority=0))
+    sched, clock, claims = make(aging=rate)
+    low = task(TaskOptions(priority=0))
     sched.submit(low)
-    # A constant stream of priority-5 work arrives every 0.1 s; each takes 0.1 s to run.
     waited = None
     for _ in range(200):
-        sched.submit(task(s.TaskOptions(priority=5)))
+        sched.submit(task(TaskOptions(priority=5)))
         batch = sched.assign(0)
-        assert len(batch) == 1
-        t = batch[0]
+        assert batch is not None and len(batch.tasks) == 1
+        t = batch.tasks[0]
         if t is low:
             waited = clock.now - low.submitted_at
             break
         clock.advance(0.1)
-        sched.complete(0, t.id, t.attempt, 0.1)
+        finish(sched, claims, batch, 0.1)
     assert waited is not None, "the low-priority task starved"
     # Documented bound: (P - p) / rate seconds, plus one task of slack.
     assert waited <= (5 - 0) / rate + 0.1 + 1e-9
 
 
 def test_without_aging_low_priority_starves_under_the_same_stream() -> None:
-    sched, clock = make(aging=0.0)
-    low = task(s.TaskOptions(priority=0))
+    sched, clock, claims = make(aging=0.0)
+    low = task(TaskOptions(priority=0))
     sched.submit(low)
     for _ in range(200):
-        sched.submit(task(s.TaskOptions(priority=5)))
-        (t,) = sched.assign(0)
-        assert t is not low
+        sched.submit(task(TaskOptions(priority=5)))
+        batch = sched.assign(0)
+        assert batch is not None and low not in batch.tasks
         clock.advance(0.1)
-        sched.complete(0, t.id, t.attempt, 0.1)
+        finish(sched, claims, batch, 0.1)
+
+
+# --- retries, crashes, timeouts ------------------------------------------------------------------
+def _run_one(sched: s.Scheduler, claims: FakeClaims, w: int = 0) -> Task:
+    batch = sched.assign(w)
+    assert batch is not None and len(batch.tasks) == 1 and claims.claim(batch)
+    return batch.tasks[0]
 
 
 def test_backoff_schedule_on_fake_clock() -> None:
-    sched, clock = make()
-    opts = s.TaskOptions(max_attempts=4, initial_delay=1.0, factor=2.0, max_delay=60.0)
-    t = task(opts)
-    sched.submit(t)
+    sched, clock, claims = make()
+    opts = TaskOptions(max_attempts=4, initial_delay=1.0, factor=2.0, max_delay=60.0)
+    sched.submit(task(opts))
     waits = []
     for _ in range(3):
-        (sent,) = sched.assign(0)
+        sent = _run_one(sched, claims)
         outcome = sched.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
-        assert isinstance(outcome, s.Retry)
+        assert isinstance(outcome, Retry)
         waits.append(outcome.at - clock.now)
-        assert sched.assign(0) == []  # backing off: nothing runnable, no worker held
+        assert sched.assign(0) is None  # backing off: nothing runnable, no worker held
         clock.advance(outcome.at - clock.now - 0.001)
-        assert sched.fire_timers() == [] and sched.assign(0) == []
+        assert sched.fire_timers() == [] and sched.assign(0) is None
         clock.advance(0.001)
         sched.fire_timers()
     assert waits == [1.0, 2.0, 4.0]
-    (sent,) = sched.assign(0)
+    sent = _run_one(sched, claims)
     outcome = sched.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
-    assert isinstance(outcome, s.Fail) and outcome.task.failures == 4
+    assert isinstance(outcome, Fail) and outcome.task.failures == 4
 
 
 def test_backoff_caps_and_jitter_stays_in_range() -> None:
-    opts = s.TaskOptions(initial_delay=1.0, factor=10.0, max_delay=5.0, jitter=0.5)
+    opts = TaskOptions(initial_delay=1.0, factor=10.0, max_delay=5.0, jitter=0.5)
     rng = random.Random(1)
     for failures in range(1, 6):
         base = min(5.0, 10.0 ** (failures - 1))
@@ -147,206 +344,273 @@ def test_backoff_caps_and_jitter_stays_in_range() -> None:
 
 
 def test_non_retryable_error_fails_at_once() -> None:
-    sched, _ = make()
-    t = task(s.TaskOptions(max_attempts=5))
-    sched.submit(t)
-    (sent,) = sched.assign(0)
-    assert isinstance(sched.fail(0, sent.id, sent.attempt, 0.0, retryable=False), s.Fail)
-    assert sched.idle()
+    sched, _, claims = make()
+    sched.submit(task(TaskOptions(max_attempts=5)))
+    sent = _run_one(sched, claims)
+    assert isinstance(sched.fail(0, sent.id, sent.attempt, 0.0, retryable=False), Fail)
+    assert sched.empty()
 
 
 def test_stale_result_is_dropped_after_a_crash() -> None:
-    sched, _ = make(workers=2)
+    sched, _, claims = make(workers=2)
     t = task()
     sched.submit(t)
-    (sent,) = sched.assign(0)
+    sent = _run_one(sched, claims)
     old_attempt = sent.attempt
-    culprit, outcome = sched.worker_lost(0, blame=True)
-    assert culprit is t and isinstance(outcome, s.Retry)
+    ((culprit, outcome),) = sched.worker_lost(0, blame=True)
+    assert culprit is t and isinstance(outcome, Retry)
     assert sched.complete(0, t.id, old_attempt, 0.0) is None  # stale
-    (again,) = sched.assign(1)
-    assert again is t and t.attempt == old_attempt + 1
+    again = _run_one(sched, claims, 1)
+    assert again is t and t.attempt > old_attempt
     assert sched.complete(1, t.id, t.attempt, 0.0) is t
-    assert sched.idle()
+    assert sched.empty()
 
 
 def test_crash_blame_limit() -> None:
-    sched, _ = make()
-    t = task(s.TaskOptions(crash_retries=2))
+    sched, _, claims = make()
+    t = task(TaskOptions(crash_retries=2))
     sched.submit(t)
     outcomes = []
     for _ in range(3):
         sched.worker_up(0)
-        sched.assign(0)
-        outcomes.append(sched.worker_lost(0, blame=True)[1])
-    assert [type(o) for o in outcomes] == [s.Retry, s.Retry, s.Fail]
+        _run_one(sched, claims)
+        outcomes.extend(o for _, o in sched.worker_lost(0, blame=True))
+    assert [type(o) for o in outcomes] == [Retry, Retry, Fail]
     assert t.crashes == 3
 
 
-def test_a_crash_with_a_batch_in_the_pipe_blames_nobody_and_isolates_the_batch() -> None:
-    sched, _ = make()
-    sched._per_item[1] = 1e-6
-    tasks = [task() for _ in range(3)]
+def test_a_crash_blames_exactly_the_unit_that_was_running() -> None:
+    sched, _, claims = make()
+    sched._per_item[1] = 1e-6  # tiny: batched
+    tasks = [task() for _ in range(4)]
     for t in tasks:
         sched.submit(t)
-    sent = sched.assign(0)
-    assert len(sent) == 3
-    # The worker may have finished the first tasks without writing their results yet: the
-    # culprit is unknown, so nobody is blamed ...
-    culprit, outcome = sched.worker_lost(0, blame=True)
-    assert culprit is None and outcome is None
-    assert [t.crashes for t in tasks] == [0, 0, 0]
-    # ... and each suspect now travels alone, so a second crash names its culprit exactly.
+    batch = sched.assign(0)
+    assert batch is not None and batch.tasks == tasks
+    for _ in range(3):  # it ran tasks 0 and 1 (results not written yet) and started task 2
+        assert claims.claim(batch)
+    events = sched.worker_lost(0, blame=True)
+    assert [(t, type(o)) for t, o in events] == [(tasks[2], Retry)]
+    assert [t.crashes for t in tasks] == [0, 0, 1, 0]
     sched.worker_up(0)
-    assert sched.assign(0) == [tasks[0]]
-    culprit, outcome = sched.worker_lost(0, blame=True)
-    assert culprit is tasks[0] and isinstance(outcome, s.Retry)
-    sched.worker_up(0)
-    assert [t.id for t in drain(sched)] == [t.id for t in tasks]  # each keeps its place
+    assert {t.id for t in drain(sched, claims)} == {t.id for t in tasks}  # all run again
 
 
 def test_timeout_fires_only_after_start_and_kills() -> None:
-    sched, clock = make()
-    t = task(s.TaskOptions(timeout=2.0))
+    sched, clock, claims = make()
+    t = task(TaskOptions(timeout=2.0))
     sched.submit(t)
-    assert sched.assign(0) == [t]
+    _run_one(sched, claims)
     clock.advance(5.0)  # queued/in-pipe time does not count
     assert sched.fire_timers() == []
-    sched.started(0, t.id, t.attempt)
+    sched.started(0, t.id, t.attempt, 0)
     clock.advance(1.9)
     assert sched.fire_timers() == []
     clock.advance(0.2)
     (event,) = sched.fire_timers()
-    assert event.worker == 0 and isinstance(event.outcome, s.Fail)
-    assert sched.idle()
+    assert event.worker == 0 and isinstance(event.outcome, Fail)
+    assert sched.empty()
 
 
 def test_timeout_retried_when_policy_says_so() -> None:
-    sched, clock = make()
-    t = task(s.TaskOptions(timeout=1.0, max_attempts=2, initial_delay=0.5, retry_timeouts=True))
+    sched, clock, claims = make()
+    t = task(TaskOptions(timeout=1.0, max_attempts=2, initial_delay=0.5, retry_timeouts=True))
     sched.submit(t)
-    sched.assign(0)
-    sched.started(0, t.id, t.attempt)
+    _run_one(sched, claims)
+    sched.started(0, t.id, t.attempt, 0)
     clock.advance(1.5)
     (event,) = sched.fire_timers()
-    assert isinstance(event.outcome, s.Retry) and event.outcome.at == pytest.approx(clock.now + 0.5)
+    assert isinstance(event.outcome, Retry) and event.outcome.at == pytest.approx(clock.now + 0.5)
 
 
 def test_delayed_task_waits_for_its_time() -> None:
-    sched, clock = make()
+    sched, clock, claims = make()
     t = task(not_before=clock.now + 3.0)
     sched.submit(t)
-    assert sched.assign(0) == [] and sched.queued == 1
+    assert sched.assign(0) is None and sched.queued == 1
     assert sched.next_timer() == pytest.approx(clock.now + 3.0)
     clock.advance(3.0)
     sched.fire_timers()
-    assert sched.assign(0) == [t]
+    assert _run_one(sched, claims) is t
 
 
-def test_cancel_removes_queued_local_and_delayed_but_not_sent() -> None:
-    sched, clock = make(workers=1)
-    sched._per_item[1] = 1.0  # slow: one in the pipe, one in the deque, rest in the heap
+# --- cancelling ----------------------------------------------------------------------------------
+def test_cancel_removes_queued_delayed_and_unstarted_pipe_work() -> None:
+    sched, clock, claims = make(workers=1)
+    sched._per_item[1] = 0.002
     a, b, c = task(), task(), task()
     d = task(not_before=clock.now + 10)
     for t in (a, b, c, d):
         sched.submit(t)
-    assert sched.assign(0) == [a]
-    assert b.state == s.LOCAL
-    assert sched.cancel(a.id) is None  # in the pipe: not cancellable here
-    assert sched.cancel(b.id) is b and sched.cancel(c.id) is c and sched.cancel(d.id) is d
-    sched.complete(0, a.id, a.attempt, 1.0)
-    assert sched.assign(0) == [] and sched.idle()
+    first = sched.assign(0)
+    second = sched.assign(0)
+    assert first is not None and second is not None and second.tasks == [b]
+    assert claims.claim(first)  # a runs
+    assert sched.cancel(b.id, kill=False) == (True, [])  # in the pipe, not started: taken back
+    assert sched.cancel(c.id, kill=False) == (True, [])
+    assert sched.cancel(d.id, kill=False) == (True, [])
+    assert sched.cancel(a.id, kill=True) == (True, [0])  # running: its worker must be killed
+    assert sched.complete(0, a.id, a.attempt, 0.002) is None  # forgotten: result dropped
+    assert not claims.claim(second)
+    sched.cut(0, second.id)
+    assert sched.assign(0) is None and sched.empty()
 
 
-def test_idle_worker_steals_the_front_half_of_a_busy_peers_deque() -> None:
-    sched, _ = make(workers=2)
-    sched._per_item[1] = 0.001  # 1 ms each: one runs, one is prefetched, four wait locally
-    tasks = [task() for _ in range(6)]
-    for t in tasks:
+# --- stealing ------------------------------------------------------------------------------------
+def test_idle_worker_takes_urgent_work_prefetched_behind_a_busy_peer() -> None:
+    sched, _, claims = make(workers=2)
+    sched._per_item[1] = 0.002
+    sched.worker_down(1)
+    low = task()
+    high_a, high_b = task(TaskOptions(priority=5)), task(TaskOptions(priority=5))
+    for t in (high_a, high_b, low):
         sched.submit(t)
-    sched.up[1] = False  # worker 1 still starting: worker 0 takes everything
-    assert sched.assign(0) == tasks[:2]
-    assert list(sched.local[0]) == tasks[2:] and sched._heap_live == 0
+    first = sched.assign(0)
+    second = sched.assign(0)
+    assert first is not None and second is not None and second.tasks == [high_b]
+    assert claims.claim(first)  # worker 0 runs high_a (it turns out long), high_b waits
     sched.worker_up(1)
-    assert sched.assign(1) == tasks[2:4]  # the front (most urgent) half of worker 0's deque
-    assert list(sched.local[0]) == tasks[4:]
-    assert sched.steals == 1 and sched.stolen_tasks == 2
+    got = sched.assign(1)
+    assert got is not None and got.tasks == [high_b], "must take the urgent task, not low"
+    assert sched.pipes.steals == 1
 
 
-def test_steal_takes_front_half_in_order() -> None:
-    sched, _ = make(workers=2)
-    sched._per_item[1] = 0.0005
-    tasks = [task() for _ in range(6)]
-    for t in tasks:
-        sched.submit(t)
-    s.LOCAL_TARGET_SECONDS, old = 1.0, s.LOCAL_TARGET_SECONDS
-    try:
-        sched._refill(0)
-    finally:
-        s.LOCAL_TARGET_SECONDS = old
-    assert list(sched.local[0]) == tasks
-    sched.sent[0].append(task())  # worker 0 is busy
-    sched.sent_cost[0] = 1.0
-    assert sched._steal_candidate(1) == 0
-    sched._steal(1, 0)
-    assert list(sched.local[1]) == tasks[:3]
-    assert list(sched.local[0]) == tasks[3:]
-    assert sched.steals == 1 and sched.stolen_tasks == 3
+def test_idle_worker_takes_half_of_a_running_chunks_unstarted_items() -> None:
+    sched, _, claims = make(workers=2)
+    sched._per_item[1] = 0.01  # 10 ms per item: a block per item
+    sched.worker_down(1)
+    chunk = task(n_items=8)
+    sched.submit(chunk)
+    batch = sched.assign(0)
+    assert batch is not None and batch.tasks == [chunk] and chunk.block == 1
+    assert claims.claim(batch)  # item 0 runs; 7 are unstarted
+    sched.worker_up(1)
+    stolen = sched.assign(1)
+    assert stolen is not None
+    (part,) = stolen.tasks
+    assert (part.start, part.stop) == (4, 8) and (chunk.start, chunk.stop) == (0, 4)
+    # Both report; the chunk's result has every item, in order, once.
+    done = [finish(sched, claims, stolen)]
+    for _ in range(3):
+        assert claims.claim(batch)
+    msg = p.PartResult.view(
+        p.part_result(chunk.id, chunk.attempt, 0.04, 4, pickle.dumps([0, 1, 2, 3]), p.OK, b"")
+    )
+    outcome = sched.part_done(0, msg)
+    assert done and isinstance(outcome, JobDone)
+    view = p.ChunkResult.view(outcome.job.message())
+    assert [x for piece in view.pieces for x in pickle.loads(piece)] == list(range(8))
 
 
-def test_unknown_duration_tasks_are_not_batched_behind_each_other() -> None:
-    sched, _ = make()
+# --- batching and prefetch -----------------------------------------------------------------------
+def test_unknown_duration_tasks_travel_alone() -> None:
+    sched, _, _ = make()
     for _ in range(5):
         sched.submit(task(fn_id=99))
-    assert len(sched.assign(0)) == 1
+    batch = sched.assign(0)
+    assert batch is not None and len(batch.tasks) == 1
+    assert sched.assign(0) is None  # and nothing is prefetched behind unknown work
 
 
-def test_tiny_tasks_are_batched_into_the_pipe() -> None:
-    sched, _ = make()
+def test_tiny_tasks_are_batched_up_to_the_window() -> None:
+    sched, _, _ = make()
     sched._per_item[1] = 1e-6
     for _ in range(1000):
         sched.submit(task())
     batch = sched.assign(0)
-    assert 1 < len(batch) <= s.MAX_IN_PIPE
+    assert batch is not None and 1 < len(batch.tasks) <= s.MAX_IN_PIPE
+
+
+def test_a_short_queue_is_shared_not_batched() -> None:
+    sched, _, _ = make(workers=2)
+    sched._per_item[1] = 1e-6
+    for _ in range(2):
+        sched.submit(task())
+    batch = sched.assign(0)
+    assert batch is not None and len(batch.tasks) == 1  # the other is worker 1's
 
 
 def test_one_medium_task_is_prefetched_but_not_more() -> None:
-    sched, _ = make()
+    sched, _, _ = make()
     sched._per_item[1] = 0.002
     for _ in range(5):
         sched.submit(task())
-    assert len(sched.assign(0)) == 2
+    assert sched.assign(0) is not None and sched.assign(0) is not None
+    assert sched.assign(0) is None
 
 
 def test_long_tasks_are_never_prefetched() -> None:
-    sched, _ = make()
+    sched, _, _ = make()
     sched._per_item[1] = 0.5
     for _ in range(5):
         sched.submit(task())
-    assert len(sched.assign(0)) == 1
-    assert sched.assign(0) == []
+    assert sched.assign(0) is not None
+    assert sched.assign(0) is None
 
 
 def test_estimates_follow_measured_durations() -> None:
-    sched, _ = make()
-    t = task(n_items=10)
+    sched, _, claims = make()
+    t = task()
     sched.submit(t)
     assert sched.estimate(t) is None
-    (sent,) = sched.assign(0)
+    sent = _run_one(sched, claims)
     sched.complete(0, sent.id, sent.attempt, 0.02)
-    assert sched.estimate(task(n_items=5)) == pytest.approx(0.01)
+    assert sched.estimate(task(n_items=5)) == pytest.approx(0.1)
 
 
 def test_abort_all_forgets_everything() -> None:
-    sched, clock = make(workers=2)
+    sched, clock, _ = make(workers=2)
     for _ in range(4):
         sched.submit(task())
     sched.submit(task(not_before=clock.now + 5))
     sched.assign(0)
     assert len(sched.abort_all()) == 5
-    assert sched.idle() and sched.queued == 0 and sched.in_pipes == 0
+    assert sched.empty() and sched.queued == 0
 
 
+# --- map chunks ----------------------------------------------------------------------------------
+def test_a_retryable_item_failure_retries_that_item_only() -> None:
+    sched, clock, claims = make()
+    sched._per_item[1] = 0.001
+    chunk = task(TaskOptions(max_attempts=3, initial_delay=0.5), n_items=10)
+    sched.submit(chunk)
+    batch = sched.assign(0)
+    assert batch is not None
+    while claims.claim(batch):
+        pass
+    # Items 0-3 ran; item 4 raised a retryable error; the worker stopped the part there.
+    msg = p.part_result(
+        chunk.id, chunk.attempt, 0.005, 4, pickle.dumps([0, 1, 2, 3]), p.ERROR_RETRYABLE, b"e"
+    )
+    assert sched.part_done(0, p.PartResult.view(msg)) is None
+    rest = drain(sched, claims)
+    assert [(t.start, t.stop) for t in rest] == [(5, 10)]  # the others do not wait
+    clock.advance(0.5)
+    sched.fire_timers()
+    retried = drain(sched, claims)
+    assert [(t.start, t.stop) for t in retried] == [(4, 5)]
+    assert sched.empty()
+
+
+def test_a_crash_in_a_chunk_blames_one_block_and_reruns_the_rest() -> None:
+    sched, _, claims = make()
+    sched._per_item[1] = 0.01
+    chunk = task(n_items=6)
+    sched.submit(chunk)
+    batch = sched.assign(0)
+    assert batch is not None and chunk.block == 1
+    for _ in range(3):  # items 0, 1 ran; item 2 was running when the worker died
+        assert claims.claim(batch)
+    ((blamed, outcome),) = sched.worker_lost(0, blame=True)
+    assert (blamed.start, blamed.stop) == (2, 3) and isinstance(outcome, Retry)
+    assert blamed.crashes == 1
+    sched.worker_up(0)
+    parts = drain(sched, claims)
+    assert sorted((t.start, t.stop) for t in parts) == [(0, 2), (2, 3), (3, 6)]
+    assert sched.empty()
+
+
+# --- the chunk planner (client side, pure) -------------------------------------------------------
 @pytest.mark.parametrize("workers", [1, 2, 8])
 def test_chunk_planner_grows_to_target_and_splits_the_tail(workers: int) -> None:
     planner = ChunkPlanner(workers)
@@ -368,3 +632,6 @@ def test_chunk_planner_fixed_size() -> None:
     assert ChunkPlanner(2, fixed=7).next_size(3) == 7
     with pytest.raises(ValueError):
         ChunkPlanner(2, fixed=0)
+
+
+_ = BACKOFF

@@ -1,19 +1,25 @@
-"""Messages that cross a process boundary, and the framing that carries them.
+"""Every message that crosses a process boundary, and the framing that carries them.
+
+Three kinds of pipe, each one-way::
+
+    user process ──C_*──▶ dispatcher ──W_*──▶ worker
+    user process ◀──D_*── dispatcher ◀──R_*── worker
 
 Every pipe carries *frames*: an 8-byte little-endian length followed by a pickled list of
 messages. One frame holds as many messages as were ready when it was written, so a burst of
 small tasks or results costs one ``write`` and one ``read`` per hop, not one per task.
 
-Each message is a tuple whose first element is its tag. The layouts are declared below as
-``NamedTuple`` classes, one per message, which are the schema and the documentation. Senders
-build them as *plain tuples in the same field order* on the hot paths (task and result
-messages): pickling a plain tuple is done entirely in C, while a NamedTuple round trip costs
-about seven times as much (measured: 0.45 us against 3.4 us per message), and per-message cost
-is the whole budget of a no-op task. ``tests/test_messages.py`` checks that every tag maps to
-its class and that the tuple layouts and the classes agree.
+Each message is a tuple whose first element is its tag. Its layout is declared once, below, as
+a ``NamedTuple`` class. Cold messages (configuration, options, stats, listings, schedules) are
+sent as instances of those classes. Hot messages (a task, a run, a result: several per task)
+travel as *plain tuples* in the same field order, because pickling a plain tuple is done
+entirely in C while a NamedTuple costs about seven times as much, and per-message cost is the
+whole budget of a no-op task. Each hot message therefore has exactly one builder function
+here (``submit()``, ``run()``, ...) and is read through its class's ``view()``, so a field's
+position is written in one place; ``tests/test_protocol.py`` round-trips every message.
 
 Payloads (a task's arguments, a result, an exception) are ``bytes`` pickled by the client or
-the worker. The dispatcher forwards them without unpickling: it never imports user code.
+by a worker. The dispatcher forwards them without unpickling: it never imports user code.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import os
 import pickle
 import struct
 from typing import Any, NamedTuple
+
+Message = tuple[Any, ...]
 
 # --- message tags ----------------------------------------------------------------------------
 # client -> dispatcher
@@ -35,6 +43,7 @@ C_SHUTDOWN = 7
 C_LIST = 8
 C_SCHEDULE = 9
 C_UNSCHEDULE = 10
+C_FORGET = 11
 # dispatcher -> client
 D_READY = 20
 D_RESULT = 21
@@ -43,20 +52,24 @@ D_BROKEN = 23
 D_BYE = 24
 D_LIST = 25
 D_FIRED = 26
+D_CHUNK = 27
 # dispatcher -> worker
 W_FUNCTION = 40
 W_RUN = 41
 W_RETRY_ON = 42
+W_FORGET = 43
 # worker -> dispatcher
 R_HELLO = 60
 R_STARTED = 61
 R_RESULT = 62
 R_INIT_FAILED = 63
 R_RETIRE = 64
+R_PART = 65
+R_CUT = 66
 
-# --- result status codes (R_RESULT and D_RESULT) --------------------------------------------
+# --- result status codes ---------------------------------------------------------------------
 OK = 0
-ERROR = 1  # payload: pickled (exception, traceback text)
+ERROR = 1  # payload: a pickled RemoteException (see mppool._serial)
 ERROR_RETRYABLE = 2  # as ERROR; the worker found the exception in the task's retry_on
 ABORTED = 3  # payload: pickled (description, traceback text): SystemExit / KeyboardInterrupt
 SERIAL_ERROR = 4  # payload: pickled (message, traceback text): (un)pickling failed in the worker
@@ -68,15 +81,15 @@ BROKEN = 9  # payload: pickled (message, traceback text or None)
 CLOSED = 10  # payload: b"": the pool ended before the task reached the dispatcher
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
-# is a pickled list of arguments; STAR marks a list of argument tuples (several iterables).
+# is a pickled list of arguments; FLAG_STAR marks a list of argument tuples (several iterables).
 SINGLE = 0
-FLAG_TIMED = 1  # the worker announces R_STARTED before running the task
+FLAG_TIMED = 1  # the worker announces R_STARTED before running (each item of) the task
 FLAG_STAR = 2  # chunk items are argument tuples
 
 
 # --- client -> dispatcher --------------------------------------------------------------------
 class Config(NamedTuple):
-    """First message of a pool: how to set up the workers."""
+    """First message of a pool: how to set up the dispatcher and its workers."""
 
     tag: int
     workers: int
@@ -86,8 +99,8 @@ class Config(NamedTuple):
     max_tasks_per_child: int  # 0: unlimited
     max_memory_per_child: int  # bytes of RSS, 0: unlimited
     aging_rate: float  # priority levels gained per second of waiting
-    crash_retries: int  # default blame limit
     rate_limits: dict[str, tuple[float, float, int]]  # kind -> (rate, per seconds, burst)
+    init_timeout: float  # seconds a worker may take to start before the pool is broken
 
 
 class Options(NamedTuple):
@@ -117,7 +130,7 @@ class Function(NamedTuple):
 
 
 class Submit(NamedTuple):
-    """A task (hot path: sent as a plain tuple)."""
+    """A task (hot: built by :func:`submit`)."""
 
     tag: int
     task_id: int
@@ -129,6 +142,24 @@ class Submit(NamedTuple):
     payload: bytes
     key: str  # its dedup key, shown in task listings ("" if none)
 
+    @staticmethod
+    def view(msg: Message) -> Submit:
+        return tuple.__new__(Submit, msg)
+
+
+def submit(
+    task_id: int,
+    fn_id: int,
+    opts_id: int,
+    n_items: int,
+    flags: int,
+    not_before: float,
+    payload: bytes,
+    key: str,
+) -> Message:
+    """Build a :class:`Submit` as a plain tuple."""
+    return (C_SUBMIT, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key)
+
 
 class Cancel(NamedTuple):
     """Remove a task; with ``kill``, also kill the worker if the task is running."""
@@ -138,8 +169,16 @@ class Cancel(NamedTuple):
     kill: bool
 
 
+class Forget(NamedTuple):
+    """The client dropped these functions and option sets: free them everywhere."""
+
+    tag: int
+    fn_ids: tuple[int, ...]
+    opts_ids: tuple[int, ...]
+
+
 class ListTasks(NamedTuple):
-    """Ask for the task table: one task (``task_id`` > 0) or all, live and recent."""
+    """Ask for the task table: one task (``task_id`` != 0) or all, live and recent."""
 
     tag: int
     request_id: int
@@ -183,7 +222,7 @@ class Ready(NamedTuple):
 
 
 class Result(NamedTuple):
-    """A task's outcome (hot path: sent as a plain tuple)."""
+    """A single task's outcome (hot: built by :func:`result`)."""
 
     tag: int
     task_id: int
@@ -191,6 +230,51 @@ class Result(NamedTuple):
     attempts: int
     duration: float  # seconds the worker spent running it
     payload: bytes
+
+    @staticmethod
+    def view(msg: Message) -> Result:
+        return tuple.__new__(Result, msg)
+
+
+def result(task_id: int, status: int, attempts: int, duration: float, payload: bytes) -> Message:
+    """Build a :class:`Result` as a plain tuple."""
+    return (D_RESULT, task_id, status, attempts, duration, payload)
+
+
+class ChunkResult(NamedTuple):
+    """A map chunk's outcome (hot: built by :func:`chunk_result`).
+
+    ``pieces`` are pickled result lists covering the chunk's items from the first, in order,
+    without gaps up to ``err_at`` (or to the end); a chunk may have run in several parts.
+    ``err_status`` is OK when no item failed; otherwise item ``err_at`` failed with that
+    status and ``err_payload``, and nothing after it is reported.
+    """
+
+    tag: int
+    task_id: int
+    attempts: int
+    duration: float
+    pieces: list[bytes]
+    err_at: int
+    err_status: int
+    err_payload: bytes
+
+    @staticmethod
+    def view(msg: Message) -> ChunkResult:
+        return tuple.__new__(ChunkResult, msg)
+
+
+def chunk_result(
+    task_id: int,
+    attempts: int,
+    duration: float,
+    pieces: list[bytes],
+    err_at: int,
+    err_status: int,
+    err_payload: bytes,
+) -> Message:
+    """Build a :class:`ChunkResult` as a plain tuple."""
+    return (D_CHUNK, task_id, attempts, duration, pieces, err_at, err_status, err_payload)
 
 
 class StatsReply(NamedTuple):
@@ -244,42 +328,135 @@ class WorkerRetryOn(NamedTuple):
     blob: bytes  # pickled tuple of exception classes
 
 
-class Run(NamedTuple):
-    """A task for a worker (hot path: sent as a plain tuple)."""
+class WorkerForget(NamedTuple):
+    """Functions and retry classes the worker may drop."""
 
     tag: int
-    task_id: int
+    fn_ids: tuple[int, ...]
+    opts_ids: tuple[int, ...]
+
+
+class Run(NamedTuple):
+    """Work for a worker (hot: built by :func:`run`).
+
+    Every run belongs to a *batch* (one write to the worker) whose claim counter is semaphore
+    ``slot`` of the worker's ring. Before each unit of work (a whole single task, or ``block``
+    items of a chunk) the worker takes one token; the dispatcher may take tokens from the
+    other end to move work that has not started to another worker. ``start`` and ``stop``
+    select the chunk's items this run covers (both 0 for a single call).
+    """
+
+    tag: int
+    run_id: int
     attempt: int
     fn_id: int
     opts_id: int
-    n_items: int
     flags: int
     payload: bytes
+    batch: int
+    slot: int
+    start: int
+    stop: int
+    block: int
+
+    @staticmethod
+    def view(msg: Message) -> Run:
+        return tuple.__new__(Run, msg)
+
+
+def run(
+    run_id: int,
+    attempt: int,
+    fn_id: int,
+    opts_id: int,
+    flags: int,
+    payload: bytes,
+    batch: int,
+    slot: int,
+    start: int,
+    stop: int,
+    block: int,
+) -> Message:
+    """Build a :class:`Run` as a plain tuple."""
+    return (W_RUN, run_id, attempt, fn_id, opts_id, flags, payload, batch, slot, start, stop, block)
 
 
 # --- worker -> dispatcher --------------------------------------------------------------------
 class Hello(NamedTuple):
     tag: int
-    pid: int
 
 
 class Started(NamedTuple):
-    """Sent before a timed task runs, so its timeout counts from its real start."""
+    """Sent before a timed task (or item) runs, so its timeout counts from its real start."""
 
     tag: int
-    task_id: int
+    run_id: int
     attempt: int
+    item: int  # the chunk item starting (0 for a single call)
 
 
 class WorkerResult(NamedTuple):
-    """A finished task (hot path: sent as a plain tuple)."""
+    """A finished single task (hot: built by :func:`worker_result`)."""
 
     tag: int
-    task_id: int
+    run_id: int
     attempt: int
     status: int
     duration: float
     payload: bytes
+
+    @staticmethod
+    def view(msg: Message) -> WorkerResult:
+        return tuple.__new__(WorkerResult, msg)
+
+
+def worker_result(
+    run_id: int, attempt: int, status: int, duration: float, payload: bytes
+) -> Message:
+    """Build a :class:`WorkerResult` as a plain tuple."""
+    return (R_RESULT, run_id, attempt, status, duration, payload)
+
+
+class PartResult(NamedTuple):
+    """What a run of chunk items did (hot: built by :func:`part_result`).
+
+    The first ``n_done`` items succeeded (their results pickled in ``results``). Then either
+    the run ended (``err_status`` OK: finished, or cut because its remaining items were taken
+    by another worker) or the next item failed with ``err_status`` / ``err_payload``.
+    """
+
+    tag: int
+    run_id: int
+    attempt: int
+    duration: float
+    n_done: int
+    results: bytes
+    err_status: int
+    err_payload: bytes
+
+    @staticmethod
+    def view(msg: Message) -> PartResult:
+        return tuple.__new__(PartResult, msg)
+
+
+def part_result(
+    run_id: int,
+    attempt: int,
+    duration: float,
+    n_done: int,
+    results: bytes,
+    err_status: int,
+    err_payload: bytes,
+) -> Message:
+    """Build a :class:`PartResult` as a plain tuple."""
+    return (R_PART, run_id, attempt, duration, n_done, results, err_status, err_payload)
+
+
+class Cut(NamedTuple):
+    """The worker found a batch's claim counter empty: the rest of the batch was taken."""
+
+    tag: int
+    batch: int
 
 
 class InitFailed(NamedTuple):
@@ -289,10 +466,9 @@ class InitFailed(NamedTuple):
 
 
 class Retire(NamedTuple):
-    """The worker is leaving after its last result (memory limit); nothing it holds started."""
+    """The worker leaves after its last result (memory limit); nothing it holds started."""
 
     tag: int
-    reason: str
 
 
 MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
@@ -306,6 +482,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     C_LIST: ListTasks,
     C_SCHEDULE: Schedule,
     C_UNSCHEDULE: Unschedule,
+    C_FORGET: Forget,
     D_READY: Ready,
     D_RESULT: Result,
     D_STATS: StatsReply,
@@ -313,14 +490,18 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     D_BYE: Bye,
     D_LIST: TaskList,
     D_FIRED: Fired,
+    D_CHUNK: ChunkResult,
     W_FUNCTION: WorkerFunction,
     W_RUN: Run,
     W_RETRY_ON: WorkerRetryOn,
+    W_FORGET: WorkerForget,
     R_HELLO: Hello,
     R_STARTED: Started,
     R_RESULT: WorkerResult,
     R_INIT_FAILED: InitFailed,
     R_RETIRE: Retire,
+    R_PART: PartResult,
+    R_CUT: Cut,
 }
 
 
@@ -330,7 +511,7 @@ HEADER_SIZE = _LEN.size
 READ_SIZE = 1 << 18  # bytes asked of each os.read: large enough that a burst is one call
 
 
-def encode(messages: list[tuple[Any, ...]]) -> bytes:
+def encode(messages: list[Message]) -> bytes:
     """Serialise messages into one frame (length prefix + pickled list)."""
     body = pickle.dumps(messages, pickle.HIGHEST_PROTOCOL)
     return _LEN.pack(len(body)) + body
@@ -347,10 +528,10 @@ class FrameBuffer:
     def feed(self, data: bytes) -> None:
         self._buf += data
 
-    def frames(self) -> list[list[tuple[Any, ...]]]:
+    def frames(self) -> list[list[Message]]:
         """Remove and decode every complete frame buffered so far."""
         buf = self._buf
-        out: list[list[tuple[Any, ...]]] = []
+        out: list[list[Message]] = []
         offset = 0
         end = len(buf)
         with memoryview(buf) as view:
@@ -384,7 +565,7 @@ class BlockingReader:
         """Bytes read but not yet decoded (to hand the pipe over to a non-blocking reader)."""
         return self._frames
 
-    def read(self) -> list[tuple[Any, ...]] | None:
+    def read(self) -> list[Message] | None:
         while True:
             frames = self._frames.frames()
             if frames:
