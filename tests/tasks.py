@@ -132,3 +132,8 @@ class ShutsDownWhenPickled:
     def __reduce__(self) -> tuple[Any, ...]:
         self.pool.shutdown(wait=True)
         return (int, (0,))
+
+
+def started_at(*tag: Any) -> tuple[Any, float, int]:
+    """When and where the task started: ``(tag, monotonic time, pid)``."""
+    return tag, time.monotonic(), os.getpid()
