@@ -98,12 +98,8 @@ class _Submitter:
             An iterator of results. A task's exception is raised when its position is reached;
             iteration stops there and unfinished chunks are cancelled.
         """
-        from ._map import MapIterator, keyed_results
+        from ._map import MapIterator
 
-        if callable(self._opts.key):
-            return keyed_results(
-                self._core, fn, iterables, self._opts, True, timeout, progress, self._owner
-            )
         return MapIterator(
             self._core, fn, iterables, self._opts, True, chunksize, timeout, progress, self._owner
         ).results()
@@ -117,12 +113,8 @@ class _Submitter:
         progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> Iterator[T]:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
-        from ._map import MapIterator, keyed_results
+        from ._map import MapIterator
 
-        if callable(self._opts.key):
-            return keyed_results(
-                self._core, fn, iterables, self._opts, False, timeout, progress, self._owner
-            )
         return MapIterator(
             self._core, fn, iterables, self._opts, False, chunksize, timeout, progress, self._owner
         ).results()
@@ -276,6 +268,9 @@ class Pool(_Submitter, concurrent.futures.Executor):
         )
         _live_cores.add(self._core)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
+        # At exit, a pool still referenced is ended by mppool's own exit hook (at once), not
+        # shut down gracefully like one the program dropped.
+        self._finalizer.atexit = False
 
     @property
     def _owner(self) -> Pool:

@@ -39,6 +39,7 @@ QUIET_SECONDS = 0.0002  # after this long without a write, a message is written 
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
+EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[3]); "
@@ -286,6 +287,9 @@ class _Core:
         self.deduplicated = 0
         self.list_waiters: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
         self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
+        self.maps: set[Any] = set()  # open maps (MapIterator)
+        self.feeding: set[Any] = set()  # maps still reading their input
+        self.shutdown_request: tuple[bool, float] | None = None  # sent once maps are fed
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.pids: list[int] = []
@@ -477,8 +481,10 @@ class _Core:
         timeout: float | None = None,
         key: str | None = None,
         created: set[int] | None = None,
+        closing_ok: bool = False,
     ) -> _PoolFuture:
-        self.check_open()
+        if not (closing_ok and self.state == _CLOSING):
+            self.check_open()
         if key is None:
             if callable(opts.key):
                 raise TypeError("a callable key is for map(); submit() needs a string key")
@@ -714,17 +720,60 @@ class _Core:
         _live_cores.discard(self)
 
     # --- ending --------------------------------------------------------------------------------
+    # --- maps ------------------------------------------------------------------------------
+    def add_map(self, mapping: Any) -> None:
+        with self.lock:
+            if self.state != _RUNNING:
+                self.check_open()
+            self.maps.add(mapping)
+            self.feeding.add(mapping)
+
+    def remove_map(self, mapping: Any) -> None:
+        with self.lock:
+            self.maps.discard(mapping)
+            self.feeding.discard(mapping)
+        self._send_shutdown_if_fed()
+
+    def map_fed(self, mapping: Any) -> None:
+        """A map has read all of its input (or stopped): a pending shutdown may go out."""
+        with self.lock:
+            self.feeding.discard(mapping)
+        self._send_shutdown_if_fed()
+
+    def _send_shutdown_if_fed(self) -> None:
+        with self.lock:
+            request = self.shutdown_request
+            if request is None or self.feeding:
+                return
+            self.shutdown_request = None
+        self.send(p.Shutdown(p.C_SHUTDOWN, *request))
+        self.flush()
+
+    # --- ending --------------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
+        """Stop accepting work; end when the work is done (see Pool.shutdown).
+
+        Open maps are part of the work already asked for: a graceful shutdown feeds their
+        whole input first (the dispatcher is told to end only once they are fed). With
+        ``cancel_futures`` they are cancelled; with a deadline they stop reading.
+        """
         with self.lock:
             first = self.state == _RUNNING
             if first:
                 self.state = _CLOSING
+            maps = list(self.maps)
+        deadline = -1.0 if timeout is None else max(0.0, float(timeout))
         # A broken pool's dispatcher may still be alive (failed initializer): ask it to end.
         broken_alive = self.state == _BROKEN and self.reader.is_alive()
         if first or broken_alive or (timeout is not None and self.state == _CLOSING):
-            deadline = -1.0 if timeout is None else max(0.0, float(timeout))
-            self.send(p.Shutdown(p.C_SHUTDOWN, bool(cancel_futures), deadline))
-            self.flush()
+            for mapping in maps:
+                if cancel_futures or timeout is not None or broken_alive:
+                    mapping.close()
+                else:
+                    mapping.eager()
+            with self.lock:
+                self.shutdown_request = (bool(cancel_futures), deadline)
+            self._send_shutdown_if_fed()
         if wait:
             self.join()
 
@@ -761,11 +810,20 @@ _live_cores: weakref.WeakSet[_Core] = weakref.WeakSet()
 
 
 def _end_all_at_exit() -> None:
+    """At interpreter exit: a pool told to shut down (``shutdown(wait=False)``, or dropped)
+    finishes its work first, as ProcessPoolExecutor does; a pool left open is ended at once,
+    its running tasks killed, so that the exit never hangs on it. Ctrl-C ends any wait."""
     for core in list(_live_cores):
         try:
-            core.shutdown(wait=False, cancel_futures=True, timeout=0.0)
-            if not core.join(EXIT_TIMEOUT):
-                core.kill()
+            if core.state == _CLOSING:
+                while not core.join(EXIT_POLL_SECONDS):
+                    pass
+            else:
+                core.shutdown(wait=False, cancel_futures=True, timeout=0.0)
+                if not core.join(EXIT_TIMEOUT):
+                    core.kill()
+        except KeyboardInterrupt:
+            core.kill()
         except Exception:
             pass
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mppool
-from mppool import _map
+from mppool import _map, _planner
 
 from . import tasks
 from .conftest import PoolTracker, wait_until, worker_pids
@@ -224,7 +224,7 @@ def test_map_over_an_endless_generator_is_lazy_and_bounded(pool: mppool.Pool) ->
             yield i
 
     # At most a window of chunks in flight, plus the chunk whose results are being yielded.
-    bound = (_map.WINDOW_PER_WORKER * pool.workers + 1) * _map.MAX_CHUNK_ITEMS
+    bound = (_map.WINDOW_PER_WORKER * pool.workers + 1) * _planner.MAX_CHUNK_ITEMS
     it = pool.map(tasks.square, endless())
     first = [next(it) for _ in range(100)]
     assert first == [i * i for i in range(100)]

@@ -12,10 +12,10 @@ import random
 
 import pytest
 
-from mppool import _map
+from mppool import _planner
 from mppool import _protocol as p
 from mppool import _scheduler as s
-from mppool._map import ChunkPlanner
+from mppool._planner import ChunkPlanner
 from mppool._tasks import BACKOFF, QUEUED, Batch, Fail, JobDone, Retry, Task, TaskOptions
 
 
@@ -624,8 +624,8 @@ def test_chunk_planner_grows_to_target_and_splits_the_tail(workers: int) -> None
     tail = planner.next_size(40)
     # Near the end: at most remaining / (TAIL_SPLIT * workers), but never below a quarter of
     # the target duration (splitting work that short only adds messages).
-    floor = int(_map.CHUNK_TARGET_SECONDS / 4 / 0.001)
-    assert tail <= max(1, -(-40 // (_map.TAIL_SPLIT * workers)), floor) < full
+    floor = int(_planner.CHUNK_TARGET_SECONDS / 4 / 0.001)
+    assert tail <= max(1, -(-40 // (_planner.TAIL_SPLIT * workers)), floor) < full
 
 
 def test_chunk_planner_fixed_size() -> None:

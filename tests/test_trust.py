@@ -8,11 +8,13 @@ runs into first.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
 import pytest
 
 import mppool
+from mppool import _map, _planner
 
 from . import tasks
 from .conftest import Fifo, PoolTracker
@@ -57,9 +59,7 @@ def test_priority_order_holds_with_several_workers(
         gate, blockers = _hold(pool, fifos, n, f"{trial}")
         # A function the pool has never measured, or the measured one.
         fn = tasks.started_at if measured else functools.partial(tasks.started_at, trial)
-        futs = [
-            pool.options(priority=p).submit(fn, p, i) for i, p in enumerate(PRIORITIES)
-        ]
+        futs = [pool.options(priority=p).submit(fn, p, i) for i, p in enumerate(PRIORITIES)]
         assert pool.stats().queued == len(PRIORITIES)  # all reached the dispatcher
         gate.post(n)
         for b in blockers:
@@ -68,3 +68,41 @@ def test_priority_order_holds_with_several_workers(
         if not measured:
             starts = [(tag[1:], at, pid) for tag, at, pid in starts]
         check_start_order(starts, n)
+
+
+# --- 2. a map used for its side effects runs every item -----------------------------------
+@pytest.mark.parametrize("ordered", [True, False], ids=["map", "imap_unordered"])
+@pytest.mark.parametrize("sized", [True, False], ids=["list", "generator"])
+def test_a_map_never_iterated_runs_every_item(
+    make_pool: PoolTracker, tmp_path: Any, ordered: bool, sized: bool
+) -> None:
+    log = str(tmp_path / "saved.log")
+    texts = [str(i) for i in range(1000)]
+    with make_pool(2) as pool:
+        items = texts if sized else (t for t in texts)
+        method = pool.map if ordered else pool.imap_unordered
+        method(tasks.append_line, itertools.repeat(log), items)  # dropped at once
+    with open(log) as f:
+        assert sorted(f.read().split(), key=int) == texts
+
+
+def test_leaving_a_loop_over_an_endless_input_stays_bounded_and_cancels_the_rest(
+    make_pool: PoolTracker,
+) -> None:
+    pool = make_pool(2)
+    pulled = 0
+
+    def endless() -> Any:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    for x in pool.map(tasks.square, endless(), timeout=T):
+        if x >= 10_000:
+            break  # the generator is closed here: the rest is cancelled
+    after = pulled
+    # Nothing more is read, and the pool has nothing left to do.
+    assert pool.submit(tasks.square, 3).result(timeout=T) == 9
+    assert pulled == after
+    assert pulled < 10_000 + (_map.WINDOW_PER_WORKER * 2 + 2) * _planner.MAX_CHUNK_ITEMS
