@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import datetime
 import functools
 import itertools
+import math
 import os
 import pickle
 import subprocess
@@ -30,8 +32,9 @@ from typing import Any
 
 from . import _protocol as p
 from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from ._interned import FunctionTable, OptionsTable
 from ._retry import RetryPolicy
-from ._serial import FunctionRegistry, decode_error, decode_value, dumps
+from ._serial import decode_error, decode_value, dumps
 from ._stats import PoolStats
 
 SEND_BATCH = 512  # messages after which a submitting thread writes the batch itself
@@ -50,11 +53,63 @@ _RUNNING, _CLOSING, _CLOSED, _BROKEN = "running", "closing", "closed", "broken"
 _UNSET: Any = object()
 
 
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, not nan")
+    return number
+
+
+def _priority(value: Any) -> float:
+    number = _number("priority", value)
+    if not math.isfinite(number):
+        raise ValueError(f"priority must be finite, not {value!r}")
+    return number
+
+
+def _timeout(value: Any) -> float | None:
+    """A task timeout in seconds: None or ``inf`` mean no limit."""
+    if value is None:
+        return None
+    number = _number("timeout", value)
+    if not number > 0:
+        raise ValueError(f"timeout must be > 0 seconds, not {value!r}")
+    return None if math.isinf(number) else number
+
+
+def _delay(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _number("delay", value)
+    if not 0 <= number < math.inf:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, not {value!r}")
+    return number
+
+
+def _at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        value = value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"at must be a datetime or a time.time() value, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"at must be a finite time, not {value!r}")
+    return number
+
+
 class _Options:
-    """A set of per-task options; interned per pool and sent to the dispatcher once."""
+    """A set of per-task options; interned per pool and sent to the dispatcher once.
+
+    Every value is checked here, where the caller set it (``Pool(...)`` or ``options()``),
+    with an error that names the option: nothing malformed reaches the dispatcher.
+    """
 
     __slots__ = (
-        "_ids",
+        "_signature",
         "at",
         "crash_retries",
         "delay",
@@ -76,25 +131,26 @@ class _Options:
         delay: float | None,
         at: float | None = None,
     ) -> None:
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {timeout!r}")
+        if isinstance(crash_retries, bool) or not isinstance(crash_retries, int):
+            raise TypeError(f"crash_retries must be an int, not {crash_retries!r}")
         if crash_retries < 0:
             raise ValueError("crash_retries must be >= 0")
-        if delay is not None and delay < 0:
-            raise ValueError("delay must be >= 0")
-        if delay is not None and at is not None:
-            raise ValueError("give delay or at, not both")
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be a string, not {kind!r}")
         if key is not None and not (isinstance(key, str) or callable(key)):
             raise TypeError("key must be a string, a callable (for map) or None")
-        self.priority = float(priority)
-        self.timeout = timeout
+        self.priority = _priority(priority)
+        self.timeout = _timeout(timeout)
         self.retry = retry
         self.crash_retries = crash_retries
         self.kind = kind
         self.key = key
-        self.delay = delay
-        self.at = at
-        self._ids: dict[int, int] = {}
+        self.delay = _delay(delay)
+        self.at = _at(at)
+        if self.delay is not None and self.at is not None:
+            raise ValueError("give delay or at, not both")
+        # What the dispatcher sees of these options: equal signatures share one id.
+        self._signature = (self.priority, self.timeout, retry, crash_retries, kind)
 
     def message(self, opts_id: int) -> p.Options:
         retry = self.retry
@@ -119,8 +175,7 @@ class _Options:
         )
 
     def signature(self) -> tuple[Any, ...]:
-        """What the dispatcher sees of these options: equal signatures share one id."""
-        return (self.priority, self.timeout, self.retry, self.crash_retries, self.kind)
+        return self._signature
 
     def not_before(self) -> float:
         """Dispatcher-clock time before which the task must not run (0.0: now)."""
@@ -131,7 +186,7 @@ class _Options:
         return 0.0
 
     def replace(self, **changes: Any) -> _Options:
-        values = {name: getattr(self, name) for name in self.__slots__ if name != "_ids"}
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "_signature"}
         values.update(changes)
         return _Options(**values)
 
@@ -154,6 +209,8 @@ class _PoolFuture(concurrent.futures.Future[Any]):
 
     _core: _Core | None = None
     _task_id = 0
+    _fn_id = 0  # the function and options it holds (released when it is resolved)
+    _opts_id = 0
 
     def __init__(self) -> None:  # deliberately not calling super().__init__ (see above)
         self._state = "PENDING"
@@ -247,6 +304,11 @@ class _PoolFuture(concurrent.futures.Future[Any]):
                 self._finish(None, decode_error(status, attempts, payload))
         except concurrent.futures.InvalidStateError:
             pass  # cancelled by the user meanwhile: the result is dropped
+        finally:
+            core = self._core
+            if core is not None and self._fn_id:
+                core.release(self._fn_id, self._opts_id)
+                self._fn_id = self._opts_id = 0
 
 
 class _Core:
@@ -279,14 +341,14 @@ class _Core:
         self.entries: dict[int, Any] = {}  # task id -> _PoolFuture or map chunk
         self.stats_waiters: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
         self.ids = itertools.count(1)
-        self.opts_ids = itertools.count(1)
-        self.functions = FunctionRegistry()
+        self.functions = FunctionTable()
+        self.options_table = OptionsTable()
         self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
         self.keys: dict[str, _PoolFuture] = {}  # dedup: key -> the unfinished task holding it
-        self.opts_by_value: dict[tuple[Any, ...], int] = {}
         self.deduplicated = 0
         self.list_waiters: dict[int, concurrent.futures.Future[list[dict[str, Any]]]] = {}
         self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
+        self.schedule_refs: dict[int, tuple[int, int]] = {}  # its function and options ids
         self.maps: set[Any] = set()  # open maps (MapIterator)
         self.feeding: set[Any] = set()  # maps still reading their input
         self.shutdown_request: tuple[bool, float] | None = None  # sent once maps are fed
@@ -426,33 +488,44 @@ class _Core:
                 return
 
     def register_options(self, opts: _Options) -> int:
-        key = id(self)
-        opts_id = opts._ids.get(key)
-        if opts_id is not None:
-            return opts_id
-        # Interned by value: `pool.options(priority=1)` called a million times (or once per
-        # HTTP request) is one options set in the dispatcher and the workers, not a million.
-        signature = opts.signature()
-        count = 0
-        with self.lock:
-            opts_id = self.opts_by_value.get(signature)
-            if opts_id is None:
-                message = opts.message(next(self.opts_ids))
-                # Queued under the lock before the id is published, so no task using this
-                # id can reach the dispatcher ahead of its options.
-                self.pending.append(message)
-                count = len(self.pending)
-                opts_id = self.opts_by_value[signature] = message[1]
-            opts._ids[key] = opts_id
-        if count == 1:
-            self.wake.set()  # same rule as send(): whoever makes the batch non-empty wakes
+        """The id of ``opts``, counting one more user (see :meth:`release`).
+
+        Interned by value: ``pool.options(priority=1)`` called a million times (or once per
+        HTTP request) is one options set in the dispatcher and the workers, not a million.
+        """
+
+        def publish(opts_id: int) -> None:
+            self.send(opts.message(opts_id))
+
+        opts_id = self.options_table.acquire(opts.signature(), publish)
+        self._send_forgets()
         return opts_id
 
     def function_id(self, fn: Callable[..., Any]) -> int:
-        fn_id, blob = self.functions.lookup(fn)
-        if blob is not None:
+        """The id of ``fn``, counting one more user (see :meth:`release`)."""
+
+        def publish(fn_id: int, blob: bytes) -> None:
             self.send(p.Function(p.C_FUNCTION, fn_id, blob))
+
+        fn_id = self.functions.acquire(fn, publish)
+        self._send_forgets()
         return fn_id
+
+    def release(self, fn_id: int, opts_id: int) -> None:
+        """A task, map or schedule no longer needs this function and these options."""
+        if fn_id:
+            self.functions.release(fn_id)
+        if opts_id:
+            self.options_table.release(opts_id)
+
+    def _send_forgets(self) -> None:
+        if self.functions.forgotten or self.options_table.forgotten:
+            fn_ids = tuple(self.functions.take_forgotten())
+            opts_ids = tuple(self.options_table.take_forgotten())
+            if fn_ids or opts_ids:
+                self.send(p.Forget(p.C_FORGET, fn_ids, opts_ids))
+                for fn_id in fn_ids:
+                    self.planners.pop(fn_id, None)
 
     def check_open(self) -> None:
         if self.state == _RUNNING:
@@ -497,14 +570,20 @@ class _Core:
                     return holder  # a task with this key is queued or running: share it
         fn_id = self.function_id(fn)
         opts_id = self.register_options(opts)
-        payload = dumps(
-            (args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
-        )
-        self.acquire_slot(block, timeout)
+        try:
+            payload = dumps(
+                (args, kwargs or None), f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
+            )
+            self.acquire_slot(block, timeout)
+        except BaseException:
+            self.release(fn_id, opts_id)
+            raise
         fut = _PoolFuture()
         task_id = next(self.ids)
         fut._core = self
         fut._task_id = task_id
+        fut._fn_id = fn_id
+        fut._opts_id = opts_id
         if self.slots is not None:
             fut.add_done_callback(self._release_on_done)
         if isinstance(key, str):
@@ -513,6 +592,7 @@ class _Core:
                 if holder is not None and not holder.done():  # another thread won the race
                     self.deduplicated += 1
                     self.release_slot()
+                    self.release(fn_id, opts_id)
                     return holder
                 self.keys[key] = fut
             fut.add_done_callback(functools.partial(self._free_key, key))
@@ -570,17 +650,25 @@ class _Core:
         self.check_open()
         fn_id = self.function_id(fn)
         opts_id = self.register_options(opts)
-        payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
+        try:
+            payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
+        except BaseException:
+            self.release(fn_id, opts_id)
+            raise
         schedule_id = next(self.ids)
         handle = Schedule(self, schedule_id, description)
         self.schedules[schedule_id] = handle
+        self.schedule_refs[schedule_id] = (fn_id, opts_id)
         self.send(p.Schedule(p.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
         return handle
 
     def unschedule(self, schedule_id: int) -> None:
         self.schedules.pop(schedule_id, None)
+        refs = self.schedule_refs.pop(schedule_id, None)
         if self.state in (_RUNNING, _CLOSING):
             self.send(p.Unschedule(p.C_UNSCHEDULE, schedule_id))
+        if refs is not None:
+            self.release(*refs)
 
     def list_tasks(self, task_id: int = 0) -> list[dict[str, Any]]:
         request_id = next(self.ids)
@@ -730,8 +818,11 @@ class _Core:
 
     def remove_map(self, mapping: Any) -> None:
         with self.lock:
+            present = mapping in self.maps
             self.maps.discard(mapping)
             self.feeding.discard(mapping)
+        if present and not mapping.keyed:
+            self.release(mapping.fn_id, mapping.opts_id)
         self._send_shutdown_if_fed()
 
     def map_fed(self, mapping: Any) -> None:

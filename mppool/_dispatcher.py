@@ -78,6 +78,9 @@ class Dispatcher:
         self.functions: dict[int, bytes] = {}
         self.options: dict[int, TaskOptions] = {}
         self.retry_on: dict[int, bytes] = {}
+        # Forgotten by the client, kept while a live task still uses them (see _on_forget).
+        self.doomed_fns: set[int] = set()
+        self.doomed_opts: set[int] = set()
         self.workers = [_Worker(i) for i in range(config.workers)]
         self.by_fd: dict[int, tuple[str, _Worker | None]] = {}
         self.results: list[p.Message] = []
@@ -312,19 +315,36 @@ class Dispatcher:
         self.results.append(p.result(task_id, p.CANCELLED, 0, 0.0, b""))
 
     def _on_forget(self, msg: p.Forget) -> None:
-        for fn_id in msg.fn_ids:
+        """The client dropped functions and option sets; tasks still queued or running may
+        use them (a cancelled task finishing, a schedule's last run), so those wait."""
+        self.doomed_fns.update(msg.fn_ids)
+        self.doomed_opts.update(msg.opts_ids)
+        self._forget_unused()
+
+    def _forget_unused(self) -> None:
+        live_fns = {t.fn_id for t in self.sched.tasks.values()}
+        live_opts = {t.opts_id for t in self.sched.tasks.values()}
+        live_fns.update(rec.fn_id for rec in self.schedules.values())
+        live_opts.update(rec.opts_id for rec in self.schedules.values())
+        fn_ids = tuple(self.doomed_fns - live_fns)
+        opts_ids = tuple(self.doomed_opts - live_opts)
+        if not fn_ids and not opts_ids:
+            return
+        self.doomed_fns.difference_update(fn_ids)
+        self.doomed_opts.difference_update(opts_ids)
+        for fn_id in fn_ids:
             self.functions.pop(fn_id, None)
             self.sched.forget_function(fn_id)
-        for opts_id in msg.opts_ids:
+        for opts_id in opts_ids:
             self.options.pop(opts_id, None)
             self.retry_on.pop(opts_id, None)
-        note = p.WorkerForget(p.W_FORGET, msg.fn_ids, msg.opts_ids)
+        note = p.WorkerForget(p.W_FORGET, fn_ids, opts_ids)
         for w in self.workers:
-            if w.task_fd >= 0 and (
-                w.fns.intersection(msg.fn_ids) or w.opts.intersection(msg.opts_ids)
-            ):
-                w.fns.difference_update(msg.fn_ids)
-                w.opts.difference_update(msg.opts_ids)
+            if w.task_fd < 0:
+                continue
+            if w.fns.intersection(fn_ids) or w.opts.intersection(opts_ids):
+                w.fns.difference_update(fn_ids)
+                w.opts.difference_update(opts_ids)
                 self._write(w.outbox, p.encode([note]))
 
     def _on_schedule(self, m: p.Schedule) -> None:
@@ -539,6 +559,8 @@ class Dispatcher:
         if self.broken is None:
             self._send_work()
             self._finish_draining()
+        if (self.doomed_fns or self.doomed_opts) and self.sched.empty():
+            self._forget_unused()
         self._flush_results()
         if self.closing and self._done():
             self._begin_exit()

@@ -204,6 +204,7 @@ class MapIterator:
         self.fn_name = getattr(fn, "__qualname__", repr(fn))
         self.star = len(iterables) > 1
         self.flags = p.FLAG_STAR if self.star else 0
+        self.fn_id = self.opts_id = 0
         if not self.keyed:
             self.fn_id = core.function_id(fn)
             self.opts_id = core.register_options(opts)
@@ -241,8 +242,12 @@ class MapIterator:
         # An error from the input (it raised, or an item did not pickle) is raised after every
         # earlier item has been yielded, where the built-in map would raise it.
         self.input_error: BaseException | None = None
-        self.progress = Reporter(progress, self.total, self.fn_name)
-        core.add_map(self)
+        try:
+            self.progress = Reporter(progress, self.total, self.fn_name)
+            core.add_map(self)
+        except BaseException:
+            core.release(self.fn_id, self.opts_id)
+            raise
         if self.sized:
             self.fill()
         else:

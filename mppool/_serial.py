@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
-import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -23,8 +19,6 @@ from ._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
-
-FUNCTION_CACHE_SIZE = 4096  # distinct function objects remembered by one pool
 
 
 def dumps(obj: object, what: str) -> bytes:
@@ -48,77 +42,6 @@ def dumps(obj: object, what: str) -> bytes:
         return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {exc!r}") from exc
-
-
-class FunctionRegistry:
-    """Gives each distinct function an id and its serialised form, computed once.
-
-    A function object seen before is found by identity (or equality when hashable) without
-    pickling it again; a new object whose pickle equals a known one (the same lambda
-    re-created in a loop) reuses that id, so the workers unpickle it once.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._by_object: OrderedDict[Any, int] = OrderedDict()
-        self._by_digest: dict[bytes, int] = {}
-        self._next = 1
-
-    def lookup(self, fn: Callable[..., Any]) -> tuple[int, bytes | None]:
-        """Return ``(fn_id, blob)``; ``blob`` is None when the id was handed out before.
-
-        Raises:
-            TypeError: if ``fn`` is not callable.
-            SerializationError: if it cannot be pickled.
-        """
-        key: Any = fn
-        try:
-            fn_id = self._by_object.get(key)
-        except TypeError:  # unhashable callable: key it by identity
-            key = _ByIdentity(fn)
-            fn_id = self._by_object.get(key)
-        if fn_id is not None:
-            return fn_id, None
-        target = fn
-        if not callable(target):
-            raise TypeError(f"{target!r} is not callable")
-        try:
-            # Always cloudpickle: it sends importable functions by reference and the rest
-            # (``__main__``, lambdas, closures) by value. Done once per function.
-            blob = cloudpickle.dumps(target, pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            raise SerializationError(
-                f"the function {_name(target)} could not be pickled: {exc!r}"
-            ) from exc
-        digest = hashlib.blake2b(blob, digest_size=16).digest()
-        with self._lock:
-            known = self._by_digest.get(digest)
-            if known is not None:
-                self._remember(key, known)
-                return known, None
-            fn_id = self._next
-            self._next += 1
-            self._by_digest[digest] = fn_id
-            self._remember(key, fn_id)
-            return fn_id, blob
-
-    def _remember(self, key: Any, fn_id: int) -> None:
-        self._by_object[key] = fn_id
-        if len(self._by_object) > FUNCTION_CACHE_SIZE:
-            self._by_object.popitem(last=False)
-
-
-class _ByIdentity:
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _ByIdentity) and other.obj is self.obj
 
 
 def _name(fn: object) -> str:

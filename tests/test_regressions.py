@@ -98,7 +98,7 @@ def test_options_are_interned_by_value(pool: mppool.Pool) -> None:
     futs = [pool.options(priority=1, kind="k").submit(tasks.square, i) for i in range(500)]
     keyed = [pool.options(key=f"key-{i}").submit(tasks.square, i) for i in range(500)]
     assert [f.result(timeout=T) for f in futs + keyed] == [i * i for i in range(500)] * 2
-    assert len(pool._core.opts_by_value) <= 3  # defaults, (priority 1, kind k), default again
+    assert len(pool._core.options_table.ids) <= 3  # defaults, (priority 1, kind k), default again
 
 
 def test_stats_from_a_done_callback_is_refused_not_stalled(pool: mppool.Pool) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +24,7 @@ from . import tasks
 from .conftest import Fifo, PoolTracker
 
 T = 60
+ROOT = str(Path(__file__).resolve().parent.parent)
 PRIORITIES = [0, 5, 1, 5, 9, 0, 1]
 
 
@@ -106,3 +111,64 @@ def test_leaving_a_loop_over_an_endless_input_stays_bounded_and_cancels_the_rest
     assert pool.submit(tasks.square, 3).result(timeout=T) == 9
     assert pulled == after
     assert pulled < 10_000 + (_map.WINDOW_PER_WORKER * 2 + 2) * _planner.MAX_CHUNK_ITEMS
+
+
+# --- 3. exceptions keep their message and traceback ---------------------------------------
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_type_name_text_and_traceback(
+    pool: mppool.Pool,
+) -> None:
+    from . import faults
+
+    for fn, name, text in [
+        (faults.raise_two_arg, "tests.faults.TwoArgError", "first"),
+        (faults.raise_locked, "tests.faults.LockedError", "holding a lock"),
+    ]:
+        with pytest.raises(mppool.RemoteError) as info:
+            pool.submit(fn).result(timeout=T)
+        err = info.value
+        assert (err.type_name, err.message) == (name, text)
+        assert fn.__name__ in err.traceback
+        assert isinstance(err.__cause__, mppool.RemoteTraceback)
+    assert pool.submit(tasks.square, 4).result(timeout=T) == 16  # and the pool serves on
+
+
+# --- 4. a function sees its globals as they are at submit ---------------------------------
+def test_rebinding_a_global_or_a_closure_variable_reaches_the_next_task(tmp_path: Any) -> None:
+    script = tmp_path / "notebook.py"
+    script.write_text(
+        "import mppool\n"
+        "THRESH = 1\n"
+        "def above(x):\n"
+        "    return x > THRESH\n"
+        "def helper(x):\n"
+        "    return x + OFFSET\n"
+        "OFFSET = 10\n"
+        "def uses_helper(x):\n"
+        "    return helper(x)\n"
+        "def make():\n"
+        "    limit = 3\n"
+        "    def below(x):\n"
+        "        return x < limit\n"
+        "    def set_limit(v):\n"
+        "        nonlocal limit\n"
+        "        limit = v\n"
+        "    return below, set_limit\n"
+        "if __name__ == '__main__':\n"
+        "    below, set_limit = make()\n"
+        "    with mppool.Pool(1) as pool:\n"
+        "        out = [pool.submit(above, 2).result(60), pool.submit(uses_helper, 1).result(60),\n"
+        "               pool.submit(below, 2).result(60)]\n"
+        "        THRESH = 5\n"
+        "        OFFSET = 100\n"
+        "        set_limit(1)\n"
+        "        out += [pool.submit(above, 2).result(60),\n"
+        "                pool.submit(uses_helper, 1).result(60),\n"
+        "                pool.submit(below, 2).result(60)]\n"
+        "    print(out)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}  # the mppool of this checkout
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[True, 11, True, False, 101, False]"
