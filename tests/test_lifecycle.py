@@ -37,7 +37,7 @@ ROOT = str(Path(__file__).resolve().parent.parent)  # so a child can import test
 # Prelude of every child script: print the pool's pids, as one line, as soon as it exists.
 PRELUDE = """
 import json, sys
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r}, {root!r} + "/src"]
 import mppool
 from tests import tasks
 

@@ -166,7 +166,7 @@ def test_rebinding_a_global_or_a_closure_variable_reaches_the_next_task(tmp_path
         "                pool.submit(below, 2).result(60)]\n"
         "    print(out)\n"
     )
-    env = {**os.environ, "PYTHONPATH": ROOT}  # the mppool of this checkout
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}  # this checkout's mppool
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
     )

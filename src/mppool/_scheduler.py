@@ -287,6 +287,8 @@ class Scheduler:
             return None
         busy = self.pipes.busy(w)
         if busy:
+            if not self.queue.live:
+                return None  # nothing to prefetch (moving work between busy workers gains nothing)
             remaining = self._remaining(w)
             if remaining is None or remaining > PREFETCH_MAX_SECONDS:
                 return None  # behind long or unknown work a prefetch would only wait
@@ -312,6 +314,19 @@ class Scheduler:
             tasks[0].started_at = now  # it starts as soon as it arrives
         self.starts += len(tasks)
         return batch
+
+    def has_work(self) -> bool:
+        """Whether :meth:`assign` could give any worker anything: queued work, or a pipe
+        holding more than the unit its worker is on (cheap; the loop asks every round)."""
+        if self.queue.live:
+            return True
+        for batches in self.pipes.batches:
+            units = 0
+            for batch in batches:
+                units += batch.cut - batch.begin(batch.reported)
+            if units > 1:
+                return True
+        return False
 
     def _remaining(self, w: int) -> float | None:
         total = 0.0
@@ -346,7 +361,8 @@ class Scheduler:
         """
         last = self.pipes.last_live(w)
         kept_rank, kept_seq = (rank(last), last.given) if last is not None else self._ran[w]
-        return rank(task) > kept_rank or task.arrived > kept_seq
+        # Equal ranks are parts of one map chunk, whose items have no order among them.
+        return rank(task) >= kept_rank or task.arrived > kept_seq
 
     def _steal_urgent(self, w: int, best: Task | None) -> list[Task] | None:
         """Unstarted work in peers' pipes that must start before ``best``.
@@ -456,7 +472,10 @@ class Scheduler:
         candidates = self._candidates(v)
         if candidates and candidates[0][0] is None:
             if self._fresh(self._head_batch(v)):
-                self.recheck = True  # just written: v is waking up; look again shortly
+                # Just written: v is waking up. Look again shortly, unless v holds a single
+                # unit: taking a waking worker's only work would just swap the two.
+                if sum(b.cut - b.begin(b.reported) for b in self.pipes.batches[v]) > 1:
+                    self.recheck = True
                 return 0.0, 0
             if not self._eligible(w, candidates[0][1]):
                 return 0.0, 0
@@ -484,6 +503,8 @@ class Scheduler:
 
     def _extend(self, tasks: list[Task], limit: int) -> None:
         """Add tiny tasks of the same priority level from the heap behind ``tasks``."""
+        if not self.queue.live:
+            return
         costs = [self.estimate(t) for t in tasks]
         if any(c is None for c in costs):
             return  # unknown work travels alone

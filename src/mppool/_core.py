@@ -420,10 +420,10 @@ class _Core:
         if count >= SEND_BATCH:
             self.flush()
         elif count == 1:
-            if time.perf_counter() - self.last_write > QUIET_SECONDS:
-                # Nothing written lately: an isolated message goes out from this thread now,
-                # saving a thread hand-off of latency. In a burst the previous write was
-                # moments ago, so the sender thread collects the burst into one batch.
+            if len(self.entries) <= 1 or time.perf_counter() - self.last_write > QUIET_SECONDS:
+                # An isolated message (nothing else in flight, or nothing written lately)
+                # goes out from this thread now, saving a thread hand-off of latency. In a
+                # burst the sender thread collects the messages into one batch.
                 self.flush()
             else:
                 self.wake.set()

@@ -405,6 +405,8 @@ class Dispatcher:
         for w in self.workers:
             if not w.ready or w.kill_reason or w.draining:
                 continue
+            if not sched.has_work():
+                break
             while True:
                 # Never send a worker more tasks than it may still run (max_tasks_per_child).
                 batch = sched.assign(w.index, limit - w.sent_total if limit else s.MAX_IN_PIPE)

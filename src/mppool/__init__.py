@@ -1,0 +1,129 @@
+"""mppool: a multiprocessing pool for CPU-bound work that does not fall over.
+
+A dispatcher process keeps a priority heap and per-worker deques and feeds exactly N worker
+processes over pipes; idle workers steal queued work from busy peers; a crashed worker is
+replaced and its task retried; a hung task is killed at its timeout.
+
+    import mppool
+
+    with mppool.Pool(workers=4) as pool:
+        fut = pool.submit(pow, 2, 10)
+        squares = list(pool.map(lambda x: x * x, range(1000)))
+        urgent = pool.options(priority=10, timeout=2.0, retries=3)
+        urgent.submit(pow, 3, 4)
+        print(pool.stats())
+"""
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._client import Pool, PoolView
+    from ._errors import (
+        BrokenPoolError,
+        CancelledByShutdownError,
+        MppoolError,
+        PoolClosedError,
+        QueueFullError,
+        RemoteError,
+        RemoteTraceback,
+        SerializationError,
+        TaskAbortedError,
+        TaskTimeoutError,
+        WorkerCrashedError,
+    )
+    from ._http import Server, serve
+    from ._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
+    from ._ratelimit import RateLimit
+    from ._registry import Registry, register
+    from ._retry import RetryPolicy
+    from ._schedule import Run, Schedule
+    from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
+
+__version__ = "0.1.0"
+
+# Every public name, and the private module that defines it. They are imported on first
+# use: mppool runs in three processes, and the dispatcher and the workers, which import
+# this package too, need none of the user-facing machinery (the pool's threads, the HTTP
+# server, Prometheus). ``import mppool`` itself costs almost nothing.
+_WHERE = {
+    "Pool": "_client",
+    "PoolView": "_client",
+    "BrokenPoolError": "_errors",
+    "CancelledByShutdownError": "_errors",
+    "MppoolError": "_errors",
+    "PoolClosedError": "_errors",
+    "QueueFullError": "_errors",
+    "RemoteError": "_errors",
+    "RemoteTraceback": "_errors",
+    "SerializationError": "_errors",
+    "TaskAbortedError": "_errors",
+    "TaskTimeoutError": "_errors",
+    "WorkerCrashedError": "_errors",
+    "Server": "_http",
+    "serve": "_http",
+    "MetricsServer": "_prometheus",
+    "PoolCollector": "_prometheus",
+    "metrics_registry": "_prometheus",
+    "serve_metrics": "_prometheus",
+    "RateLimit": "_ratelimit",
+    "Registry": "_registry",
+    "register": "_registry",
+    "RetryPolicy": "_retry",
+    "Run": "_schedule",
+    "Schedule": "_schedule",
+    "LatencyStats": "_stats",
+    "Percentiles": "_stats",
+    "PoolStats": "_stats",
+    "TaskInfo": "_stats",
+    "WorkerStats": "_stats",
+}
+
+
+def __getattr__(name: str) -> object:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'mppool' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{where}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+__all__ = [
+    "BrokenPoolError",
+    "CancelledByShutdownError",
+    "LatencyStats",
+    "MetricsServer",
+    "MppoolError",
+    "Percentiles",
+    "Pool",
+    "PoolClosedError",
+    "PoolCollector",
+    "PoolStats",
+    "PoolView",
+    "QueueFullError",
+    "RateLimit",
+    "Registry",
+    "RemoteError",
+    "RemoteTraceback",
+    "RetryPolicy",
+    "Run",
+    "Schedule",
+    "SerializationError",
+    "Server",
+    "TaskAbortedError",
+    "TaskInfo",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerStats",
+    "__version__",
+    "metrics_registry",
+    "register",
+    "serve",
+    "serve_metrics",
+]
