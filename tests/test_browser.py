@@ -28,8 +28,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 import mppool
-from mppool._http import serve
-from mppool._registry import fib, primes, sha256
+from mppool._web._http import serve
+from mppool._web._registry import fib, primes, sha256
 
 from . import tasks
 from .conftest import PoolTracker

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mppool
-from mppool import _map, _planner
+from mppool._client import _map, _planner
 
 from . import tasks
 from .conftest import PoolTracker, wait_until, worker_pids

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import mppool
-from mppool import _tasklist
+from mppool._dispatcher import _tasklist
 
 from . import tasks
 from .conftest import PoolTracker, wait_until, worker_pids

@@ -52,7 +52,7 @@ def test_distinct_closures_and_option_sets_hold_flat_memory(make_pool: PoolTrack
 
 
 def test_forgotten_functions_are_sent_again_when_used_again(make_pool: PoolTracker) -> None:
-    from mppool import _interned
+    from mppool._client import _interned
 
     pool = make_pool(2)
     first = functools.partial(tasks.add, 1)

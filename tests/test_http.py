@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import mppool
-from mppool._http import MAX_BODY_BYTES, Server, serve
-from mppool._registry import Registry
+from mppool._web._http import MAX_BODY_BYTES, Server, serve
+from mppool._web._registry import Registry
 
 from . import tasks
 
@@ -158,7 +158,7 @@ def test_submit_with_kwargs_and_options(client: Client) -> None:
     )
     _, task = client.get(f"/api/tasks/{task_id}?wait={WAIT}")
     assert task["state"] == "done"
-    assert task["result"] == mppool._registry.sha256(3, "x")
+    assert task["result"] == mppool._web._registry.sha256(3, "x")
     assert task["priority"] == 5
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 import mppool
-from mppool._prometheus import metrics_registry, metrics_text, serve_metrics
+from mppool._web._prometheus import metrics_registry, metrics_text, serve_metrics
 
 from . import tasks
 from .conftest import PoolTracker

@@ -12,11 +12,20 @@ import random
 
 import pytest
 
-from mppool import _planner
 from mppool import _protocol as p
-from mppool import _scheduler as s
-from mppool._planner import ChunkPlanner
-from mppool._tasks import BACKOFF, QUEUED, Batch, Fail, JobDone, Retry, Task, TaskOptions
+from mppool._client import _planner
+from mppool._client._planner import ChunkPlanner
+from mppool._dispatcher import _scheduler as s
+from mppool._dispatcher._tasks import (
+    BACKOFF,
+    QUEUED,
+    Batch,
+    Fail,
+    JobDone,
+    Retry,
+    Task,
+    TaskOptions,
+)
 
 
 class FakeClock:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import mppool
-from mppool import _map, _planner
+from mppool._client import _map, _planner
 
 from . import tasks
 from .conftest import Fifo, PoolTracker

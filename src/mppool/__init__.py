@@ -17,7 +17,8 @@ replaced and its task retried; a hung task is killed at its timeout.
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._client import Pool, PoolView
+    from ._client._pool import Pool, PoolView
+    from ._client._schedule import Run, Schedule
     from ._errors import (
         BrokenPoolError,
         CancelledByShutdownError,
@@ -31,13 +32,12 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         WorkerCrashedError,
     )
-    from ._http import Server, serve
-    from ._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
     from ._ratelimit import RateLimit
-    from ._registry import Registry, register
     from ._retry import RetryPolicy
-    from ._schedule import Run, Schedule
     from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
+    from ._web._http import Server, serve
+    from ._web._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
+    from ._web._registry import Registry, register
 
 __version__ = "0.1.0"
 
@@ -46,8 +46,8 @@ __version__ = "0.1.0"
 # this package too, need none of the user-facing machinery (the pool's threads, the HTTP
 # server, Prometheus). ``import mppool`` itself costs almost nothing.
 _WHERE = {
-    "Pool": "_client",
-    "PoolView": "_client",
+    "Pool": "_client._pool",
+    "PoolView": "_client._pool",
     "BrokenPoolError": "_errors",
     "CancelledByShutdownError": "_errors",
     "MppoolError": "_errors",
@@ -59,18 +59,18 @@ _WHERE = {
     "TaskAbortedError": "_errors",
     "TaskTimeoutError": "_errors",
     "WorkerCrashedError": "_errors",
-    "Server": "_http",
-    "serve": "_http",
-    "MetricsServer": "_prometheus",
-    "PoolCollector": "_prometheus",
-    "metrics_registry": "_prometheus",
-    "serve_metrics": "_prometheus",
+    "Server": "_web._http",
+    "serve": "_web._http",
+    "MetricsServer": "_web._prometheus",
+    "PoolCollector": "_web._prometheus",
+    "metrics_registry": "_web._prometheus",
+    "serve_metrics": "_web._prometheus",
     "RateLimit": "_ratelimit",
-    "Registry": "_registry",
-    "register": "_registry",
+    "Registry": "_web._registry",
+    "register": "_web._registry",
     "RetryPolicy": "_retry",
-    "Run": "_schedule",
-    "Schedule": "_schedule",
+    "Run": "_client._schedule",
+    "Schedule": "_client._schedule",
     "LatencyStats": "_stats",
     "Percentiles": "_stats",
     "PoolStats": "_stats",

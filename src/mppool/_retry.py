@@ -7,18 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["RetryPolicy"]
 
-
-def backoff_delay(initial: float, factor: float, max_delay: float, failures: int) -> float:
-    """The wait before the attempt that follows ``failures`` failures (>= 1), without jitter.
-
-    ``min(max_delay, initial * factor ** (failures - 1))``; the one definition of the formula,
-    used by :class:`RetryPolicy` and by the dispatcher.
-    """
-    try:
-        delay = initial * factor ** (failures - 1)
-    except OverflowError:
-        delay = math.inf
-    return min(max_delay, delay)
+from ._backoff import backoff_delay
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["LatencyStats", "Percentiles", "PoolStats", "TaskInfo", "WorkerStats"]
-
-LATENCY_WINDOW = 2048  # recent tasks the latency percentiles are computed over
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,46 +31,6 @@ class LatencyStats:
     queue_wait: Percentiles
     run_time: Percentiles
     end_to_end: Percentiles
-
-
-def _percentiles(values: deque[float]) -> Percentiles:
-    n = len(values)
-    if not n:
-        return Percentiles(0, None, None, None)
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        # Nearest-rank: the smallest value with at least q of the samples at or below it.
-        return ordered[max(0, min(n - 1, -(-int(q * n * 1000) // 1000) - 1))]
-
-    return Percentiles(n, at(0.50), at(0.95), at(0.99))
-
-
-class LatencyWindow:
-    """The last ``size`` tasks' queue wait, run time and end-to-end time.
-
-    Recording is three appends to bounded deques; sorting happens only when a snapshot
-    is asked for, so a task costs a few numbers and nothing more.
-    """
-
-    __slots__ = ("e2e", "run", "wait")
-
-    def __init__(self, size: int = LATENCY_WINDOW) -> None:
-        self.wait: deque[float] = deque(maxlen=size)
-        self.run: deque[float] = deque(maxlen=size)
-        self.e2e: deque[float] = deque(maxlen=size)
-
-    def add(self, wait: float, run: float, e2e: float) -> None:
-        self.wait.append(wait)
-        self.run.append(run)
-        self.e2e.append(e2e)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {
-            "queue_wait": _percentiles(self.wait),
-            "run_time": _percentiles(self.run),
-            "end_to_end": _percentiles(self.e2e),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +128,7 @@ class PoolStats:
     def from_snapshot(cls, snap: dict[str, Any]) -> PoolStats:
         """Build from the dispatcher's snapshot dictionary."""
         workers = tuple(WorkerStats(**w) for w in snap["workers"])
-        latency = LatencyStats(**snap["latency"])
+        latency = LatencyStats(**{k: Percentiles(*v) for k, v in snap["latency"].items()})
         skip = ("workers", "latency")
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
         return cls(workers=workers, latency=latency, **fields)

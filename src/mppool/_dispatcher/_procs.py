@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import _protocol as p
+from .. import _protocol as p
 
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes so a batch fits in one write
 REAP_POLL_SECONDS = 0.1  # longest wait for a worker whose pipe closed to become reapable
@@ -132,7 +132,7 @@ def fork_worker(
             os.closerange(3, keep[0])
             os.closerange(keep[0] + 1, keep[1])
             os.closerange(keep[1] + 1, 1 << 16)
-            from ._worker import worker_main
+            from .._worker import worker_main
 
             status = worker_main(task_r, result_w, initializer, max_memory, sems)
         except BaseException:

@@ -40,10 +40,10 @@ import pickle
 import random
 from collections.abc import Callable, Iterator
 
-from . import _protocol as p
+from .. import _protocol as p
+from ._buckets import TokenBucket
 from ._claims import ClaimCounters
 from ._pipes import Claimed, Pipes
-from ._ratelimit import RateLimit, TokenBucket
 from ._runqueue import RunQueue, rank
 from ._tasks import (
     BACKOFF,
@@ -69,7 +69,6 @@ PREFETCH_MAX_SECONDS = 0.010  # a batch is prefetched only behind this little kn
 MAX_IN_PIPE = 256  # tasks in one batch at most
 UNKNOWN_COST = 1.0  # what a never-measured task counts as when weighing work
 EWMA_ALPHA = 0.3  # weight of the newest duration in a function's estimate
-DEFAULT_AGING_RATE = 0.1  # priority levels gained per second of waiting
 WAKE_SECONDS = 0.001  # a peer's untouched next task is taken only after this long
 RECHECK_SECONDS = 0.0002  # how soon a worker left waiting for that is reconsidered
 CROWDED_PER_WORKER = 4  # a level with this many tasks queued per worker keeps its batches put
@@ -93,7 +92,7 @@ class Scheduler:
         claims: the claim counters of the workers' batches.
         aging_rate: priority levels a queued task gains per second of waiting (0: off).
         rng: random source for backoff jitter.
-        rate_limits: token buckets per kind.
+        rate_limits: per kind, ``(rate, per seconds, burst)`` of its token bucket.
     """
 
     def __init__(
@@ -102,9 +101,9 @@ class Scheduler:
         clock: Callable[[], float],
         claims: ClaimCounters,
         *,
-        aging_rate: float = DEFAULT_AGING_RATE,
+        aging_rate: float,
         rng: random.Random | None = None,
-        rate_limits: dict[str, RateLimit] | None = None,
+        rate_limits: dict[str, tuple[float, float, int]] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -122,7 +121,7 @@ class Scheduler:
         self._timers: list[tuple[float, int, int, Task | str, int]] = []
         self._seq = itertools.count(1)
         now = clock()
-        self._buckets = {k: TokenBucket(v, now) for k, v in (rate_limits or {}).items()}
+        self._buckets = {k: TokenBucket(*v, now) for k, v in (rate_limits or {}).items()}
         self._limited: dict[str, list[tuple[float, int, int, Task]]] = {
             k: [] for k in self._buckets
         }

@@ -30,12 +30,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _protocol as p
-from ._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from .. import _protocol as p
+from .._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
+from .._retry import RetryPolicy
+from .._stats import PoolStats
 from ._interned import FunctionTable, OptionsTable
-from ._retry import RetryPolicy
 from ._serial import decode_error, decode_value, dumps
-from ._stats import PoolStats
 
 SEND_BATCH = 512  # messages after which a submitting thread writes the batch itself
 QUIET_SECONDS = 0.0002  # after this long without a write, a message is written at once
@@ -43,10 +43,12 @@ START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
 EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The folder that holds the mppool package (src/ in a checkout): the dispatcher imports this
+# very copy of mppool, whatever its sys.path would find first.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _BOOT = (
     "import sys; sys.path.insert(0, sys.argv[3]); "
-    "from mppool._dispatcher import main; main(int(sys.argv[1]), int(sys.argv[2]))"
+    "from mppool._dispatcher._loop import main; main(int(sys.argv[1]), int(sys.argv[2]))"
 )
 
 _RUNNING, _CLOSING, _CLOSED, _BROKEN = "running", "closing", "closed", "broken"
@@ -155,7 +157,7 @@ class _Options:
     def message(self, opts_id: int) -> p.Options:
         retry = self.retry
         retry_on = dumps(retry.retry_on, "retry_on") if retry.max_attempts > 1 else None
-        from ._errors import TaskTimeoutError
+        from .._errors import TaskTimeoutError
 
         retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
         return p.Options(

@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._errors import MppoolError
-from ._stats import PoolStats
+from .._errors import MppoolError
+from .._stats import PoolStats
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from ._client import Pool
+    from .._client._pool import Pool
 
 __all__ = ["MetricsServer", "PoolCollector", "metrics_registry", "metrics_text", "serve_metrics"]
 

@@ -15,27 +15,25 @@ from __future__ import annotations
 import bisect
 import pickle
 import random
-from dataclasses import dataclass
-from typing import Final
+from typing import NamedTuple
 
-from . import _protocol as p
-from ._retry import backoff_delay
+from .. import _protocol as p
+from .._backoff import backoff_delay
 
 # --- task states ------------------------------------------------------------------------------
-DELAYED: Final = "delayed"  # waiting for its not-before time
-QUEUED: Final = "queued"  # in the heap
-SENT: Final = "sent"  # in a worker's pipe (running, or claimable by the worker)
-BACKOFF: Final = "retrying"  # waiting out a retry delay
-RATE_LIMITED: Final = "rate-limited"  # waiting for a token of its kind
-DONE: Final = "done"
-CANCELLED: Final = "cancelled"
+DELAYED = "delayed"  # waiting for its not-before time
+QUEUED = "queued"  # in the heap
+SENT = "sent"  # in a worker's pipe (running, or claimable by the worker)
+BACKOFF = "retrying"  # waiting out a retry delay
+RATE_LIMITED = "rate-limited"  # waiting for a token of its kind
+DONE = "done"
+CANCELLED = "cancelled"
 LOCAL_STATES = frozenset({DELAYED, QUEUED, SENT, BACKOFF, RATE_LIMITED})  # still live
 
 PART_IDS_FROM = 1 << 62  # ids of parts made by splitting a chunk (clients count up from 1)
 
 
-@dataclass(frozen=True, slots=True)
-class TaskOptions:
+class TaskOptions(NamedTuple):
     """Options shared by many tasks (interned by the client, named by an id)."""
 
     priority: float = 0.0
@@ -313,31 +311,27 @@ class Batch:
         return self.reported >= len(self.tasks)
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
+class Retry(NamedTuple):
     """Outcome: the task will run again at ``at`` (dispatcher clock)."""
 
     task: Task
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Fail:
+class Fail(NamedTuple):
     """Outcome: a single task is finished with an error."""
 
     task: Task
 
 
-@dataclass(frozen=True, slots=True)
-class JobDone:
+class JobDone(NamedTuple):
     """Outcome: every part of a map chunk has finished; report ``job.message()``."""
 
     job: ChunkJob
     task: Task  # the part that finished last
 
 
-@dataclass(frozen=True, slots=True)
-class Timeout:
+class Timeout(NamedTuple):
     """A running task passed its timeout: kill ``worker``; ``outcome`` says what to report."""
 
     worker: int

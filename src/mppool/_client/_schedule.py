@@ -11,13 +11,21 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _protocol as p
+from .. import _protocol as p
 from ._serial import decode_error, decode_value
 
 if TYPE_CHECKING:
     from ._core import _Core
 
 HISTORY = 100  # outcomes kept per schedule
+
+
+def validate_cron(expr: str) -> None:
+    """Raise ``ValueError`` unless ``expr`` is a cron expression croniter accepts."""
+    from croniter import croniter
+
+    if not isinstance(expr, str) or not croniter.is_valid(expr):
+        raise ValueError(f"not a valid cron expression: {expr!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from typing import Any, TypeGuard
 
 import cloudpickle
 
-from ._errors import SerializationError
+from .._errors import SerializationError
 
 MAX_FUNCTIONS = 256  # function ids kept when nothing uses the older ones
 MAX_OPTIONS = 256  # option-set ids kept likewise

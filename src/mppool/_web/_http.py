@@ -52,13 +52,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from ._errors import BrokenPoolError, PoolClosedError, QueueFullError
+from .._errors import BrokenPoolError, PoolClosedError, QueueFullError
+from .._stats import TaskInfo
 from ._prometheus import metrics_registry, metrics_text
 from ._registry import Registry, default_registry
-from ._stats import TaskInfo
 
 if TYPE_CHECKING:
-    from ._client import Pool
+    from .._client._pool import Pool
 
 __all__ = ["Server", "serve"]
 
@@ -209,7 +209,7 @@ class Server:
         self._metrics = metrics_registry(pool)
         self._tracked: OrderedDict[int, _Tracked] = OrderedDict()
         self._page = (
-            importlib.resources.files("mppool").joinpath("_dashboard.html").read_text("utf-8")
+            importlib.resources.files("mppool._web").joinpath("_dashboard.html").read_text("utf-8")
         )
         self._page_headers = {
             "Content-Security-Policy": _csp(self._page),

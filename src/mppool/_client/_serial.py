@@ -7,8 +7,8 @@ from typing import Any
 
 import cloudpickle
 
-from . import _protocol as p
-from ._errors import (
+from .. import _protocol as p
+from .._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
     PoolClosedError,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ._tasks import SENT
 
 if TYPE_CHECKING:
-    from ._dispatcher import Dispatcher
+    from ._loop import Dispatcher
 
 
 class ProcessUsage:

@@ -39,8 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from . import _protocol as p
-from ._errors import SerializationError
+from .. import _protocol as p
+from .._errors import SerializationError
 from ._planner import MAX_CHUNK_ITEMS, ChunkPlanner, Progress, Reporter
 from ._serial import decode_error, decode_value, dumps
 

@@ -10,33 +10,56 @@ skipped and counted.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
-
-from croniter import croniter
+from typing import Any
 
 
-@dataclass(slots=True)
 class Recurring:
     """One schedule as the dispatcher keeps it."""
 
-    schedule_id: int
-    fn_id: int
-    opts_id: int
-    payload: bytes
-    interval: float = 0.0
-    cron: str = ""
-    start: float = 0.0  # monotonic time of creation
-    next_at: float = 0.0  # monotonic time of the next firing
-    runs: int = 0
-    skipped: int = 0
-    running: int = 0  # task id of the current run, 0 if none
-    _cron: croniter | None = field(default=None, repr=False)
+    __slots__ = (
+        "_cron",
+        "cron",
+        "fn_id",
+        "interval",
+        "next_at",
+        "opts_id",
+        "payload",
+        "running",
+        "runs",
+        "schedule_id",
+        "skipped",
+        "start",
+    )
+
+    def __init__(
+        self,
+        schedule_id: int,
+        fn_id: int,
+        opts_id: int,
+        payload: bytes,
+        *,
+        interval: float = 0.0,
+        cron: str = "",
+    ) -> None:
+        self.schedule_id = schedule_id
+        self.fn_id = fn_id
+        self.opts_id = opts_id
+        self.payload = payload
+        self.interval = interval
+        self.cron = cron
+        self.start = 0.0  # monotonic time of creation
+        self.next_at = 0.0  # monotonic time of the next firing
+        self.runs = 0
+        self.skipped = 0
+        self.running = 0  # task id of the current run, 0 if none
+        self._cron: Any = None
 
     def first(self, now: float, wall_now: float) -> None:
         """Set the first firing time, from ``now`` (monotonic) and the wall clock."""
         self.start = now
         if self.cron:
+            from croniter import croniter  # only for a pool that has cron schedules
+
             self._cron = croniter(self.cron, wall_now)
             self.next_at = now + (self._cron.get_next(float) - wall_now)
         else:
@@ -53,12 +76,6 @@ class Recurring:
             periods = math.floor((now - self.start) / self.interval) + 1
             self.next_at = self.start + periods * self.interval
 
-    def next_wall(self, now: float) -> float:
+    def next_wall(self, now: float, wall_now: float) -> float:
         """The next firing as wall-clock time."""
-        return time.time() + (self.next_at - now)
-
-
-def validate_cron(expr: str) -> None:
-    """Raise ``ValueError`` unless ``expr`` is a cron expression croniter accepts."""
-    if not isinstance(expr, str) or not croniter.is_valid(expr):
-        raise ValueError(f"not a valid cron expression: {expr!r}")
+        return wall_now + (self.next_at - now)

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Any
 
-from ._client import Pool
+from .._client._pool import Pool
+from .._stats import Percentiles, PoolStats
 from ._registry import primes, sha256
-from ._stats import Percentiles, PoolStats
 
 __all__ = ["format_summary", "main"]
 

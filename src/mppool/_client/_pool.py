@@ -13,19 +13,18 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._ratelimit import RateLimit
+from .._retry import RetryPolicy
+from .._stats import PoolStats, TaskInfo
 from ._core import _UNSET, _Core, _finalize, _live_cores, _Options, _PoolFuture
-from ._ratelimit import RateLimit
-from ._recurring import validate_cron
-from ._retry import RetryPolicy
-from ._schedule import Schedule
-from ._scheduler import DEFAULT_AGING_RATE
-from ._stats import PoolStats, TaskInfo
+from ._schedule import Schedule, validate_cron
 
 if TYPE_CHECKING:
-    from ._http import Server
-    from ._registry import Registry
+    from .._web._http import Server
+    from .._web._registry import Registry
 
 T = TypeVar("T")
+DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
 
 
 class _Submitter:
@@ -342,7 +341,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Raises:
             ValueError: for a non-loopback ``host`` without a ``token``.
         """
-        from ._http import serve
+        from .._web._http import serve
 
         return serve(self, host, port, token=token, registry=registry)
 

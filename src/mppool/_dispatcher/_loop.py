@@ -30,15 +30,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _protocol as p
+from .. import _protocol as p
 from . import _scheduler as s
 from ._claims import Claims
+from ._latency import LatencyWindow
 from ._procs import Outbox as _Outbox
 from ._procs import WorkerSlot as _Worker
 from ._procs import fork_worker, open_pidfd, reap, set_nonblocking
-from ._ratelimit import RateLimit
 from ._snapshot import ProcessUsage, snapshot
-from ._stats import LatencyWindow
 from ._tasklist import TaskTable
 from ._tasks import Fail, JobDone, Retry, Task, TaskOptions, Timeout
 
@@ -59,14 +58,13 @@ class Dispatcher:
         self.client_frames = frames if frames is not None else p.FrameBuffer()
         self.client_out = _Outbox(wfd)
         self.config = config
-        limits = {k: RateLimit(*v) for k, v in config.rate_limits.items()}
         self.claims = Claims(config.workers)
         self.sched = s.Scheduler(
             config.workers,
             self.clock,
             self.claims,
             aging_rate=config.aging_rate,
-            rate_limits=limits,
+            rate_limits=config.rate_limits,
         )
         self.table = TaskTable()
         self.latency = LatencyWindow()
@@ -385,7 +383,7 @@ class Dispatcher:
             flags = p.FLAG_TIMED if opts.timeout > 0 else 0
             task = Task(task_id, rec.fn_id, rec.opts_id, opts, rec.payload, flags=flags)
             self.results.append(
-                p.Fired(p.D_FIRED, rec.schedule_id, task_id, rec.next_wall(now), rec.skipped)
+                p.Fired(p.D_FIRED, rec.schedule_id, task_id, rec.next_wall(now, wall), rec.skipped)
             )
             self.sched.submit(task)
 
@@ -678,7 +676,7 @@ def main(rfd: int, wfd: int) -> None:
         os.chdir(config.cwd)
     except OSError:
         pass
-    from . import _worker  # noqa: F401  (imported before forking: each worker starts with it)
+    from .. import _worker  # noqa: F401  (imported before forking: each worker starts with it)
 
     dispatcher = Dispatcher(rfd, wfd, config, reader.buffer)
     # The loop's objects (tasks in dicts, heaps and deques) form no reference cycles, so the

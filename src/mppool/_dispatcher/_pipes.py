@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from ._claims import RING_SIZE, ClaimCounters
 from ._tasks import SENT, Batch, Task
@@ -20,13 +19,15 @@ from ._tasks import SENT, Batch, Task
 MAX_BATCHES = 2  # batches in one worker's pipe: the running one and one prefetched
 
 
-@dataclass(slots=True)
 class Claimed:
     """How far a dead worker got with one of its tasks (see :meth:`Pipes.lost`)."""
 
-    task: Task
-    claimed: int  # tokens it had taken of this task's
-    running: bool  # it held the last token taken: the unit it was running when it died
+    __slots__ = ("claimed", "running", "task")
+
+    def __init__(self, task: Task, claimed: int, running: bool) -> None:
+        self.task = task
+        self.claimed = claimed  # tokens it had taken of this task's
+        self.running = running  # it held the last token taken: the unit it was running
 
 
 class Pipes:
