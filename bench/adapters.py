@@ -89,11 +89,14 @@ class PoolAdapter:
         name: Short key used on the command line (``--libs``).
         label: Human-readable name for tables.
         submit_call: The per-task call this adapter uses, shown in output.
+        modules: Modules the pool's constructor needs, imported before timing a pool's startup
+            (importing a library is paid once per program, not once per pool).
     """
 
     name = "base"
     label = "base"
     submit_call = "submit"
+    modules: tuple[str, ...] = ()
 
     def __init__(self, workers: int) -> None:
         """Create the pool.
@@ -145,6 +148,7 @@ class MppoolAdapter(ExecutorAdapter):
     name = "mppool"
     label = "mppool"
     submit_call = "Pool.submit"
+    modules = ("mppool",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -162,6 +166,7 @@ class MultiprocessingAdapter(PoolAdapter):
     name = "multiprocessing"
     label = "multiprocessing.Pool"
     submit_call = "apply_async"
+    modules = ("multiprocessing.pool",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -193,6 +198,7 @@ class ProcessPoolExecutorAdapter(ExecutorAdapter):
     name = "ppe"
     label = "ProcessPoolExecutor"
     submit_call = "submit"
+    modules = ("concurrent.futures.process",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -210,6 +216,7 @@ class LokyAdapter(ExecutorAdapter):
     name = "loky"
     label = "loky"
     submit_call = "submit"
+    modules = ("loky",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -227,6 +234,7 @@ class PebbleAdapter(PoolAdapter):
     name = "pebble"
     label = "pebble"
     submit_call = "schedule"
+    modules = ("pebble",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
@@ -255,6 +263,7 @@ class MpireAdapter(PoolAdapter):
     name = "mpire"
     label = "mpire"
     submit_call = "apply_async"
+    modules = ("mpire",)
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)

@@ -2,20 +2,24 @@
 
 Usage (from the repository root)::
 
-    python -m bench.compare                 # full run, 2 workers, all libraries
-    python -m bench.compare --quick         # smaller sizes, about a minute on 2 cores
-    python -m bench.compare --libs mppool,multiprocessing --only submit,latency
+    python -m bench.compare                 # full run: 5 rounds, 2 workers, all libraries
+    python -m bench.compare --quick         # smaller sizes
+    python -m bench.compare --libs mppool,multiprocessing --only submit,latency --rounds 3
     python -m bench.compare --json results.json
+    python -m bench.compare --readme        # also rewrite the table in the root README.md
 
-Workloads (``--only``): ``submit`` (per-task throughput), ``map`` (tiny items), ``skewed``
-(heavy-tailed durations, heaviest last), ``uniform`` (2 ms CPU tasks), ``latency`` (round trip).
-Libraries (``--libs``): ``mppool``, ``multiprocessing``, ``ppe`` (ProcessPoolExecutor), ``loky``,
+Workloads (``--only``): ``submit`` (per-task throughput), ``map`` (tiny items), three skewed
+shapes ``skew-lognormal``, ``skew-pareto`` and ``skew-tail`` (heaviest last), ``uniform`` (2 ms
+CPU tasks), ``latency`` (round trip) and ``startup`` (new pool to first result). Libraries
+(``--libs``): ``mppool``, ``multiprocessing``, ``ppe`` (ProcessPoolExecutor), ``loky``,
 ``pebble``, ``mpire``.
 
-Each library runs in a fresh child interpreter, so no library inherits threads, signal handlers
-or leftover processes from another, and a library that hangs or crashes costs only its own cells.
-Inside the child each workload gets its own pool, created and warmed up before the clock starts.
-Short timed sections are repeated and the median reported (see ``MIN_TIMED_SECONDS``).
+Method: the run is made of rounds. In every round, for every workload, every library runs the
+workload back to back with the others, in an order that is reversed every other round (ABC, then
+CBA), so that a slow moment of the machine hits the libraries being compared alike and no library
+always runs first or last. A ratio between two libraries is formed within a round only; the
+report gives its median over rounds and its [min, max] range. Each cell (round, workload,
+library) runs in its own child interpreter (:mod:`bench.cells`) on a fresh, warmed-up pool.
 """
 
 from __future__ import annotations
@@ -23,19 +27,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import resource
+import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,28 +47,23 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import workloads as wl
-from bench.adapters import (
-    ADAPTERS,
-    DEVIATIONS,
-    REPO_ROOT,
-    PoolAdapter,
-    prepare_environment,
-    reap_descendants,
+from bench.adapters import ADAPTERS, DEVIATIONS, REPO_ROOT, prepare_environment, reap_descendants
+from bench.cells import MIN_TIMED_SECONDS, WORKLOADS, run_cell
+from bench.readme_table import find_section, write_readme
+from bench.report import (
+    FOREIGN_LOAD_WARNING,
+    SLOW_CELL_SECONDS,
+    Cell,
+    Figures,
+    evaluate_targets,
+    peer_ratios,
+    print_summary,
+    print_tables,
+    required_libs,
 )
 
-WORKLOADS = ("submit", "map", "skewed", "uniform", "latency")
-
-#: Seed of the skewed duration list; fixed so every run and every library sees the same tasks.
-SKEW_SEED = 1234
-
-#: Targets for mppool (from the project's performance goals), used in the summary.
-TARGETS = {
-    "submit": "submit throughput >= 2x multiprocessing.Pool.apply_async",
-    "map": "map time <= multiprocessing.Pool.map (speed ratio >= 1x)",
-    "skewed": "time / lower bound <= 1.15",
-    "uniform": "efficiency >= 97% of ideal N-fold speedup",
-    "latency": "p50 <= ProcessPoolExecutor p50 and p99 <= 400 us",
-}
+#: Seconds the parent waits beyond ``--timeout`` before it kills a child that did not stop itself.
+KILL_GRACE_SECONDS = 30.0
 
 
 def build_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -77,292 +73,39 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
         args: Parsed command-line arguments.
 
     Returns:
-        A JSON-serialisable configuration shared by the parent and the per-library children.
+        A JSON-serialisable configuration shared by the parent and every cell's child.
     """
     quick = args.quick
     return {
         "workers": args.workers,
         "quick": quick,
         "timeout": args.timeout,
+        "seed": 1234,  # fixed, so every run and every library sees the same task lists
         "submit_n": 5_000 if quick else 20_000,
-        # 200,000 is the size the target is defined on; the quick run shrinks it because the
-        # executors' default map (chunksize=1) takes tens of seconds at that size.
+        # 200,000 is the size the target is defined on; the quick run shrinks it.
         "map_n": 50_000 if quick else 200_000,
-        "skewed_n": 2_000,
-        "skewed_total": 1.0 if quick else 2.0,
+        # The skewed shapes: about 2 s of CPU work each (1 s quick), heaviest tasks last.
+        "skew_total": 1.0 if quick else 2.0,
+        "lognormal_n": 2_000,
+        "pareto_n": 1_000,
+        "pareto_alpha": 1.16,
+        "pareto_cap_share": 0.1,
+        "tail_tiny_n": 3_000,
+        "tail_tiny": 0.0001,
+        # Three huge tasks per worker: an ideal pool still ends with every worker busy.
+        "tail_huge_n": 3 * args.workers,
         "uniform_n": 400 if quick else 1_000,
         "uniform_each": 0.002,
         "latency_n": 300 if quick else 1_000,
+        "startup_repeats": 3 if quick else 5,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Child side: run the workloads of one library.
-# --------------------------------------------------------------------------------------------
-
-
-class WorkloadTimeout(Exception):
-    """Raised in the main thread when a workload exceeds its time budget."""
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`WorkloadTimeout` in the main thread if the block runs longer than ``seconds``.
-
-    A real timer signal is used because a pool that hangs is usually blocked in a lock or pipe
-    read in the main thread, which a signal handler can interrupt but a watchdog thread cannot.
-    """
-
-    def _expire(signum: int, frame: object) -> None:
-        raise WorkloadTimeout(f"no result within {seconds:.0f} s")
-
-    previous = signal.signal(signal.SIGALRM, _expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-# Warm-up: a few short CPU tasks per worker, issued at once, make lazily-started pools (such as
-# ProcessPoolExecutor) start every worker and let each import the workload module. Each warm-up
-# uses only the kind of call that is about to be timed: mpire, for one, breaks when a kept-alive
-# pool that served apply_async is then given a map (arguments arrive mangled).
-
-
-def _warm_submit(pool: PoolAdapter, fn: Callable[[Any], Any]) -> None:
-    handles = [pool.submit(wl.spin, 0.01) for _ in range(2 * pool.workers)]
-    for handle in handles:
-        pool.result(handle)
-    for i in range(200):
-        pool.result(pool.submit(fn, i))
-
-
-def _warm_map(pool: PoolAdapter, fn: Callable[[Any], Any], sample: list[Any]) -> None:
-    pool.map(wl.spin, [0.01] * (2 * pool.workers))
-    pool.map(fn, sample)
-
-
-def _check(condition: bool, what: str) -> None:
-    if not condition:
-        raise RuntimeError(f"wrong results: {what}")
-
-
-#: A timed section is repeated until this much time has been spent on it (or MAX_REPEATS is
-#: reached), and the median is reported. Fast pools finish a workload in milliseconds, where one
-#: scheduler hiccup would dominate a single sample; slow ones (an executor's chunksize=1 map
-#: takes seconds) run once and cost no extra time.
-MIN_TIMED_SECONDS = 1.0
-MAX_REPEATS = 5
-
-
-def _timed_median(run: Callable[[], None]) -> tuple[float, list[float]]:
-    times: list[float] = []
-    while len(times) < MAX_REPEATS and sum(times) < MIN_TIMED_SECONDS:
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
-def run_submit(pool: PoolAdapter, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Per-task submit throughput: submit N no-op tasks one by one, then collect every result."""
-    n = cfg["submit_n"]
-    _warm_submit(pool, wl.noop)
-
-    def run() -> None:
-        handles = [pool.submit(wl.noop, i) for i in range(n)]
-        results = [pool.result(h) for h in handles]
-        _check(results[-1] == n - 1 and len(results) == n, "submit results")
-
-    elapsed, times = _timed_median(run)
-    return {
-        "n": n,
-        "seconds": elapsed,
-        "tasks_per_s": n / elapsed,
-        "call": pool.submit_call,
-        "repeats": times,
-    }
-
-
-def run_map(pool: PoolAdapter, cfg: dict[str, Any]) -> dict[str, Any]:
-    """``map`` of many tiny items with the library's default chunking."""
-    n = cfg["map_n"]
-    items = list(range(n))
-    _warm_map(pool, wl.square, list(range(2_000)))
-
-    def run() -> None:
-        results = pool.map(wl.square, items)
-        _check(len(results) == n and results[-1] == (n - 1) ** 2, "map results")
-
-    elapsed, times = _timed_median(run)
-    return {"n": n, "seconds": elapsed, "items_per_s": n / elapsed, "repeats": times}
-
-
-def _run_spin_map(pool: PoolAdapter, durations: list[float]) -> dict[str, Any]:
-    _warm_map(pool, wl.spin, [0.0005] * 20)
-
-    def run() -> None:
-        results = pool.map(wl.spin, durations)
-        _check(results == durations, "spin map results or order")
-
-    elapsed, times = _timed_median(run)
-    return {"n": len(durations), "seconds": elapsed, "repeats": times}
-
-
-def run_skewed(pool: PoolAdapter, cfg: dict[str, Any]) -> dict[str, Any]:
-    """``map`` over heavy-tailed CPU durations sorted so that the heaviest come last."""
-    return _run_spin_map(pool, wl.skewed_durations(cfg["skewed_n"], cfg["skewed_total"], SKEW_SEED))
-
-
-def run_uniform(pool: PoolAdapter, cfg: dict[str, Any]) -> dict[str, Any]:
-    """``map`` over identical ~2 ms CPU tasks."""
-    return _run_spin_map(pool, wl.uniform_durations(cfg["uniform_n"], cfg["uniform_each"]))
-
-
-def run_latency(pool: PoolAdapter, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Round trip of one no-op task at a time on an otherwise idle pool."""
-    n = cfg["latency_n"]
-    _warm_submit(pool, wl.noop)
-    samples = []
-    clock = time.perf_counter
-    for i in range(n):
-        start = clock()
-        value = pool.result(pool.submit(wl.noop, i))
-        samples.append(clock() - start)
-        _check(value == i, "latency result")
-    us = [s * 1e6 for s in samples]
-    return {
-        "n": n,
-        "p50_us": wl.percentile(us, 50),
-        "p99_us": wl.percentile(us, 99),
-        "max_us": max(us),
-        "mean_us": sum(us) / n,
-        "samples_us": [round(x, 1) for x in us],
-    }
-
-
-RUNNERS: dict[str, Callable[[PoolAdapter, dict[str, Any]], dict[str, Any]]] = {
-    "submit": run_submit,
-    "map": run_map,
-    "skewed": run_skewed,
-    "uniform": run_uniform,
-    "latency": run_latency,
-}
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def run_library(lib: str, cfg: dict[str, Any], only: list[str]) -> dict[str, Any]:
-    """Run the selected workloads for one library, each on a fresh, warmed-up pool.
-
-    Errors and timeouts are recorded per workload instead of propagating, so one failure
-    costs one cell of the table.
-
-    Args:
-        lib: Adapter key from :data:`bench.adapters.ADAPTERS`.
-        cfg: Configuration from :func:`build_config`.
-        only: Workload names to run.
-
-    Returns:
-        ``{"workloads": {name: figures}}``, where figures may instead hold ``"error"`` and
-        may list ``"leftover_processes"`` that were still alive after the pool's shutdown.
-    """
-    adapter_cls = ADAPTERS[lib]
-    out: dict[str, Any] = {"workloads": {}}
-    for name in only:
-        pool: PoolAdapter | None = None
-        try:
-            with time_limit(cfg["timeout"]):
-                pool = adapter_cls(cfg["workers"])
-                out["workloads"][name] = RUNNERS[name](pool, cfg)
-                pool.shutdown()
-                pool = None
-        except Exception as exc:  # any failure of a peer becomes a table cell
-            out["workloads"][name] = {
-                "error": _error_text(exc),
-                "traceback": traceback.format_exc(),
-            }
-        finally:
-            if pool is not None:
-                # The reaper below is the last resort if even an abort fails or hangs.
-                with suppress(Exception), time_limit(15):
-                    pool.abort()
-        # Anything still alive after a graceful shutdown is worth knowing about, except the
-        # resource trackers, which by design live until this process exits.
-        leftovers = reap_descendants(timeout=2.0, ignore=("resource_tracker",))
-        if leftovers:
-            out["workloads"][name]["leftover_processes"] = leftovers
-    return out
-
-
-def child_main(args: argparse.Namespace) -> None:
-    """Entry point of the per-library child interpreter."""
-    cfg = json.loads(Path(args.child_config).read_text())
-    try:
-        result = run_library(args.child, cfg, cfg["only"])
-    except BaseException as exc:  # report, never hang the parent
-        result = {"error": _error_text(exc), "traceback": traceback.format_exc(), "workloads": {}}
-    Path(args.child_out).write_text(json.dumps(result))
-    reap_descendants(timeout=0.5)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: a misbehaving pool's non-daemon threads must not keep this
-    # process (and with it the whole comparison) alive.
-    os._exit(0)
-
-
-# --------------------------------------------------------------------------------------------
-# Parent side: serial baselines, one child per library, the report.
-# --------------------------------------------------------------------------------------------
-
-
-def measure_serial(cfg: dict[str, Any], only: list[str]) -> dict[str, Any]:
-    """Run the CPU workloads in this process, without any pool, to get the baselines.
-
-    The skewed lower bound is computed from the *measured* duration of every task rather than
-    from the nominal list, so a calibration that is a few percent off cannot flatter any pool.
-
-    Durations are CPU time of this thread (``thread_time``), not wall time: on an idle machine
-    the two agree, and on a busy one the baseline is not inflated by someone else's load (which
-    would make every pool look more efficient than it is).
-    """
-    serial: dict[str, Any] = {}
-    clock = time.thread_time
-    if "skewed" in only:
-        durations = wl.skewed_durations(cfg["skewed_n"], cfg["skewed_total"], SKEW_SEED)
-        measured = []
-        for d in durations:
-            start = clock()
-            wl.spin(d)
-            measured.append(clock() - start)
-        serial["skewed"] = {
-            "serial_seconds": sum(measured),
-            "longest_task": max(measured),
-            "lower_bound": wl.lower_bound(measured, cfg["workers"]),
-        }
-    if "uniform" in only:
-        durations = wl.uniform_durations(cfg["uniform_n"], cfg["uniform_each"])
-        start = clock()
-        for d in durations:
-            wl.spin(d)
-        serial["uniform"] = {"serial_seconds": clock() - start}
-    return serial
-
-
-#: Average number of cores used by processes outside this run above which figures are flagged.
-FOREIGN_LOAD_WARNING = 0.1
 
 
 def _cpu_split() -> tuple[float, float]:
     """Return (CPU seconds used machine-wide, CPU seconds used by this run so far).
 
-    "This run" is this process plus every descendant it has waited for, which covers the
-    per-library child and, transitively, the pools it started.
+    "This run" is this process plus every descendant it has waited for, which covers the cell's
+    child and, transitively, the pools it started.
     """
     times = psutil.cpu_times()
     machine = sum(times) - times.idle - getattr(times, "iowait", 0.0)
@@ -377,58 +120,10 @@ def _cpu_split() -> tuple[float, float]:
 
 
 def _foreign_cores(before: tuple[float, float], after: tuple[float, float], wall: float) -> float:
-    """Average cores used by processes outside this run between two :func:`_cpu_split` calls.
-
-    On a shared machine, someone else's build or test run silently halves a 2-core benchmark;
-    this makes that visible next to the figures instead of leaving it to guesswork.
-    """
+    """Average cores used by processes outside this run between two :func:`_cpu_split` calls."""
     machine = after[0] - before[0]
     own = after[1] - before[1]
     return max(0.0, machine - own) / max(wall, 1e-9)
-
-
-def run_child(lib: str, cfg: dict[str, Any], only: list[str]) -> dict[str, Any]:
-    """Run :func:`run_library` for ``lib`` in a fresh interpreter, with a hard time limit.
-
-    The child is started in its own session, so on timeout (or if anything it started outlives
-    it) the whole process group can be killed without touching anything else.
-    """
-    with tempfile.TemporaryDirectory(prefix="mppool-bench-") as tmp:
-        cfg_path = Path(tmp, "config.json")
-        out_path = Path(tmp, "result.json")
-        log_path = Path(tmp, "child.log")
-        cfg_path.write_text(json.dumps({**cfg, "only": only}))
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.compare",
-            "--child",
-            lib,
-            "--child-config",
-            str(cfg_path),
-            "--child-out",
-            str(out_path),
-        ]
-        budget = cfg["timeout"] * (len(only) + 1) + 30
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=budget)
-            stray = _kill_group(proc.pid)
-            proc.wait()
-        if out_path.exists():
-            result: dict[str, Any] = json.loads(out_path.read_text())
-        else:
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            result = {
-                "error": f"child exited with {proc.returncode} and no result: " + " | ".join(tail),
-                "workloads": {},
-            }
-        if stray:
-            result["stray_processes_killed"] = True
-        return result
 
 
 def _kill_group(pgid: int) -> bool:
@@ -444,225 +139,121 @@ def _kill_group(pgid: int) -> bool:
     return True
 
 
-def _fmt_ratio(ratio: float) -> str:
-    if math.isnan(ratio):  # the baseline did not run or failed
-        return "-"
-    # Three decimals near 1, so that a ratio just short of a target does not print as "1.00x".
-    return f"{ratio:.3f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+def run_child(lib: str, workload: str, cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Run one cell in a fresh interpreter (``python -m bench.cells``) with a hard time limit.
 
+    A child per cell rather than a long-lived child per library: it starts in about 50 ms, far
+    less than any cell, and it guarantees that no cell inherits threads, signal handlers, leftover
+    processes or a broken pool from an earlier one. The child runs in its own session, so on
+    timeout (or if anything it started outlives it) the whole group is killed and nothing else.
 
-def _fmt_num(value: float, unit: str = "") -> str:
-    if value >= 100:
-        text = f"{value:,.0f}"
-    elif value >= 10:
-        text = f"{value:.1f}"
+    Args:
+        lib: Library key.
+        workload: Workload name.
+        cfg: The run's configuration, already written to ``tmp / "config.json"``.
+        tmp: Scratch directory of the run.
+
+    Returns:
+        The cell's figures, or ``error``.
+    """
+    out_path = tmp / f"{workload}-{lib}.json"
+    log_path = tmp / f"{workload}-{lib}.log"
+    out_path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "bench.cells", "--lib", lib, "--workload", workload]
+    cmd += ["--config", str(tmp / "config.json"), "--out", str(out_path)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        killed = False
+        try:
+            proc.wait(timeout=cfg["timeout"] + KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            killed = True
+        finally:  # also on Ctrl-C: never leave a cell's processes behind
+            stray = _kill_group(proc.pid)
+            proc.wait()
+    if out_path.exists():
+        result: dict[str, Any] = json.loads(out_path.read_text())
     else:
-        text = f"{value:.3f}"
-    return f"{text}{unit}"
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        why = "killed after the time limit" if killed else f"exited with {proc.returncode}"
+        result = {"error": f"child {why}, no result: " + " | ".join(tail), "timed_out": killed}
+    if stray:
+        result["stray_processes_killed"] = True
+    return result
 
 
-def _cell(results: dict[str, Any], lib: str, name: str) -> dict[str, Any] | None:
-    lib_result = results.get(lib, {})
-    return lib_result.get("workloads", {}).get(name)
-
-
-def _err(cell: dict[str, Any] | None, lib_result: dict[str, Any]) -> str | None:
-    if cell is None:
-        return "ERROR: " + lib_result.get("error", "not run")[:90]
-    if "error" in cell:
-        return "ERROR: " + cell["error"][:90]
-    return None
-
-
-def report(
-    cfg: dict[str, Any],
-    libs: list[str],
-    only: list[str],
-    serial: dict[str, Any],
-    results: dict[str, Any],
+def run_one(
+    lib: str, workload: str, cfg: dict[str, Any], tmp: Path, in_process: bool
 ) -> dict[str, Any]:
-    """Print one table per workload and a target summary; return the derived ratios."""
-    ratios: dict[str, dict[str, float]] = {name: {} for name in only}
-
-    def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-        print(f"\n== {title}")
-        # Error rows are printed free-form, so they do not widen the columns.
-        sized = [r for r in rows if not r[1].startswith("ERROR")]
-        widths = [max([len(c), *(len(r[i]) for r in sized)]) for i, c in enumerate(columns)]
-        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-        print("  ".join("-" * w for w in widths))
-        for r in rows:
-            if r[1].startswith("ERROR"):
-                print(f"{r[0].ljust(widths[0])}  {r[1]}")
-            else:
-                print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
-
-    def label(lib: str) -> str:
-        return ADAPTERS[lib].label
-
-    def figure(lib: str, name: str, key: str) -> float | None:
-        cell = _cell(results, lib, name)
-        if cell is None or "error" in cell:
-            return None
-        return float(cell[key])
-
-    if "submit" in only:
-        base = figure("multiprocessing", "submit", "tasks_per_s")
-        rows = []
-        for lib in libs:
-            cell = _cell(results, lib, "submit")
-            err = _err(cell, results.get(lib, {}))
-            if err or cell is None:
-                rows.append([label(lib), err or "", "", ""])
-                continue
-            ratio = cell["tasks_per_s"] / base if base else float("nan")
-            if base:
-                ratios["submit"][lib] = ratio
-            rows.append(
-                [label(lib), cell["call"], _fmt_num(cell["tasks_per_s"]), _fmt_ratio(ratio)]
-            )
-        table(
-            f"per-task submit: {cfg['submit_n']:,} no-op tasks (higher is better)",
-            ["library", "call", "tasks/s", "vs mp.apply_async"],
-            rows,
-        )
-
-    if "map" in only:
-        base = figure("multiprocessing", "map", "seconds")
-        rows = []
-        for lib in libs:
-            cell = _cell(results, lib, "map")
-            err = _err(cell, results.get(lib, {}))
-            if err or cell is None:
-                rows.append([label(lib), err or "", "", ""])
-                continue
-            ratio = base / cell["seconds"] if base else float("nan")
-            if base:
-                ratios["map"][lib] = ratio
-            rows.append(
-                [
-                    label(lib),
-                    _fmt_num(cell["seconds"], " s"),
-                    _fmt_num(cell["items_per_s"]),
-                    _fmt_ratio(ratio),
-                ]
-            )
-        table(
-            f"map of {cfg['map_n']:,} tiny items (square), default settings "
-            "(speed ratio > 1 means faster than mp)",
-            ["library", "time", "items/s", "speed vs mp.map"],
-            rows,
-        )
-
-    if "skewed" in only and "skewed" in serial:
-        bound = serial["skewed"]["lower_bound"]
-        rows = []
-        for lib in libs:
-            cell = _cell(results, lib, "skewed")
-            err = _err(cell, results.get(lib, {}))
-            if err or cell is None:
-                rows.append([label(lib), err or "", ""])
-                continue
-            ratio = cell["seconds"] / bound
-            ratios["skewed"][lib] = ratio
-            rows.append([label(lib), _fmt_num(cell["seconds"], " s"), f"{ratio:.3f}"])
-        table(
-            f"skewed: {cfg['skewed_n']:,} heavy-tailed CPU tasks, heaviest last, "
-            f"{serial['skewed']['serial_seconds']:.2f} s of work, longest task "
-            f"{serial['skewed']['longest_task'] * 1e3:.1f} ms; lower bound {bound:.3f} s "
-            "(lower is better)",
-            ["library", "time", "time / lower bound"],
-            rows,
-        )
-
-    if "uniform" in only and "uniform" in serial:
-        serial_s = serial["uniform"]["serial_seconds"]
-        rows = []
-        for lib in libs:
-            cell = _cell(results, lib, "uniform")
-            err = _err(cell, results.get(lib, {}))
-            if err or cell is None:
-                rows.append([label(lib), err or "", ""])
-                continue
-            eff = serial_s / (cfg["workers"] * cell["seconds"])
-            ratios["uniform"][lib] = eff
-            rows.append([label(lib), _fmt_num(cell["seconds"], " s"), f"{eff * 100:.1f}%"])
-        table(
-            f"uniform: {cfg['uniform_n']:,} x {cfg['uniform_each'] * 1e3:.0f} ms CPU tasks "
-            "via map; "
-            f"serial in-process {serial_s:.3f} s (efficiency = serial / (N x time))",
-            ["library", "time", "efficiency"],
-            rows,
-        )
-
-    if "latency" in only:
-        base = figure("ppe", "latency", "p50_us")
-        rows = []
-        for lib in libs:
-            cell = _cell(results, lib, "latency")
-            err = _err(cell, results.get(lib, {}))
-            if err or cell is None:
-                rows.append([label(lib), err or "", "", "", ""])
-                continue
-            ratio = cell["p50_us"] / base if base else float("nan")
-            if base:
-                ratios["latency"][lib] = ratio
-            rows.append(
-                [
-                    label(lib),
-                    _fmt_num(cell["p50_us"], " us"),
-                    _fmt_num(cell["p99_us"], " us"),
-                    _fmt_num(cell["max_us"], " us"),
-                    _fmt_ratio(ratio),
-                ]
-            )
-        table(
-            f"round-trip latency: {cfg['latency_n']:,} sequential submit -> result on an idle pool "
-            "(lower is better)",
-            ["library", "p50", "p99", "max", "p50 vs PPE"],
-            rows,
-        )
-
-    if "mppool" in libs:
-        print("\n== mppool targets")
-        for name in only:
-            print(f"{name:<8} {_verdict(name, results, ratios):<5} {TARGETS[name]}")
-        noisy = {
-            lib: r["foreign_cpu_cores"]
-            for lib, r in results.items()
-            if r.get("foreign_cpu_cores", 0.0) > FOREIGN_LOAD_WARNING
-        }
-        if noisy:
-            detail = ", ".join(f"{lib} {cores:.2f}" for lib, cores in noisy.items())
-            print(
-                "caution: other processes were using the CPU (average cores during the run of "
-                f"{detail}); verdicts from this run are not reliable"
-            )
-    for lib, lib_result in results.items():
-        for name, cell in lib_result.get("workloads", {}).items():
-            for proc in cell.get("leftover_processes", []):
-                print(f"note: {lib}/{name}: still alive 2 s after shutdown, killed: {proc}")
-    return ratios
+    """Run one cell and add its wall time and the CPU load of other processes meanwhile."""
+    started = time.perf_counter()
+    before = _cpu_split()
+    cell = run_cell(lib, workload, cfg) if in_process else run_child(lib, workload, cfg, tmp)
+    wall = time.perf_counter() - started
+    cell["wall_seconds"] = wall
+    cell["foreign_cpu_cores"] = _foreign_cores(before, _cpu_split(), wall)
+    return cell
 
 
-def _verdict(name: str, results: dict[str, Any], ratios: dict[str, dict[str, float]]) -> str:
-    value = ratios.get(name, {}).get("mppool")
-    if value is None:
-        return "n/a"
-    if name == "submit":
-        ok = value >= 2.0
-    elif name == "map":
-        ok = value >= 1.0
-    elif name == "skewed":
-        ok = value <= 1.15
-    elif name == "uniform":
-        ok = value >= 0.97
-    else:
-        cell = _cell(results, "mppool", "latency") or {}
-        ppe = _cell(results, "ppe", "latency") or {}
-        p50_ok = "p50_us" not in ppe or cell["p50_us"] <= ppe["p50_us"]
-        ok = p50_ok and cell["p99_us"] <= 400
-    return "PASS" if ok else "FAIL"
+def _progress(rnd: int, rounds: int, workload: str, cells: list[Cell]) -> None:
+    parts = []
+    for cell in cells:
+        if "skipped" in cell:
+            continue
+        text = f"{cell['lib']} {cell['wall_seconds']:.1f} s"
+        if "error" in cell:
+            text += " ERROR"
+        if cell["foreign_cpu_cores"] > FOREIGN_LOAD_WARNING:
+            text += f" (others used {cell['foreign_cpu_cores']:.2f} cores)"
+        parts.append(text)
+    print(f"round {rnd}/{rounds}  {workload:<14} " + ", ".join(parts), flush=True)
+
+
+def run_rounds(
+    cfg: dict[str, Any], libs: list[str], workloads: list[str], rounds: int, in_process: bool
+) -> list[Cell]:
+    """Run every (round, workload, library) cell, alternating the library order every round.
+
+    Args:
+        cfg: The run's configuration.
+        libs: Selected libraries, in canonical order.
+        workloads: Selected workloads.
+        rounds: Number of rounds.
+        in_process: Run the cells in this process (debugging only: no isolation).
+
+    Returns:
+        Every cell, including skipped ones, with ``round``, ``workload``, ``lib`` and
+        ``position`` (0 = ran first among the libraries for that workload in that round).
+    """
+    cells: list[Cell] = []
+    first_round_only: dict[tuple[str, str], str] = {}
+    with tempfile.TemporaryDirectory(prefix="mppool-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "config.json").write_text(json.dumps(cfg))
+        for rnd in range(1, rounds + 1):
+            order = libs if rnd % 2 == 1 else libs[::-1]
+            for workload in workloads:
+                this_round = []
+                for position, lib in enumerate(order):
+                    key = {"round": rnd, "workload": workload, "lib": lib, "position": position}
+                    if (workload, lib) in first_round_only:
+                        why = first_round_only[(workload, lib)]
+                        this_round.append({**key, "skipped": f"{why}; run in round 1 only"})
+                        continue
+                    cell = {**key, **run_one(lib, workload, cfg, tmp, in_process)}
+                    this_round.append(cell)
+                    slow = cell["wall_seconds"] > SLOW_CELL_SECONDS or cell.get("timed_out")
+                    if rnd == 1 and slow and lib not in required_libs(workload):
+                        first_round_only[(workload, lib)] = (
+                            "timed out in round 1"
+                            if cell.get("timed_out")
+                            else f"took {cell['wall_seconds']:.0f} s in round 1"
+                        )
+                cells.extend(this_round)
+                _progress(rnd, rounds, workload, this_round)
+    return cells
 
 
 def _split(value: str, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -676,8 +267,9 @@ def _split(value: str, allowed: tuple[str, ...] | list[str], what: str) -> list[
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--workers", type=int, default=2, help="worker processes per pool")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes for a short run")
     parser.add_argument(
         "--only", default=",".join(WORKLOADS), help=f"comma-separated subset of {WORKLOADS}"
@@ -687,48 +279,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results to PATH")
     parser.add_argument(
-        "--timeout", type=float, default=180.0, help="seconds allowed per library and workload"
+        "--timeout", type=float, default=180.0, help="seconds allowed per cell (default 180)"
+    )
+    parser.add_argument(
+        "--readme",
+        action="store_true",
+        help="rewrite the table between the bench-table markers of the root README.md",
+    )
+    parser.add_argument(
+        "--readme-path", type=Path, default=REPO_ROOT / "README.md", help=argparse.SUPPRESS
     )
     parser.add_argument(
         "--in-process",
         action="store_true",
-        help="run every library in this process (for debugging; no isolation)",
+        help="run every cell in this process (for debugging; no isolation)",
     )
-    # Internal: the per-library child interpreter.
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-config", help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the comparison and print the report."""
-    args = parse_args(argv)
-    prepare_environment()
-    if args.child:
-        child_main(args)
-        return
-    only = _split(args.only, WORKLOADS, "workload")
-    libs = _split(args.libs, list(ADAPTERS), "library")
-    cfg = build_config(args)
-    rate = wl.publish_calibration()
+def _shown_command(argv: list[str]) -> str:
+    """The command line that reproduces the figures: without the output options."""
+    shown: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg in ("--json", "--readme-path"):
+            skip_value = True
+        elif arg != "--readme" and not arg.startswith(("--json=", "--readme-path=")):
+            shown.append(arg)
+    return shlex.join(["python", "-m", "bench.compare", *shown])
 
+
+def _meta(argv: list[str], rate: float) -> dict[str, Any]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "command": _shown_command(argv),
+        "spin_iterations_per_second": rate,
+    }
+
+
+def print_header(meta: dict[str, Any], cfg: dict[str, Any], libs: list[str], rounds: int) -> None:
+    """Print the machine, the settings and the method, and warn if the machine is busy."""
     print(
-        f"mppool comparison  |  cpu cores: {os.cpu_count()}  |  workers: {cfg['workers']}  |  "
-        f"python {platform.python_version()} ({platform.python_implementation()})  |  "
-        f"{platform.system()} {platform.machine()}  |  "
-        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}"
-        + ("  |  quick" if args.quick else "")
+        f"mppool comparison  |  cpu cores: {meta['cpu_count']}  |  workers: {cfg['workers']}  |  "
+        f"python {meta['python']} ({meta['implementation']})  |  {meta['system']} "
+        f"{meta['machine']}  |  {meta['date']}  |  rounds: {rounds}"
+        + ("  |  quick" if cfg["quick"] else "")
     )
     print(
         "A comparison of defaults: every library runs with its default settings (its own map "
-        "chunking, start method, queues); pools are created and warmed up before timing; a "
-        f"timed section repeats until {MIN_TIMED_SECONDS:.0f} s is spent (at most {MAX_REPEATS} "
-        "times) and the median is shown."
+        "chunking, start method, queues) on a fresh pool warmed up before timing. Within each "
+        "round the libraries run each workload back to back, in an order reversed every round; "
+        "ratios are formed within a round, then summarised as median [min, max] over rounds. "
+        f"A timed section repeats until {MIN_TIMED_SECONDS:.0f} s is spent (at most 5 times) "
+        f"and the cell reports the median. Cells slower than {SLOW_CELL_SECONDS:.0f} s in round 1 "
+        "run in round 1 only, except for mppool and the baselines of its targets."
     )
     for lib in libs:
         if lib in DEVIATIONS:
             print(f"  note, {lib}: {DEVIATIONS[lib]}")
+    rate = meta["spin_iterations_per_second"]
     print(f"spin calibration: {rate / 1e6:.2f} M iterations per CPU-second", flush=True)
     busy = psutil.cpu_percent(interval=0.5)
     if busy > 10:
@@ -738,60 +358,45 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-    started = time.perf_counter()
-    cpu_before = _cpu_split()
-    serial = measure_serial(cfg, only)
-    foreign = _foreign_cores(cpu_before, _cpu_split(), time.perf_counter() - started)
-    if serial and foreign > FOREIGN_LOAD_WARNING:
-        print(
-            f"warning: other processes used {foreign:.2f} cores on average during the serial "
-            "baselines",
-            flush=True,
-        )
-    results: dict[str, Any] = {}
-    for lib in libs:
-        print(f"running {ADAPTERS[lib].label} ...", flush=True)
-        lib_started = time.perf_counter()
-        cpu_before = _cpu_split()
-        if args.in_process:
-            results[lib] = run_library(lib, {**cfg, "only": only}, only)
-        else:
-            results[lib] = run_child(lib, cfg, only)
-        elapsed = time.perf_counter() - lib_started
-        foreign = _foreign_cores(cpu_before, _cpu_split(), elapsed)
-        results[lib]["foreign_cpu_cores"] = foreign
-        problems = [n for n, c in results[lib].get("workloads", {}).items() if "error" in c]
-        if "error" in results[lib]:
-            problems.append(results[lib]["error"][:120])
-        status = f" (errors: {', '.join(problems)})" if problems else ""
-        print(f"  done in {elapsed:.1f} s{status}", flush=True)
-        if foreign > FOREIGN_LOAD_WARNING:
-            print(
-                f"  warning: other processes used {foreign:.2f} cores on average meanwhile; "
-                "these figures are noisy",
-                flush=True,
-            )
 
-    ratios = report(cfg, libs, only, serial, results)
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison, print the tables and the target summary."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    prepare_environment()
+    workloads = _split(args.only, WORKLOADS, "workload")
+    libs = _split(args.libs, list(ADAPTERS), "library")
+    if args.readme:
+        find_section(args.readme_path)  # fail now rather than after the run
+    cfg = build_config(args)
+    meta = _meta(argv, wl.publish_calibration())
+    print_header(meta, cfg, libs, args.rounds)
+
+    started = time.perf_counter()
+    cells = run_rounds(cfg, libs, workloads, args.rounds, args.in_process)
+    figs = Figures(cells, args.rounds)
+    print_tables(cfg, figs, libs, workloads)
+    targets = evaluate_targets(figs, workloads, libs) if "mppool" in libs else {}
+    print_summary(targets, figs)
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
     if args.json:
         payload = {
             "meta": {
-                "cpu_count": os.cpu_count(),
-                "python": platform.python_version(),
-                "platform": platform.platform(),
-                "date": datetime.datetime.now().astimezone().isoformat(),
-                "spin_iterations_per_second": rate,
+                **meta,
                 "deviations_from_defaults": {k: v for k, v in DEVIATIONS.items() if k in libs},
             },
-            "config": {**cfg, "only": only, "libs": libs},
-            "serial": serial,
-            "results": results,
-            "ratios": ratios,
+            "config": {**cfg, "only": workloads, "libs": libs, "rounds": args.rounds},
+            "cells": cells,
+            "targets": targets,
+            "peer_ratios": peer_ratios(figs, libs, workloads),
         }
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+        Path(args.json).write_text(json.dumps(payload, indent=1))
         print(f"raw results written to {args.json}")
-    reap_descendants(timeout=2.0)
+    if args.readme:
+        write_readme(args.readme_path, meta, cfg, figs, libs, workloads, targets)
+        print(f"table written to {args.readme_path}")
+    with suppress(Exception):
+        reap_descendants(timeout=2.0)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ steals from the workers shows up as a longer run.
 
 from __future__ import annotations
 
+import heapq
 import os
 import random
 import statistics
@@ -154,6 +155,27 @@ def spin(seconds: float) -> float:
     return seconds
 
 
+def spin_cpu(seconds: float) -> tuple[float, float]:
+    """Run :func:`spin` and measure, inside the executing thread, the CPU time it took.
+
+    The measurement is taken where the work happens, so the harness can compute the ideal
+    parallel time of a run from the work actually done in that very run (``sum / workers``)
+    instead of from a serial baseline measured at another moment. Thread CPU time excludes the
+    time the worker spent waiting for a core, so a pool whose own processes compete with its
+    workers shows up as a longer wall time, not as more work.
+
+    Args:
+        seconds: Intended CPU time of the task on an uncontended core.
+
+    Returns:
+        ``(seconds, cpu_seconds)``: the argument echoed back, so that the caller can check the
+        order of results exactly, and the thread CPU time the spin took.
+    """
+    start = time.thread_time()
+    spin(seconds)
+    return seconds, time.thread_time() - start
+
+
 def wait_for_file(path: str, timeout: float = 120.0) -> bool:
     """Block until ``path`` exists, polling every millisecond, for at most ``timeout`` seconds.
 
@@ -204,6 +226,77 @@ def skewed_durations(n: int, total_seconds: float, seed: int = 1234) -> list[flo
     return [d * scale for d in raw]
 
 
+def pareto_durations(
+    n: int,
+    total_seconds: float,
+    workers: int,
+    alpha: float = 1.16,
+    cap_share: float = 0.1,
+    seed: int = 1234,
+) -> list[float]:
+    """Capped Pareto task durations, sorted ascending so that the heaviest tasks come last.
+
+    Shape ``alpha`` = 1.16 is the "80/20" Pareto. Uncapped, the single largest of 1,000 draws
+    (seed 1234) would hold two thirds of all the work, so the list is capped: no task exceeds
+    ``cap_share`` of one worker's fair share, ``total_seconds / workers``. The cap trims only the
+    largest draw; the tail below it stays Pareto (with 1,000 tasks the top fifth holds about two
+    thirds of the work and the top 1 % about a fifth).
+
+    Why 0.1 and not more: with the heaviest task last, any pool that starts tasks in input order
+    cannot start it before about ``(total - longest) / workers``, so even a perfect in-order
+    scheduler ends near ``1 + cap_share * (workers - 1)`` times the lower bound (see
+    :func:`greedy_makespan`). A cap of a third of the share would put that floor at 1.16 on two
+    workers, above the 1.15 target, whatever the pool does; 0.1 puts it near 1.04.
+
+    Args:
+        n: Number of tasks.
+        total_seconds: The durations are scaled to sum to exactly this.
+        workers: Worker count the cap refers to.
+        alpha: Pareto shape (smaller is heavier-tailed).
+        cap_share: Largest task as a fraction of ``total_seconds / workers``.
+        seed: Seed for a private random generator, so every run uses the same list.
+
+    Returns:
+        ``n`` durations in seconds, ascending.
+    """
+    rng = random.Random(seed)
+    raw = sorted(rng.paretovariate(alpha) for _ in range(n))
+    # Find the cap c (in raw units) with c == cap_share * sum(min(x, c)) / workers. The right-hand
+    # side grows with c at slope cap_share * (count above c) / workers, below 1 for any sensible
+    # cap, so the iteration contracts towards the fixed point from above.
+    factor = cap_share / workers
+    cap = raw[-1]
+    for _ in range(1_000):
+        nxt = min(raw[-1], factor * sum(min(x, cap) for x in raw))
+        if abs(nxt - cap) <= 1e-12 * cap:
+            break
+        cap = nxt
+    capped = [min(x, cap) for x in raw]
+    scale = total_seconds / sum(capped)
+    return [d * scale for d in capped]
+
+
+def tail_durations(tiny_n: int, tiny: float, huge_n: int, total_seconds: float) -> list[float]:
+    """Thousands of tiny tasks followed by a handful of huge ones.
+
+    The tiny tasks make per-task overhead visible; the huge ones, all at the end, are where a pool
+    that hands out fixed chunks puts most of the work on one worker.
+
+    Args:
+        tiny_n: Number of tiny tasks, first.
+        tiny: Duration of each tiny task in seconds.
+        huge_n: Number of huge tasks, last.
+        total_seconds: Total work; the huge tasks share what the tiny ones leave.
+
+    Returns:
+        ``tiny_n + huge_n`` durations in seconds, ascending.
+    """
+    huge = (total_seconds - tiny_n * tiny) / huge_n
+    if huge <= tiny:
+        raise ValueError("the tiny tasks leave no room for huge ones")
+    return [tiny] * tiny_n + [huge] * huge_n
+
+
 def uniform_durations(n: int, each: float) -> list[float]:
     """``n`` identical durations.
 
@@ -230,6 +323,26 @@ def lower_bound(durations: Sequence[float], workers: int) -> float:
         ``max(sum(durations) / workers, max(durations))``.
     """
     return max(sum(durations) / workers, max(durations))
+
+
+def greedy_makespan(durations: Sequence[float], workers: int) -> float:
+    """Makespan of an ideal pool that starts tasks in input order, each on the first free worker.
+
+    This is the best any pool achieves without knowing durations in advance and without
+    reordering tasks, with zero overhead. Divided by :func:`lower_bound`, it shows how much of a
+    measured ratio is due to the task list rather than to the pool.
+
+    Args:
+        durations: Task durations in seconds, in input order.
+        workers: Number of workers.
+
+    Returns:
+        The time at which the last task ends.
+    """
+    free_at = [0.0] * workers
+    for d in durations:
+        heapq.heapreplace(free_at, free_at[0] + d)
+    return max(free_at)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
