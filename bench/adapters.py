@@ -148,7 +148,9 @@ class MppoolAdapter(ExecutorAdapter):
     name = "mppool"
     label = "mppool"
     submit_call = "Pool.submit"
-    modules = ("mppool",)
+    # mppool imports its public names on first use: the module behind Pool is what a program
+    # that uses the pool has loaded by the time it makes one.
+    modules = ("mppool", "mppool._client._pool")
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
