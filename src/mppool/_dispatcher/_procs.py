@@ -3,7 +3,9 @@
 A worker is forked from the (single-threaded) dispatcher. The child closes every descriptor
 it inherited except its own two pipe ends: holding a sibling's pipe open would hide that
 sibling's death from the dispatcher, which learns of a death from the pidfd or from
-end-of-file on the worker's result pipe.
+end-of-file on the worker's result pipe. Each worker leads its own process group, so that
+killing it (a timeout, ``cancel(kill=True)``, a shutdown deadline) also ends any process its
+task started, and a worker that exits takes its task's stray children with it.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class WorkerSlot:
         "closing_since",
         "draining",
         "fns",
+        "forked_at",
         "frames",
         "index",
         "kill_reason",
@@ -105,6 +108,7 @@ class WorkerSlot:
         self.opts: set[int] = set()
         self.ready = False
         self.started_at = time.time()
+        self.forked_at = time.monotonic()
         self.ready_at = 0.0
         self.sent_total = 0
         self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
@@ -114,38 +118,82 @@ class WorkerSlot:
 
 
 def fork_worker(
-    initializer: bytes | None, max_memory: int, sems: Sequence[Any]
+    initializer: bytes | None, max_memory: int, sems: Sequence[Any], title: str
 ) -> tuple[int, int, int]:
     """Fork a worker. Returns ``(pid, task pipe write end, result pipe read end)``.
 
     Both returned descriptors are non-blocking. The child never returns from this call.
+
+    Raises:
+        OSError: if the pipes or the process cannot be made (no descriptor is left open).
     """
-    task_r, task_w = os.pipe()
-    result_r, result_w = os.pipe()
-    grow_pipe(task_w)
-    grow_pipe(result_w)
-    pid = os.fork()
+    fds: list[int] = []
+    try:
+        task_r, task_w = os.pipe()
+        fds += (task_r, task_w)
+        result_r, result_w = os.pipe()
+        fds += (result_r, result_w)
+        grow_pipe(task_w)
+        grow_pipe(result_w)
+        pid = os.fork()
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     if pid == 0:  # the child: become a worker and never return into the dispatcher's loop
-        status = 1
-        try:
-            keep = sorted((task_r, result_w))
-            os.closerange(3, keep[0])
-            os.closerange(keep[0] + 1, keep[1])
-            os.closerange(keep[1] + 1, 1 << 16)
-            from .._worker import worker_main
-
-            status = worker_main(task_r, result_w, initializer, max_memory, sems)
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(status)
+        _become_worker(task_r, result_w, initializer, max_memory, sems, title)
     os.close(task_r)
     os.close(result_w)
     set_nonblocking(task_w)
     set_nonblocking(result_r)
     return pid, task_w, result_r
+
+
+def _become_worker(
+    task_r: int,
+    result_w: int,
+    initializer: bytes | None,
+    max_memory: int,
+    sems: Sequence[Any],
+    title: str,
+) -> None:
+    status = 1
+    try:
+        os.setpgid(0, 0)  # its own group: killed with whatever its task started
+        keep = sorted((task_r, result_w))
+        os.closerange(3, keep[0])
+        os.closerange(keep[0] + 1, keep[1])
+        os.closerange(keep[1] + 1, 1 << 16)
+        set_title(title)
+        from .._worker import worker_main
+
+        status = worker_main(task_r, result_w, initializer, max_memory, sems)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
+def set_title(title: str) -> None:
+    """Name this process as ``ps`` shows it (when setproctitle is there)."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return
+    setproctitle(title)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker and every process of its group (what its task started)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def open_pidfd(pid: int) -> int:
@@ -163,7 +211,13 @@ def reap(pid: int) -> tuple[int | None, str | None]:
 
     Called once the worker is known to be gone (its pidfd fired or its pipe closed). If it
     still lives after ``REAP_POLL_SECONDS`` it is useless without its pipe and is killed.
+    Processes its task left in its group are killed first (the group lives on while its
+    leader is a zombie, so its id cannot have been reused).
     """
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     deadline = time.monotonic() + REAP_POLL_SECONDS
     status = 0
     while True:
@@ -174,7 +228,7 @@ def reap(pid: int) -> tuple[int | None, str | None]:
         if done:
             break
         if time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
+            kill_group(pid)
             _, status = os.waitpid(pid, 0)
             break
         time.sleep(0.001)

@@ -77,9 +77,9 @@ def _queue_counts(d: Dispatcher) -> tuple[int, int, dict[float, int], dict[str, 
 
 def _workers(d: Dispatcher, uptime: float) -> list[dict[str, Any]]:
     sched = d.sched
-    d.usage.forget_except({w.pid for w in d.workers})
+    d.usage.forget_except({w.pid for w in d.workers.slots})
     out = []
-    for w in d.workers:
+    for w in d.workers.slots:
         current = sched.pipes.first_live(w.index)
         rss, cpu = d.usage.usage(w.pid)
         if not w.pid or not w.ready:
@@ -115,7 +115,7 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
     queued, running, by_priority, by_kind = _queue_counts(d)
     snap: dict[str, Any] = dict(sched.counts)
     snap.update(
-        respawns=d.respawns,
+        respawns=d.workers.respawns,
         queued=queued,
         running=running,
         steals=sched.pipes.steals,

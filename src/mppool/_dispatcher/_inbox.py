@@ -1,0 +1,138 @@
+"""What the dispatcher does with each message it receives, from the client or a worker.
+
+Every handler turns a message into calls on the scheduler and messages out (results for
+the client, notes for the workers); none of them waits or writes itself.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import TYPE_CHECKING
+
+from .. import _protocol as p
+from ._tasks import Fail, Task, TaskOptions
+
+if TYPE_CHECKING:
+    from ._loop import Dispatcher
+    from ._procs import WorkerSlot
+
+
+# --- from the client -------------------------------------------------------------------------
+def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
+    for msg in msgs:
+        tag = msg[0]
+        if tag == p.C_SUBMIT:
+            submit(d, p.Submit.view(msg))
+        elif tag == p.C_FUNCTION:
+            d.functions[msg[1]] = msg[2]
+        elif tag == p.C_OPTIONS:
+            options(d, msg)  # type: ignore[arg-type]
+        elif tag == p.C_CANCEL:
+            cancel(d, msg[1], msg[2])
+        elif tag == p.C_FORGET:
+            d.forget(msg)  # type: ignore[arg-type]
+        elif tag == p.C_LIST:
+            pids = [w.pid for w in d.workers.slots]
+            rows = d.table.listing(d.sched, pids, d.clock(), msg[2])
+            d.results.append(p.TaskList(p.D_LIST, msg[1], rows))
+        elif tag == p.C_SCHEDULE:
+            schedule(d, msg)  # type: ignore[arg-type]
+        elif tag == p.C_UNSCHEDULE:
+            d.schedules.pop(msg[1], None)
+        elif tag == p.C_STATS:
+            d.results.append(p.StatsReply(p.D_STATS, msg[1], d.snapshot()))
+        elif tag == p.C_SHUTDOWN:
+            d.begin_shutdown(msg[1], msg[2])
+
+
+def submit(d: Dispatcher, m: p.Submit) -> None:
+    if d.broken is not None:
+        d.sched.counts["submitted"] += 1
+        d.results.append(p.result(m.task_id, p.BROKEN, 0, 0.0, pickle.dumps(d.broken)))
+        return
+    opts = d.options[m.opts_id]
+    flags = m.flags | p.FLAG_TIMED if opts.timeout > 0 else m.flags
+    task = Task(
+        m.task_id,
+        m.fn_id,
+        m.opts_id,
+        opts,
+        m.payload,
+        n_items=m.n_items,
+        dedup_key=m.key,
+        flags=flags,
+        not_before=m.not_before,
+    )
+    d.sched.submit(task)
+
+
+def options(d: Dispatcher, o: p.Options) -> None:
+    d.options[o.opts_id] = TaskOptions.from_message(o)
+    if o.retry_on is not None:
+        d.retry_on[o.opts_id] = o.retry_on
+
+
+def cancel(d: Dispatcher, task_id: int, kill: bool) -> None:
+    cancelled, kills = d.sched.cancel(task_id, kill)
+    if not cancelled:
+        return
+    for worker in kills:
+        d.workers.kill(d.workers.slots[worker], "cancel")
+    d.table.cancelled(task_id, d.clock())
+    d.results.append(p.result(task_id, p.CANCELLED, 0, 0.0, b""))
+
+
+def schedule(d: Dispatcher, m: p.Schedule) -> None:
+    from ._recurring import Recurring
+
+    rec = Recurring(m.schedule_id, m.fn_id, m.opts_id, m.payload, interval=m.interval, cron=m.cron)
+    rec.first(d.clock(), time.time())
+    d.schedules[m.schedule_id] = rec
+
+
+# --- from a worker ---------------------------------------------------------------------------
+def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None:
+    sched = d.sched
+    idx = w.index
+    for msg in msgs:
+        tag = msg[0]
+        if tag == p.R_RESULT:
+            result(d, w, p.WorkerResult.view(msg))
+        elif tag == p.R_PART:
+            done = sched.part_done(idx, p.PartResult.view(msg))
+            if done is not None:
+                d.job_done(done, w.pid)
+        elif tag == p.R_CUT:
+            sched.cut(idx, msg[1])
+        elif tag == p.R_STARTED:
+            sched.started(idx, msg[1], msg[2], msg[3])
+        elif tag == p.R_HELLO:
+            d.workers.hello(w)
+        elif tag == p.R_INIT_FAILED:
+            if d.broken is None:
+                d.go_broken(f"the worker initializer raised {msg[1]}", msg[2])
+        elif tag == p.R_RETIRE:
+            w.retired = True
+            sched.worker_down(idx)
+
+
+def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
+    sched = d.sched
+    if r.status == p.OK:
+        task = sched.complete(w.index, r.run_id, r.attempt, r.duration)
+        if task is not None:
+            now = d.clock()
+            d.table.finished(task, "done", now, r.duration, w.pid)
+            d.latency.add(
+                max(0.0, task.started_at - task.submitted_at), r.duration, now - task.submitted_at
+            )
+            d.results.append(p.result(task.id, p.OK, task.failures + 1, r.duration, r.payload))
+        return
+    retryable = r.status == p.ERROR_RETRYABLE
+    outcome = sched.fail(w.index, r.run_id, r.attempt, r.duration, retryable)
+    if isinstance(outcome, Fail):
+        failed = outcome.task
+        d.table.finished(failed, "failed", d.clock(), r.duration, w.pid)
+        status = p.ERROR if retryable else r.status
+        d.results.append(p.result(failed.id, status, failed.failures, r.duration, r.payload))
