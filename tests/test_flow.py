@@ -31,10 +31,11 @@ def hold_workers(pool: mppool.Pool, fifos: Any, n: int) -> tuple[Any, list[Any]]
 
 # --- bounded queue -----------------------------------------------------------------------------
 def test_bounded_queue_blocks_and_try_submit_raises(make_pool: PoolTracker, fifos: Any) -> None:
-    pool = make_pool(1, max_queue=3)
-    gate, blockers = hold_workers(pool, fifos, 1)  # 1 of 3 slots taken
-    a = pool.submit(tasks.square, 2)
-    b = pool.submit(tasks.square, 3)
+    # max_queue counts the tasks waiting besides the running ones: with both workers busy,
+    # exactly three more are accepted.
+    pool = make_pool(2, max_queue=3)
+    gate, blockers = hold_workers(pool, fifos, 2)
+    waiting = [pool.submit(tasks.square, x) for x in (2, 3, 4)]
     with pytest.raises(mppool.QueueFullError):
         pool.try_submit(tasks.square, 4)
     with pytest.raises(mppool.QueueFullError):
@@ -47,8 +48,9 @@ def test_bounded_queue_blocks_and_try_submit_raises(make_pool: PoolTracker, fifo
     gate.post(1)
     late = got.get(timeout=T)
     submitter.join(T)
-    assert [f.result(timeout=T) for f in (a, b, late)] == [4, 9, 25]
-    assert blockers[0].result(timeout=T) > 0
+    assert [f.result(timeout=T) for f in (*waiting, late)] == [4, 9, 16, 25]
+    gate.post(1)
+    assert all(b.result(timeout=T) > 0 for b in blockers)
 
 
 def test_map_stays_within_its_window_whatever_max_queue(make_pool: PoolTracker) -> None:

@@ -17,6 +17,7 @@ replaced and its task retried; a hung task is killed at its timeout.
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._client._future import Future
     from ._client._pool import Pool, PoolView
     from ._client._schedule import Run, Schedule
     from ._errors import (
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 # this package too, need none of the user-facing machinery (the pool's threads, the HTTP
 # server, Prometheus). ``import mppool`` itself costs almost nothing.
 _WHERE = {
+    "Future": "_client._future",
     "Pool": "_client._pool",
     "PoolView": "_client._pool",
     "BrokenPoolError": "_errors",
@@ -97,6 +99,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "Future",
     "LatencyStats",
     "MetricsServer",
     "MppoolError",

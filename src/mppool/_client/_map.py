@@ -45,7 +45,8 @@ from ._planner import MAX_CHUNK_ITEMS, ChunkPlanner, Progress, Reporter
 from ._serial import decode_error, decode_value, dumps
 
 if TYPE_CHECKING:
-    from ._core import _Core, _Options
+    from ._core import _Core
+    from ._options import _Options
 
 WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
 WINDOW_SECONDS_PER_WORKER = 0.1  # ... and at most this much estimated work per worker

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._ratelimit import RateLimit
 from .._retry import RetryPolicy
 from .._stats import PoolStats, TaskInfo
-from ._core import _UNSET, _Core, _finalize, _live_cores, _Options, _PoolFuture
+from ._core import _Core, _finalize, _live_cores
+from ._future import Future
+from ._options import UNSET, _Options
 from ._schedule import Schedule, validate_cron
 
 if TYPE_CHECKING:
@@ -25,6 +27,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
+DEFAULT_INIT_TIMEOUT = 300.0  # seconds a worker may take to start and run its initializer
+
+
+def _init_timeout(value: Any) -> float:
+    """Pool's ``init_timeout`` as the dispatcher takes it (0.0: no limit)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"init_timeout must be a number of seconds > 0 or None, not {value!r}")
+    return 0.0 if value == float("inf") else float(value)
 
 
 class _Submitter:
@@ -36,9 +48,7 @@ class _Submitter:
     # it, `Pool(2).map(...)` would let the pool be collected (and shut down) mid-iteration.
     _owner: Any
 
-    def submit(
-        self, fn: Callable[..., T], /, *args: Any, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)`` and return a Future for its result.
 
         Args:
@@ -47,7 +57,8 @@ class _Submitter:
             **kwargs: keyword arguments.
 
         Returns:
-            A ``concurrent.futures.Future``. Its exception, if the task raised, is the task's
+            A :class:`mppool.Future`: a ``concurrent.futures.Future`` with a ``task_id``.
+            Its exception, if the task raised, is the task's
             own, with the worker's traceback as ``__cause__``.
 
         Raises:
@@ -60,7 +71,7 @@ class _Submitter:
 
     def try_submit(
         self, fn: Callable[..., T], /, *args: Any, timeout: float | None = 0.0, **kwargs: Any
-    ) -> concurrent.futures.Future[T]:
+    ) -> Future[T]:
         """Like :meth:`submit`, but wait at most ``timeout`` seconds for room in a bounded queue.
 
         Raises:
@@ -121,14 +132,14 @@ class _Submitter:
     def options(
         self,
         *,
-        priority: float = _UNSET,
-        timeout: float | None = _UNSET,
-        retries: int | RetryPolicy | None = _UNSET,
-        crash_retries: int = _UNSET,
-        kind: str = _UNSET,
-        key: str | Callable[..., Any] | None = _UNSET,
-        delay: float | None = _UNSET,
-        at: float | datetime.datetime | None = _UNSET,
+        priority: float = UNSET,
+        timeout: float | None = UNSET,
+        retries: int | RetryPolicy | None = UNSET,
+        crash_retries: int = UNSET,
+        kind: str = UNSET,
+        key: str | Callable[..., Any] | None = UNSET,
+        delay: float | None = UNSET,
+        at: float | datetime.datetime | None = UNSET,
     ) -> PoolView:
         """A view of this pool whose tasks carry other options; it has the same methods.
 
@@ -152,11 +163,11 @@ class _Submitter:
             A :class:`PoolView`.
         """
         changes: dict[str, Any] = {}
-        if priority is not _UNSET:
+        if priority is not UNSET:
             changes["priority"] = priority
-        if timeout is not _UNSET:
+        if timeout is not UNSET:
             changes["timeout"] = timeout
-        if retries is not _UNSET:
+        if retries is not UNSET:
             if retries is None:
                 changes["retry"] = RetryPolicy.none()
             elif isinstance(retries, RetryPolicy):
@@ -165,16 +176,16 @@ class _Submitter:
                 changes["retry"] = RetryPolicy(max_attempts=retries + 1)
             else:
                 raise ValueError(f"retries must be an int >= 0 or a RetryPolicy, not {retries!r}")
-        if crash_retries is not _UNSET:
+        if crash_retries is not UNSET:
             changes["crash_retries"] = crash_retries
-        if kind is not _UNSET:
+        if kind is not UNSET:
             changes["kind"] = str(kind)
-        if key is not _UNSET:
+        if key is not UNSET:
             changes["key"] = key
-        if delay is not _UNSET:
+        if delay is not UNSET:
             changes["delay"] = delay
             changes["at"] = None
-        if at is not _UNSET:
+        if at is not UNSET:
             if isinstance(at, datetime.datetime):
                 at = at.timestamp()
             changes["at"] = at
@@ -200,7 +211,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
 
     Args:
         workers: number of worker processes (default ``os.cpu_count()``).
-        max_queue: unfinished tasks allowed before ``submit`` waits (0: unbounded).
+        max_queue: tasks that may wait besides the running ones (one per worker) before
+            ``submit`` waits for room (0: unbounded).
         retry: default ``RetryPolicy`` for tasks that raise (default: no retry).
         timeout: default per-task timeout in seconds (default: none).
         crash_retries: default number of retries for a task whose worker dies running it.
@@ -211,6 +223,9 @@ class Pool(_Submitter, concurrent.futures.Executor):
         aging_rate: priority levels a queued task gains per second of waiting.
         rate_limits: per-kind limits on task starts, e.g. ``{"hash": "200/s", "io": "10/m"}``
             or ``mppool.RateLimit(...)`` values; tasks opt in with ``options(kind=...)``.
+        init_timeout: seconds a new worker may take to start and run ``initializer``; one
+            that takes longer breaks the pool, as a failing initializer does (``None``: wait
+            forever).
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -231,6 +246,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         initargs: Iterable[Any] = (),
         aging_rate: float = DEFAULT_AGING_RATE,
         rate_limits: dict[str, str | RateLimit] | None = None,
+        init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -264,6 +280,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
             initializer=initializer,
             initargs=tuple(initargs),
             aging_rate=aging_rate,
+            init_timeout=_init_timeout(init_timeout),
         )
         _live_cores.add(self._core)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
@@ -283,7 +300,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
     @property
     def dispatcher_pid(self) -> int:
         """Process id of the dispatcher."""
-        return self._core.proc.pid
+        return self._core.conn.proc.pid
 
     def stats(self) -> PoolStats:
         """A consistent snapshot of counters, queue and workers (one round trip).
@@ -304,7 +321,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Returns:
             False if the task had already finished, True otherwise (the future is cancelled).
         """
-        if not isinstance(future, _PoolFuture) or future._core is not self._core:
+        if not isinstance(future, Future) or future._core is not self._core:
             raise ValueError("not a future of this pool")
         return future._cancel(kill=kill)
 

@@ -133,5 +133,5 @@ def decode_value(payload: bytes) -> Any:
     """
     try:
         return pickle.loads(payload)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # even SystemExit from a __reduce__: contained
         raise SerializationError(f"the task's result could not be unpickled: {exc!r}") from exc

@@ -1,0 +1,173 @@
+"""Per-task options as the user process holds them: checked where they are set.
+
+``Pool(...)`` and ``options(...)`` make an :class:`_Options`; every value is checked there,
+with an error that names the option, so nothing malformed reaches the dispatcher. Equal
+option sets share one id (see ``_interned``): the dispatcher sees only what affects scheduling.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import _protocol as p
+from .._retry import RetryPolicy
+from ._serial import dumps
+
+
+class _Unset:
+    """The default of every ``options()`` argument: keep the value the view already has."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "<unchanged>"
+
+
+UNSET: Any = _Unset()
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, not {value!r}")
+    number = float(value)
+    if math.isnan(number):
+        raise ValueError(f"{name} must be a number, not nan")
+    return number
+
+
+def _priority(value: Any) -> float:
+    number = _number("priority", value)
+    if not math.isfinite(number):
+        raise ValueError(f"priority must be finite, not {value!r}")
+    return number
+
+
+def _timeout(value: Any) -> float | None:
+    """A task timeout in seconds: None or ``inf`` mean no limit."""
+    if value is None:
+        return None
+    number = _number("timeout", value)
+    if not number > 0:
+        raise ValueError(f"timeout must be > 0 seconds, not {value!r}")
+    return None if math.isinf(number) else number
+
+
+def _delay(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _number("delay", value)
+    if not 0 <= number < math.inf:
+        raise ValueError(f"delay must be a finite number of seconds >= 0, not {value!r}")
+    return number
+
+
+def _at(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        value = value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"at must be a datetime or a time.time() value, not {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"at must be a finite time, not {value!r}")
+    return number
+
+
+class _Options:
+    """A set of per-task options; interned per pool and sent to the dispatcher once.
+
+    Every value is checked here, where the caller set it (``Pool(...)`` or ``options()``),
+    with an error that names the option: nothing malformed reaches the dispatcher.
+    """
+
+    __slots__ = (
+        "_signature",
+        "at",
+        "crash_retries",
+        "delay",
+        "key",
+        "kind",
+        "priority",
+        "retry",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        priority: float,
+        timeout: float | None,
+        retry: RetryPolicy,
+        crash_retries: int,
+        kind: str,
+        key: str | Callable[..., Any] | None,
+        delay: float | None,
+        at: float | None = None,
+    ) -> None:
+        if isinstance(crash_retries, bool) or not isinstance(crash_retries, int):
+            raise TypeError(f"crash_retries must be an int, not {crash_retries!r}")
+        if crash_retries < 0:
+            raise ValueError("crash_retries must be >= 0")
+        if not isinstance(kind, str):
+            raise TypeError(f"kind must be a string, not {kind!r}")
+        if key is not None and not (isinstance(key, str) or callable(key)):
+            raise TypeError("key must be a string, a callable (for map) or None")
+        self.priority = _priority(priority)
+        self.timeout = _timeout(timeout)
+        self.retry = retry
+        self.crash_retries = crash_retries
+        self.kind = kind
+        self.key = key
+        self.delay = _delay(delay)
+        self.at = _at(at)
+        if self.delay is not None and self.at is not None:
+            raise ValueError("give delay or at, not both")
+        # What the dispatcher sees of these options: equal signatures share one id.
+        self._signature = (self.priority, self.timeout, retry, crash_retries, kind)
+
+    def message(self, opts_id: int) -> p.Options:
+        retry = self.retry
+        retry_on = dumps(retry.retry_on, "retry_on") if retry.max_attempts > 1 else None
+        from .._errors import TaskTimeoutError
+
+        retry_timeouts = retry.max_attempts > 1 and issubclass(TaskTimeoutError, retry.retry_on)
+        return p.Options(
+            p.C_OPTIONS,
+            opts_id,
+            self.priority,
+            self.timeout or 0.0,
+            retry.max_attempts,
+            retry.initial_delay,
+            retry.factor,
+            retry.max_delay,
+            retry.jitter,
+            self.crash_retries,
+            self.kind,
+            retry_on,
+            retry_timeouts,
+        )
+
+    def signature(self) -> tuple[Any, ...]:
+        return self._signature
+
+    def not_before(self) -> float:
+        """Dispatcher-clock time before which the task must not run (0.0: now)."""
+        if self.delay:
+            return time.monotonic() + self.delay
+        if self.at is not None:
+            return time.monotonic() + (self.at - time.time())
+        return 0.0
+
+    def replace(self, **changes: Any) -> _Options:
+        values = {name: getattr(self, name) for name in self.__slots__ if name != "_signature"}
+        values.update(changes)
+        return _Options(**values)
