@@ -28,8 +28,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 import mppool
-from mppool._web._http import serve
 from mppool._web._registry import fib, primes, sha256
+from mppool._web._server import serve
 
 from . import tasks
 from .conftest import PoolTracker
@@ -176,6 +176,43 @@ def test_dashboard_updates_live(
         assert target.stat().st_size > 10_000
         for fut in load:
             fut.cancel()
+        no_console_errors(browser)
+
+
+def test_a_page_opened_late_shows_the_past(
+    make_pool: PoolTracker, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mppool._web import _history
+
+    monkeypatch.setattr(_history, "SAMPLE_SECONDS", 0.05)
+    pool = make_pool(2)
+    with serve(pool) as server:
+        for fut in [pool.submit(primes, 20_000) for _ in range(6)]:
+            assert fut.result(TASK_TIMEOUT) == 2262
+        url = server.url + "api/history"
+
+        def history() -> list[Any]:
+            with urllib.request.urlopen(url, timeout=WAIT) as response:
+                return list(json.load(response)["samples"])
+
+        deadline_samples = 20
+        WebDriverWait(browser, WAIT, poll_frequency=0.05).until(
+            lambda _: len(history()) >= deadline_samples, "the server keeps no history"
+        )
+        browser.get(server.url)
+        loaded = wait(
+            browser,
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-history"),
+            "the page did not load the history",
+        )
+        assert int(loaded) >= deadline_samples
+        # Drawn at once: the queue chart has the past's samples before a second poll.
+        drawn = browser.execute_script(
+            "const c = document.getElementById('chart-queue');"
+            "const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            "let ink = 0; for (let i = 3; i < px.length; i += 4) if (px[i]) ink++; return ink;"
+        )
+        assert drawn > 0
         no_console_errors(browser)
 
 

@@ -6,6 +6,7 @@ runs, so a thread, socket or event loop left behind fails the test.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import urllib.error
@@ -16,10 +17,13 @@ from typing import Any
 import pytest
 
 import mppool
-from mppool._web._http import MAX_BODY_BYTES, Server, serve
+from mppool._web import _history
 from mppool._web._registry import Registry
+from mppool._web._server import Server, serve
+from mppool._web._task_api import MAX_BODY_BYTES
 
 from . import tasks
+from .conftest import wait_until
 
 TIMEOUT = 10.0  # seconds for any one HTTP request
 JSON = "application/json"
@@ -296,6 +300,38 @@ def test_dashboard_page(client: Client) -> None:
     csp = headers["Content-Security-Policy"]
     assert "default-src 'none'" in csp and "script-src 'sha256-" in csp
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # self-contained: no CDN
+
+
+def test_history_keeps_what_the_charts_show(
+    pool: mppool.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_history, "SAMPLE_SECONDS", 0.05)
+    with serve(pool) as server:
+        client = Client(server.url)
+
+        def samples() -> list[dict[str, Any]]:
+            status, body = client.get("/api/history")
+            assert status == 200 and body["interval"] == 0.05
+            return list(body["samples"])
+
+        assert wait_until(lambda: len(samples()) >= 1, TIMEOUT)  # sampled before the work
+        futs = [pool.submit(tasks.square, i) for i in range(20)]
+        assert [f.result(TIMEOUT) for f in futs] == [i * i for i in range(20)]
+        completed = pool.stats().completed
+        assert wait_until(lambda: samples()[-1]["t"] > samples()[0]["t"], TIMEOUT)
+
+        def settled() -> bool:
+            last = samples()[-1]
+            return last["queued"] == 0 and last["running"] == 0 and len(samples()) >= 3
+
+        assert wait_until(settled, TIMEOUT)
+        got = samples()
+    # The rates add up to the work done between the first sample and the last.
+    done = sum(s["done"] * (s["t"] - p["t"]) for p, s in itertools.pairwise(got))
+    assert round(done) == completed == 20
+    assert all(len(s["util"]) == 2 for s in got[1:])
+    assert all(0 <= u <= 1 for s in got[1:] for u in s["util"])
+    assert [s["t"] for s in got] == sorted(s["t"] for s in got)
 
 
 def test_unexpected_host_header_is_refused(client: Client) -> None:

@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from ._ratelimit import RateLimit
     from ._retry import RetryPolicy
     from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
-    from ._web._http import Server, serve
     from ._web._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
     from ._web._registry import Registry, register
+    from ._web._server import Server, serve
 
 __version__ = "0.1.0"
 
@@ -61,8 +61,8 @@ _WHERE = {
     "TaskAbortedError": "_errors",
     "TaskTimeoutError": "_errors",
     "WorkerCrashedError": "_errors",
-    "Server": "_web._http",
-    "serve": "_web._http",
+    "Server": "_web._server",
+    "serve": "_web._server",
     "MetricsServer": "_web._prometheus",
     "PoolCollector": "_web._prometheus",
     "metrics_registry": "_web._prometheus",

@@ -22,8 +22,8 @@ from ._options import UNSET, _Options
 from ._schedule import Schedule, validate_cron
 
 if TYPE_CHECKING:
-    from .._web._http import Server
     from .._web._registry import Registry
+    from .._web._server import Server
 
 T = TypeVar("T")
 DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
@@ -358,7 +358,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Raises:
             ValueError: for a non-loopback ``host`` without a ``token``.
         """
-        from .._web._http import serve
+        from .._web._server import serve
 
         return serve(self, host, port, token=token, registry=registry)
 

@@ -24,10 +24,9 @@ from types import FrameType
 from typing import Any
 
 from .._client._pool import Pool
-from .._stats import Percentiles, PoolStats
 from ._registry import primes, sha256
 
-__all__ = ["format_summary", "main"]
+__all__ = ["main"]
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds running tasks get when `serve` stops before they are killed
 SIZES = {"small": 100, "medium": 1_000, "large": 10_000}  # tasks per `run` workload
@@ -69,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mppool", description="A multiprocessing pool for CPU-bound work."
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"mppool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     default_workers = os.cpu_count() or 1
 
@@ -111,7 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- serve -------------------------------------------------------------------------------------
 def _serve(host: str, port: int, workers: int, token: str | None) -> int:
     # Imported here so `mppool run` works without the optional HTTP dependency.
-    from ._http import is_loopback, serve
+    from ._server import is_loopback, require_http, serve
+
+    try:
+        require_http("mppool serve")
+    except ModuleNotFoundError as exc:
+        print(f"mppool: {exc}", file=sys.stderr)
+        return 1
 
     if token is None and not is_loopback(host):
         # Like a notebook server: safe by default, and the link printed below carries it.
@@ -175,53 +183,5 @@ def _run(workload: str, count: int, workers: int, progress: bool) -> int:
     )
     print(f"{meaning}: {answer:,}")
     print()
-    print(format_summary(stats))
+    print(stats)
     return 0
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.2f} ms"
-
-
-def format_summary(stats: PoolStats) -> str:
-    """A pool stats snapshot as a text summary: counters, latency percentiles, workers.
-
-    Args:
-        stats: a snapshot from ``Pool.stats()``.
-
-    Returns:
-        Several lines, without a trailing newline.
-    """
-    counters = [
-        ("submitted", stats.submitted),
-        ("completed", stats.completed),
-        ("failed", stats.failed),
-        ("retried", stats.retried),
-        ("crashed", stats.crashed),
-        ("timed out", stats.timed_out),
-        ("cancelled", stats.cancelled),
-        ("steals", stats.steals),
-        ("stolen tasks", stats.stolen_tasks),
-        ("respawns", stats.respawns),
-    ]
-    lines = [f"pool stats (uptime {stats.uptime:.2f}s; a map chunk counts as one task)"]
-    width = max(len(name) for name, _ in counters)
-    lines += [f"  {name:<{width}}  {value:>10,}" for name, value in counters]
-
-    lines += ["", f"  {'latency':<12}{'p50':>12}{'p95':>12}{'p99':>12}{'tasks':>8}"]
-    stages: list[tuple[str, Percentiles]] = [
-        ("queue wait", stats.latency.queue_wait),
-        ("run time", stats.latency.run_time),
-        ("end to end", stats.latency.end_to_end),
-    ]
-    for label, p in stages:
-        lines.append(f"  {label:<12}{_ms(p.p50):>12}{_ms(p.p95):>12}{_ms(p.p99):>12}{p.count:>8}")
-
-    lines += ["", f"  {'worker':>6}{'pid':>9}{'tasks':>8}{'busy s':>9}{'busy':>7}{'RSS MiB':>9}"]
-    for w in stats.workers:
-        rss = "-" if w.rss_bytes is None else f"{w.rss_bytes / 2**20:.1f}"
-        lines.append(
-            f"  {w.index:>6}{w.pid:>9}{w.tasks_done:>8}{w.busy_seconds:>9.2f}"
-            f"{w.busy_fraction:>7.0%}{rss:>9}"
-        )
-    return "\n".join(lines)
