@@ -31,9 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-# When this file is run as a script its own directory is first on sys.path, so the shared
-# helper module next to it is importable without installing anything.
-import _report
+import tqdm
 
 import mppool
 
@@ -103,13 +101,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--seeds",
-        type=_report.positive_int,
+        type=int,
         default=DEFAULT_SEEDS,
         help=f"number of bulk seeds, one task each (default {DEFAULT_SEEDS})",
     )
     parser.add_argument(
         "--rounds",
-        type=_report.positive_int,
+        type=int,
         default=DEFAULT_ROUNDS,
         help=f"SHA-256 rounds per seed (default {DEFAULT_ROUNDS})",
     )
@@ -122,12 +120,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=_report.positive_int,
+        type=int,
         default=os.cpu_count() or 1,
         help="worker processes (default: the number of CPUs)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress line")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     args = parser.parse_args(argv)
+    for name in ("seeds", "rounds", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
     if args.urgent < 0:
         parser.error("--urgent must be >= 0")
     return args
@@ -189,19 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed_of[future] = seed
             submitted = time.monotonic() - started
 
-            with _report.Progress(total, "seeds", "hashes", enabled=not args.no_progress) as bar:
+            bar = tqdm.tqdm(total=total, unit="seed", desc="hashes", disable=args.no_progress)
+            with bar:
                 # Poll the completion count ten times a second instead of waking up for every
                 # result: on a machine with as many cores as workers, each wake-up of this
                 # process takes CPU time away from the workers.
                 while not log.all_done.wait(0.1):
-                    bar.update(len(log.order) - bar.done)
-                bar.update(len(log.order) - bar.done)
+                    bar.update(len(log.order) - bar.n)
+                bar.update(len(log.order) - bar.n)
             wall = time.monotonic() - started
             # Every future is done; result() re-raises a task's exception, if any.
             results = {seed: future.result() for future, seed in seed_of.items()}
             # Take the snapshot while the pool is still open; after shutdown there is none.
             stats = pool.stats()
-            pool_elapsed = time.monotonic() - pool_started
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -225,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if urgent_seeds:
         report_urgent(log, urgent_seeds, len(bulk_seeds))
         print()
-    print(_report.format_stats(stats, pool_elapsed))
+    print(stats)
     return 1 if wrong else 0
 
 

@@ -12,8 +12,9 @@ Run from the repository root::
     python examples/primes.py --limit 200000 --ranges 100 --workers 2
     python examples/primes.py --check              # verify pi(x) for known x; exit 1 if wrong
 
-Progress is drawn on standard error; the summary goes to standard output. Ctrl-C stops the
-job: queued ranges are dropped, running ones are killed, and the script exits with code 130.
+The pool draws the progress bar (``progress=True``: tqdm on standard error) and
+``print(pool.stats())`` the summary. Ctrl-C stops the job: queued ranges are dropped, running
+ones are killed, and the script exits with code 130.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-
-# When this file is run as a script its own directory is first on sys.path, so the shared
-# helper module next to it is importable without installing anything.
-import _report
 
 import mppool
 
@@ -114,7 +111,7 @@ def split_range(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
 
 
 def count_below(
-    pool: mppool.Pool, limit: int, ranges: int, *, label: str, show_progress: bool = True
+    pool: mppool.Pool, limit: int, ranges: int, *, show_progress: bool = True
 ) -> tuple[int, int, float]:
     """Count the primes below ``limit`` on ``pool``.
 
@@ -122,8 +119,7 @@ def count_below(
         pool: the pool to run on.
         limit: count primes ``< limit``.
         ranges: how many ranges to cut ``[2, limit)`` into.
-        label: prefix of the progress line.
-        show_progress: whether to draw the progress line.
+        show_progress: whether to draw a progress bar.
 
     Returns:
         ``(primes, ranges actually used, wall seconds)``.
@@ -131,15 +127,20 @@ def count_below(
     parts = split_range(2, limit, ranges)
     starts = [lo for lo, _ in parts]
     ends = [hi for _, hi in parts]
-    total = 0
     started = time.monotonic()
-    with _report.Progress(len(parts), "ranges", label, enabled=show_progress) as progress:
-        # Completion order is fine for a sum, and it lets the progress line move as soon as
-        # any range finishes instead of waiting for the slowest one ahead of it.
-        for found in pool.imap_unordered(count_primes, starts, ends):
-            total += found
-            progress.update()
+    # Completion order is fine for a sum, and it lets the progress bar move as soon as any
+    # range finishes instead of waiting for the slowest one ahead of it.
+    found = pool.imap_unordered(count_primes, starts, ends, progress=show_progress)
+    total = sum(found)
     return total, len(parts), time.monotonic() - started
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (underscores allowed, as in 5_000_000)."""
+    value = int(text.replace("_", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -149,19 +150,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--limit",
-        type=_report.positive_int,
+        type=positive_int,
         default=DEFAULT_LIMIT,
         help=f"count primes below this number (default {DEFAULT_LIMIT:_})",
     )
     parser.add_argument(
         "--ranges",
-        type=_report.positive_int,
+        type=positive_int,
         default=DEFAULT_RANGES,
         help=f"how many ranges to split the work into (default {DEFAULT_RANGES})",
     )
     parser.add_argument(
         "--workers",
-        type=_report.positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="worker processes (default: the number of CPUs)",
     )
@@ -170,7 +171,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead of --limit, verify pi(x) for known x up to 10^6; exit 1 on a mismatch",
     )
-    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress line")
+    parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
     return parser.parse_args(argv)
 
 
@@ -182,9 +183,7 @@ def run_check(pool: mppool.Pool, ranges: int, show_progress: bool) -> bool:
     """
     ok = True
     for limit, expected in KNOWN_COUNTS.items():
-        got, _, wall = count_below(
-            pool, limit, ranges, label=f"pi({limit:_})", show_progress=show_progress
-        )
+        got, _, wall = count_below(pool, limit, ranges, show_progress=show_progress)
         verdict = "ok" if got == expected else "WRONG"
         ok = ok and got == expected
         print(f"pi({limit:_}) = {got:_} (expected {expected:_}) {verdict}  [{wall:.2f}s]")
@@ -210,11 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("check passed" if ok else "check FAILED")
                 return 0 if ok else 1
             primes, used, wall = count_below(
-                pool, args.limit, args.ranges, label="primes", show_progress=show_progress
+                pool, args.limit, args.ranges, show_progress=show_progress
             )
             # Take the snapshot while the pool is still open; after shutdown there is none.
             stats = pool.stats()
-            pool_elapsed = time.monotonic() - pool_started
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -223,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"workers: {args.workers}, ranges: {used}, pool start: {startup:.2f}s")
     print(f"wall time: {wall:.2f}s, {used / wall:.1f} ranges/s" if wall > 0 else "wall time: 0s")
     print()
-    print(_report.format_stats(stats, pool_elapsed))
+    print(stats)
     return 0
 
 

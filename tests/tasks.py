@@ -137,3 +137,24 @@ class ShutsDownWhenPickled:
 def started_at(*tag: Any) -> tuple[Any, float, int]:
     """When and where the task started: ``(tag, monotonic time, pid)``."""
     return tag, time.monotonic(), os.getpid()
+
+
+def spin_then_wait(cpu_seconds: float, started: str, gate: str, timeout: float = 30.0) -> float:
+    """Use ``cpu_seconds`` of CPU, post ``started``, then keep spinning until ``gate`` has a
+    token (or ``timeout``); returns the CPU time used."""
+    t0 = time.process_time()
+    while time.process_time() - t0 < cpu_seconds:
+        pass
+    fifo_post(started)
+    fd = os.open(gate, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if os.read(fd, 1):
+                    break
+            except BlockingIOError:
+                pass
+    finally:
+        os.close(fd)
+    return time.process_time() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,108 @@ def test_rebinding_a_global_or_a_closure_variable_reaches_the_next_task(tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[True, 11, True, False, 101, False]"
+
+
+# --- 5. small things a new user hit -------------------------------------------------------
+def test_without_the_http_extra_serving_names_the_extra_to_install(
+    pool: mppool.Pool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mppool._web import _cli
+
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # import aiohttp now fails
+    for start in (pool.serve, lambda: mppool.serve(pool)):
+        with pytest.raises(ModuleNotFoundError, match=r"pip install 'mppool\[http\]'"):
+            start()
+    assert _cli.main(["serve", "--port", "0", "--workers", "1"]) == 1
+    assert "pip install 'mppool[http]'" in capsys.readouterr().err
+
+
+def test_version_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from mppool._web import _cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"mppool {mppool.__version__}"
+
+
+def test_printed_stats_are_a_readable_table(pool: mppool.Pool) -> None:
+    assert list(pool.map(tasks.square, range(3), chunksize=1, timeout=T)) == [0, 1, 4]
+    stats = pool.stats()
+    text = str(stats)
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    rows = {line.split()[0]: line.split()[-1] for line in lines if line.strip()}
+    assert rows["completed"] == str(stats.completed) == "3"
+    assert rows["failed"] == "0"
+    assert sum(1 for line in lines if line.split()[:1] in (["0"], ["1"])) == 2  # worker rows
+    assert repr(stats).startswith("PoolStats(")  # repr keeps every field
+
+
+def test_futures_have_a_public_type_with_task_id(pool: mppool.Pool) -> None:
+    fut = pool.submit(tasks.square, 5)
+    assert isinstance(fut, mppool.Future)
+    assert isinstance(fut.task_id, int) and fut.task_id > 0
+    assert pool.task(fut.task_id).id == fut.task_id
+    assert fut.result(timeout=T) == 25
+
+
+def test_a_users_mypy_finds_the_installed_package(tmp_path: Path) -> None:
+    # As after README's `pip install -e .`: no PYTHONPATH, no config, run from elsewhere.
+    (tmp_path / "user.py").write_text(
+        "import mppool\n"
+        "def double(x: int) -> int:\n"
+        "    return 2 * x\n"
+        "def main() -> int:\n"
+        "    with mppool.Pool(1) as pool:\n"
+        "        fut = pool.submit(double, 2)\n"
+        "        reveal_type(fut)\n"
+        "        task_id: int = fut.task_id\n"
+        "        return task_id + fut.result()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--cache-dir", ".cache", "user.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(
+        r'Revealed type is "mppool\._client\._future\.Future\[(builtins\.)?int\]"', done.stdout
+    )
+
+
+def test_help_shows_what_an_unset_option_means() -> None:
+    import inspect
+
+    shown = str(inspect.signature(mppool.Pool.options))
+    assert "object at 0x" not in shown
+    assert "priority: 'float' = <unchanged>" in shown
+
+
+def test_cpu_percent_of_a_busy_worker_is_not_zero_on_the_first_look(
+    leak_check: None, fifos: Any
+) -> None:
+    started, gate = fifos("started"), fifos("gate")
+    # Not make_pool: it looks at the stats once itself, and this is about the first look.
+    with mppool.Pool(1) as pool:
+        busy = pool.submit(tasks.spin_then_wait, 0.3, started.path, gate.path)
+        started.take()  # it has used 0.3 s of CPU and is still spinning
+        (worker,) = pool.stats().workers
+        gate.post()
+        assert busy.result(timeout=T) >= 0.3
+    assert worker.state == "busy"
+    assert worker.cpu_percent is not None and worker.cpu_percent > 20
+
+
+def test_processes_are_named_in_ps(pool: mppool.Pool) -> None:
+    import psutil
+
+    name = " ".join(psutil.Process(pool.dispatcher_pid).cmdline()).strip()
+    assert name == "mppool: dispatcher"
+    for w in pool.stats().workers:
+        name = " ".join(psutil.Process(w.pid).cmdline()).strip()
+        assert name == f"mppool: worker {w.index}"

@@ -133,6 +133,56 @@ class PoolStats:
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
         return cls(workers=workers, latency=latency, **fields)
 
+    def __str__(self) -> str:
+        """A readable summary: counters, latency percentiles and one row per worker.
+
+        ``print(pool.stats())`` shows it; ``repr()`` keeps every field.
+        """
+        counters = [
+            ("submitted", self.submitted),
+            ("completed", self.completed),
+            ("failed", self.failed),
+            ("retried", self.retried),
+            ("crashed", self.crashed),
+            ("timed out", self.timed_out),
+            ("cancelled", self.cancelled),
+            ("queued", self.queued),
+            ("running", self.running),
+            ("steals", self.steals),
+            ("stolen tasks", self.stolen_tasks),
+            ("respawns", self.respawns),
+        ]
+        lines = [f"pool stats (uptime {self.uptime:.2f}s; a map chunk counts as one task)"]
+        width = max(len(name) for name, _ in counters)
+        lines += [f"  {name:<{width}}  {value:>10,}" for name, value in counters]
+        lines += ["", f"  {'latency':<12}{'p50':>12}{'p95':>12}{'p99':>12}{'tasks':>8}"]
+        stages = [
+            ("queue wait", self.latency.queue_wait),
+            ("run time", self.latency.run_time),
+            ("end to end", self.latency.end_to_end),
+        ]
+        for label, p in stages:
+            lines.append(
+                f"  {label:<12}{_ms(p.p50):>12}{_ms(p.p95):>12}{_ms(p.p99):>12}{p.count:>8}"
+            )
+        lines += [
+            "",
+            f"  {'worker':>6}{'pid':>9}{'state':>10}{'tasks':>8}{'busy s':>9}{'busy':>7}"
+            f"{'CPU':>7}{'RSS MiB':>9}",
+        ]
+        for w in self.workers:
+            rss = "-" if w.rss_bytes is None else f"{w.rss_bytes / 2**20:.1f}"
+            cpu = "-" if w.cpu_percent is None else f"{w.cpu_percent:.0f}%"
+            lines.append(
+                f"  {w.index:>6}{w.pid:>9}{w.state:>10}{w.tasks_done:>8}{w.busy_seconds:>9.2f}"
+                f"{w.busy_fraction:>7.0%}{cpu:>7}{rss:>9}"
+            )
+        return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
+
 
 @dataclass(frozen=True, slots=True)
 class TaskInfo:

@@ -88,14 +88,15 @@ class Future(concurrent.futures.Future[T], Generic[T]):
             return
         self._invoke_callbacks()  # type: ignore[attr-defined]
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> T:
         if self._state == _FINISHED:  # set once, never changed after: safe to read bare
             if self._exception is not None:
                 try:
                     raise self._exception
                 finally:
                     self = None  # type: ignore[assignment]  # no cycle via the traceback
-            return self._result
+            value: T = self._result  # type: ignore[assignment]
+            return value
         self._refuse_on_result_thread()
         return super().result(timeout)
 

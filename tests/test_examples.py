@@ -1,0 +1,41 @@
+"""The examples users start from run, print the right answers and the stats table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+T = 120
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=T,
+    )
+
+
+def test_primes_counts_right_and_prints_stats() -> None:
+    done = run("primes.py", "--limit", "100000", "--ranges", "50", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "primes below 100_000: 9_592" in done.stdout
+    assert "pool stats" in done.stdout and "end to end" in done.stdout
+    assert "50/50" in done.stderr  # the progress bar reached the end
+
+
+def test_primes_check_mode() -> None:
+    done = run("primes.py", "--check", "--ranges", "20", "--no-progress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(" ok ") == 6 and "check passed" in done.stdout
+    assert done.stderr == ""
+
+
+def test_hashes_verifies_and_urgent_seeds_overtake() -> None:
+    done = run("hashes.py", "--seeds", "300", "--rounds", "300", "--urgent", "3")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "verified 8 digests locally: ok" in done.stdout
+    assert "pool stats" in done.stdout
