@@ -158,3 +158,50 @@ def spin_then_wait(cpu_seconds: float, started: str, gate: str, timeout: float =
     finally:
         os.close(fd)
     return time.process_time() - t0
+
+
+def flaky_first(folder: str, x: int) -> int:
+    """Log a run of item ``x`` in ``folder``; items divisible by 7 fail their first run with a
+    ConnectionError. Returns ``x * x``."""
+    with open(os.path.join(folder, f"{x}.runs"), "a") as f:
+        f.write("x")
+    first = os.path.join(folder, f"{x}.failed")
+    if x % 7 == 0 and not os.path.exists(first):
+        open(first, "w").close()
+        raise ConnectionError(f"item {x}: first run fails")
+    return x * x
+
+
+def spawn_sleeper(started: str, seconds: int = 37) -> None:
+    """Start ``sleep`` as a child process, post its pid on ``started``, then wait for it."""
+    import subprocess
+
+    child = subprocess.Popen(["sleep", str(seconds)])
+    fd = os.open(started, os.O_RDWR)
+    try:
+        os.write(fd, f"{child.pid:010d}".encode())
+    finally:
+        os.close(fd)
+    child.wait()
+
+
+class ExitsWhenUnpickled:
+    """A result whose unpickling (in the user process) raises SystemExit."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import sys
+
+        return (sys.exit, (3,))
+
+
+def exits_when_unpickled(_: Any = None) -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def spin_and_append(seconds: float, path: str, text: str) -> str:
+    spin(seconds)
+    return append_line(path, text)

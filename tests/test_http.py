@@ -221,6 +221,13 @@ def test_cancel_queued_and_kill_running(client: Client, fifos: Any) -> None:
 
 
 # (case, body, raw body, content type, expected status, part of the error message)
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 BAD_SUBMISSIONS: list[tuple[str, Any, bytes | None, str, int, str]] = [
     ("malformed", None, b"{not json", "application/json", 400, "malformed JSON"),
     ("not an object", [1, 2], None, "application/json", 400, "JSON object"),
@@ -250,6 +257,41 @@ BAD_SUBMISSIONS: list[tuple[str, Any, bytes | None, str, int, str]] = [
     ("bad timeout", {"name": "primes", "args": [5], "timeout": -1}, None, JSON, 400, "timeout"),
     ("not JSON content", {"name": "primes", "args": [5]}, None, "text/plain", 415, JSON),
     ("too large", None, b"[" + b"1," * MAX_BODY_BYTES + b"1]", JSON, 413, "larger"),
+    # Python's json reads NaN and Infinity; they are not JSON, and not priorities.
+    ("NaN priority", None, b'{"name": "primes", "args": [5], "priority": NaN}', JSON, 400, "NaN"),
+    (
+        "infinite priority",
+        None,
+        b'{"name": "primes", "args": [5], "priority": -Infinity}',
+        JSON,
+        400,
+        "Infinity",
+    ),
+    (
+        "huge priority",
+        None,
+        b'{"name": "primes", "args": [5], "priority": 1e999}',
+        JSON,
+        400,
+        "priority",
+    ),
+    (
+        "huge int priority",
+        {"name": "primes", "args": [5], "priority": 10**400},
+        None,
+        JSON,
+        400,
+        "priority",
+    ),
+    (
+        "deep nesting",
+        None,
+        b'{"name": "primes", "args": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        JSON,
+        400,
+        "nested",
+    ),
+    ("nested args", {"name": "primes", "args": _nested(40)}, None, JSON, 400, "nested"),
 ]
 
 BAD_REQUESTS = [
@@ -273,6 +315,15 @@ def test_bad_submissions_get_json_errors(client: Client) -> None:
         assert message in answer["error"], (case, answer)
     status, stats = client.get("/api/stats")
     assert status == 200 and stats["submitted"] == 0  # none of them reached the pool
+
+
+def test_far_timeout_over_http_runs_and_the_pool_serves_on(client: Client) -> None:
+    task_id = client.submit({"name": "primes", "args": [100], "timeout": 1e10})
+    status, row = client.get(f"/api/tasks/{task_id}?wait={WAIT}")
+    assert status == 200 and row["state"] == "done" and row["result"] == 25
+    status, listing = client.get("/api/tasks")
+    assert status == 200 and listing["count"] >= 1
+    assert client.submit({"name": "primes", "args": [10], "priority": 1e300}) > task_id
 
 
 def test_bad_requests_get_json_errors(client: Client) -> None:

@@ -65,6 +65,8 @@ class Connection:
         self.stop_sender = False
         self.in_flight = 0  # set by the core: tasks sent and not resolved (for the write rule)
         self.broken_reason: BaseException | None = None
+        self.owner_pid = os.getpid()
+        self.is_fork_copy = False
         self.proc, self.out_fd, self.in_fd = _start()
         self.reader = threading.Thread(target=self._read_loop, name="mppool-reader", daemon=True)
         self.sender = threading.Thread(target=self._send_loop, name="mppool-sender", daemon=True)
@@ -137,7 +139,7 @@ class Connection:
         """On the reader thread as it ends: stop the sender, reap the dispatcher."""
         self.stop_sender = True
         self.wake.set()
-        if threading.current_thread() is not self.sender:
+        if threading.current_thread() is not self.sender and self.sender.ident is not None:
             self.sender.join()
         self.ended()
         try:
@@ -159,13 +161,29 @@ class Connection:
     def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is self.reader:
             return False
-        if self.reader.ident is None:  # never started
+        if self.reader.ident is None or self.is_fork_copy:  # never started, or not ours
             return True
         self.reader.join(timeout)
         return not self.reader.is_alive()
 
+    def forked(self, lock: threading.Lock) -> None:
+        """In a forked child: close this copy's pipe ends; never write, wait or kill."""
+        self.is_fork_copy = True
+        self.lock = lock
+        self.write_lock = threading.Lock()
+        self.pending = []
+        for fd in (self.out_fd, self.in_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.out_fd = self.in_fd = -1
+
     def kill(self) -> None:
         """End the dispatcher (and so its workers) now."""
+        if self.is_fork_copy:
+            return  # the parent's dispatcher
         try:
             self.proc.kill()
         except OSError:
@@ -175,12 +193,12 @@ class Connection:
     def abort(self) -> None:
         """Undo a start that did not complete (an error or Ctrl-C in ``Pool()``)."""
         self.kill()
-        if self.reader.ident is None:  # the threads never ran: clean up here
-            try:
-                self.proc.wait(REAP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.proc.wait(REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.reader.ident is None:  # the reader never ran: close its pipes here
             for fd in (self.out_fd, self.in_fd):
                 if fd >= 0:
                     os.close(fd)

@@ -22,6 +22,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 from .. import _protocol as p
 from .._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
 from .._stats import PoolStats
+from . import _future
 from ._connection import Connection
 from ._future import Future, report_resolve_failure
 from ._interned import FunctionTable, OptionsTable
@@ -122,8 +124,12 @@ class _Core:
         # Broken after D_READY (pids known) is a failed initializer: the pool exists and
         # reports it through its futures. Broken before it: the dispatcher never started.
         if not ok or (self.state == _BROKEN and not self.pids):
-            self.conn.kill()
-            raise BrokenPoolError("the dispatcher process did not start") from self.broken_reason
+            if ok:  # it answered: let it end its workers and exit, as a shutdown does
+                self.shutdown(wait=False, cancel_futures=True, timeout=0.0)
+            if not ok or not self.join(EXIT_TIMEOUT):
+                self.conn.kill()
+            reason = self.broken_reason
+            raise BrokenPoolError(f"the pool could not start: {reason or 'no answer'}") from reason
 
     # --- registering work ----------------------------------------------------------------------
     def _register(self, batch: list[tuple[int, Any, Any]]) -> int:
@@ -206,7 +212,9 @@ class _Core:
         if self.state == _RUNNING:
             return
         if self.state == _BROKEN:
-            raise BrokenPoolError("the pool is broken") from self.broken_reason
+            raise BrokenPoolError(f"the pool is broken: {self.broken_reason}") from (
+                self.broken_reason
+            )
         raise PoolClosedError("the pool is shut down and accepts no new tasks")
 
     # --- tasks ---------------------------------------------------------------------------------
@@ -301,7 +309,9 @@ class _Core:
         if self.state == _CLOSED:
             raise PoolClosedError("the pool is shut down")
         if self.state == _BROKEN:
-            raise BrokenPoolError("the pool is broken") from self.broken_reason
+            raise BrokenPoolError(f"the pool is broken: {self.broken_reason}") from (
+                self.broken_reason
+            )
         waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
         waiters[request_id] = waiter
         self.conn.send(msg)
@@ -334,7 +344,7 @@ class _Core:
         cron: str,
         description: str,
     ) -> Any:
-        from ._schedule import Schedule
+        from ._schedule import Schedule, first_run
 
         self.check_open()
         fn_id = self.function_id(fn)
@@ -346,6 +356,7 @@ class _Core:
             raise
         schedule_id = next(self.ids)
         handle = Schedule(self, schedule_id, description)
+        handle._next_run = first_run(interval, cron, time.time())
         self.schedules[schedule_id] = handle
         self.schedule_refs[schedule_id] = (fn_id, opts_id)
         self.conn.send(
@@ -511,6 +522,37 @@ class _Core:
     def join(self, timeout: float | None = None) -> bool:
         return self.conn.join(timeout)
 
+    def forked(self) -> None:
+        """In a child forked from this process: make this copy of the pool inert.
+
+        The dispatcher, its pipes and the futures belong to the parent. The child closes its
+        copies of the pipes (the parent's pool is untouched, and its dispatcher still sees the
+        parent's exit), fails its copies of the pending futures, and refuses every use with a
+        BrokenPoolError that says why. The threads did not survive the fork, and a lock one
+        of them held would stay held: the locks are new.
+        """
+        self.lock = threading.Lock()
+        self.conn.forked(self.lock)
+        reason = BrokenPoolError(
+            f"this pool belongs to process {self.conn.owner_pid}; a process forked from it "
+            "cannot use it (make a new Pool in the child)"
+        )
+        self.state = _BROKEN
+        self.broken_reason = reason
+        self.ready.set()
+        self.finished.set()
+        entries, self.entries = self.entries, {}
+        payload = pickle.dumps((str(reason), None))
+        for entry in entries.values():
+            try:
+                entry._mppool_resolve(p.BROKEN, 0, 0.0, payload)
+            except BaseException as exc:
+                report_resolve_failure(entry, exc)
+        for waiters in (self.stats_waiters, self.list_waiters):
+            for waiter in waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(reason)
+
     def kill(self) -> None:
         """End the dispatcher (and so its workers) now."""
         self.conn.kill()
@@ -539,6 +581,19 @@ def _end_all_at_exit() -> None:
 
 
 atexit.register(_end_all_at_exit)
+
+
+def _after_fork_in_child() -> None:
+    """The pools of the parent are the parent's: their copies here become inert."""
+    global _live_cores
+    cores = list(_live_cores)
+    _live_cores = weakref.WeakSet()  # the exit hook must not end the parent's pools
+    _future.reset_after_fork()
+    for core in cores:
+        core.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _finalize(core: _Core) -> None:

@@ -31,6 +31,12 @@ _FINISHED = "FINISHED"
 _ENDED = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 
 
+def reset_after_fork() -> None:
+    """In a forked child: a lock another thread held at the fork would stay held."""
+    global _CONDITION_LOCK
+    _CONDITION_LOCK = threading.Lock()
+
+
 class Future(concurrent.futures.Future[T], Generic[T]):
     """The result of a task: a ``concurrent.futures.Future`` that knows its task.
 

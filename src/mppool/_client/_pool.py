@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import math
 import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -388,8 +389,10 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Returns:
             A :class:`Schedule` handle: ``cancel()``, ``next_run``, ``history()``.
         """
-        if not interval > 0:
-            raise ValueError("interval must be > 0 seconds")
+        if isinstance(interval, bool) or not isinstance(interval, int | float):
+            raise TypeError(f"interval must be a number of seconds, not {interval!r}")
+        if not 0 < interval < math.inf:
+            raise ValueError(f"interval must be a finite number of seconds > 0, not {interval!r}")
         handle: Schedule = self._core.schedule(
             fn, args, kwargs, self._opts, float(interval), "", f"every {interval:g} s"
         )

@@ -28,6 +28,15 @@ def validate_cron(expr: str) -> None:
         raise ValueError(f"not a valid cron expression: {expr!r}")
 
 
+def first_run(interval: float, cron: str, now: float) -> float:
+    """Wall-clock time of a new schedule's first run (the dispatcher keeps the real clock)."""
+    if cron:
+        from croniter import croniter
+
+        return float(croniter(cron, now).get_next(float))
+    return now + interval
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One finished run of a schedule.

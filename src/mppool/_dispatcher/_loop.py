@@ -277,8 +277,10 @@ class Dispatcher:
         return wait
 
     def run(self) -> None:
-        self.results.append(p.Ready(p.D_READY, self.workers.start_all()))
-        # Report ready now, not after the first event: a worker's initializer may take long.
+        pids = self.workers.start_all()
+        if self.broken is None:  # a fork failed: the client sees only the broken notice
+            self.results.append(p.Ready(p.D_READY, pids))
+        # Report now, not after the first event: a worker's initializer may take long.
         self._flush_results()
         wait = self.poller.wait
         while True:

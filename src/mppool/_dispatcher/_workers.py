@@ -43,8 +43,10 @@ class Workers:
             pid, task_fd, result_fd = fork_worker(
                 config.initializer, config.max_memory_per_child, d.claims.rings[w.index], title
             )
-        except OSError as exc:
-            d.go_broken(f"could not start a worker process: {exc!r}", None)
+        except OSError as exc:  # out of descriptors, processes or memory
+            import traceback
+
+            d.go_broken(f"could not start a worker process: {exc}", traceback.format_exc())
             return False
         w.reset(pid, task_fd, result_fd)
         d.poller.watch(result_fd, lambda: self.read(w, result_fd))
