@@ -16,6 +16,7 @@ from mppool import _protocol as p
 from mppool._client import _planner
 from mppool._client._planner import ChunkPlanner
 from mppool._dispatcher import _scheduler as s
+from mppool._dispatcher._stealing import WAKE_SECONDS
 from mppool._dispatcher._tasks import (
     BACKOFF,
     QUEUED,
@@ -98,7 +99,7 @@ def finish(
                 sched.cut(batch.worker, batch.id)
                 break
             ran.append(t)
-            sched.complete(batch.worker, t.id, t.attempt, duration)
+            sched.outcomes.complete(batch.worker, t.id, t.attempt, duration)
         else:
             start, stop, n, cut = t.start, t.stop, 0, False
             for _ in range(t.tokens()):
@@ -119,7 +120,7 @@ def finish(
                     b"",
                 )
             )
-            sched.part_done(batch.worker, msg)
+            sched.outcomes.part_done(batch.worker, msg)
             if cut:
                 sched.cut(batch.worker, batch.id)
                 break
@@ -150,7 +151,7 @@ def test_priority_order_then_fifo() -> None:
 
 def test_more_urgent_work_takes_back_a_prefetched_task() -> None:
     sched, _, claims = make()
-    sched._per_item[1] = 0.002  # short: one task is prefetched behind the running one
+    sched.estimates.per_item[1] = 0.002  # short: one task is prefetched behind the running one
     low = [task() for _ in range(3)]
     for t in low:
         sched.submit(t)
@@ -162,7 +163,7 @@ def test_more_urgent_work_takes_back_a_prefetched_task() -> None:
     high = task(TaskOptions(priority=9))
     sched.submit(high)
     assert low[1].state == QUEUED, "the prefetched task must go back to the heap"
-    sched.complete(0, low[0].id, low[0].attempt, 0.002)
+    sched.outcomes.complete(0, low[0].id, low[0].attempt, 0.002)
     assert not claims.claim(prefetched)  # its token was taken back: the worker skips it
     sched.cut(0, prefetched.id)
     assert [t.id for t in drain(sched, claims)] == [high.id, low[1].id, low[2].id]
@@ -184,7 +185,7 @@ def test_gated_start_order_holds_across_workers(
     for _trial in range(TRIALS):
         sched, clock, claims = make(workers)
         if measured is not None:
-            sched._per_item[2] = measured
+            sched.estimates.per_item[2] = measured
         gates = [task(fn_id=1) for _ in range(workers)]  # never measured: nothing waits behind
         for g in gates:
             sched.submit(g)
@@ -230,7 +231,7 @@ def _run_gated(
         if len(started) == len(work):
             break
         sched.tick()  # every step is a round of the dispatcher's loop
-        clock.advance(s.WAKE_SECONDS / 4)
+        clock.advance(WAKE_SECONDS / 4)
         overdue = [w for w in range(workers) if waiting[w] >= stall]
         w = overdue[0] if overdue else rng.randrange(workers)
         for v in range(workers):
@@ -238,7 +239,7 @@ def _run_gated(
         waiting[w] = 0
         current = running[w]
         if current is not None:  # finish what it runs; the result offers it work
-            sched.complete(w, current.id, current.attempt, duration)
+            sched.outcomes.complete(w, current.id, current.attempt, duration)
             running[w] = None
         else:
             nxt = _claim_next(sched, claims, w)
@@ -329,7 +330,7 @@ def test_backoff_schedule_on_fake_clock() -> None:
     waits = []
     for _ in range(3):
         sent = _run_one(sched, claims)
-        outcome = sched.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
+        outcome = sched.outcomes.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
         assert isinstance(outcome, Retry)
         waits.append(outcome.at - clock.now)
         assert sched.assign(0) is None  # backing off: nothing runnable, no worker held
@@ -339,7 +340,7 @@ def test_backoff_schedule_on_fake_clock() -> None:
         sched.fire_timers()
     assert waits == [1.0, 2.0, 4.0]
     sent = _run_one(sched, claims)
-    outcome = sched.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
+    outcome = sched.outcomes.fail(0, sent.id, sent.attempt, 0.0, retryable=True)
     assert isinstance(outcome, Fail) and outcome.task.failures == 4
 
 
@@ -356,7 +357,7 @@ def test_non_retryable_error_fails_at_once() -> None:
     sched, _, claims = make()
     sched.submit(task(TaskOptions(max_attempts=5)))
     sent = _run_one(sched, claims)
-    assert isinstance(sched.fail(0, sent.id, sent.attempt, 0.0, retryable=False), Fail)
+    assert isinstance(sched.outcomes.fail(0, sent.id, sent.attempt, 0.0, retryable=False), Fail)
     assert sched.empty()
 
 
@@ -366,12 +367,12 @@ def test_stale_result_is_dropped_after_a_crash() -> None:
     sched.submit(t)
     sent = _run_one(sched, claims)
     old_attempt = sent.attempt
-    ((culprit, outcome),) = sched.worker_lost(0, blame=True)
+    ((culprit, outcome),) = sched.outcomes.worker_lost(0, blame=True)
     assert culprit is t and isinstance(outcome, Retry)
-    assert sched.complete(0, t.id, old_attempt, 0.0) is None  # stale
+    assert sched.outcomes.complete(0, t.id, old_attempt, 0.0) is None  # stale
     again = _run_one(sched, claims, 1)
     assert again is t and t.attempt > old_attempt
-    assert sched.complete(1, t.id, t.attempt, 0.0) is t
+    assert sched.outcomes.complete(1, t.id, t.attempt, 0.0) is t
     assert sched.empty()
 
 
@@ -383,14 +384,14 @@ def test_crash_blame_limit() -> None:
     for _ in range(3):
         sched.worker_up(0)
         _run_one(sched, claims)
-        outcomes.extend(o for _, o in sched.worker_lost(0, blame=True))
+        outcomes.extend(o for _, o in sched.outcomes.worker_lost(0, blame=True))
     assert [type(o) for o in outcomes] == [Retry, Retry, Fail]
     assert t.crashes == 3
 
 
 def test_a_crash_blames_exactly_the_unit_that_was_running() -> None:
     sched, _, claims = make()
-    sched._per_item[1] = 1e-6  # tiny: batched
+    sched.estimates.per_item[1] = 1e-6  # tiny: batched
     tasks = [task() for _ in range(4)]
     for t in tasks:
         sched.submit(t)
@@ -398,7 +399,7 @@ def test_a_crash_blames_exactly_the_unit_that_was_running() -> None:
     assert batch is not None and batch.tasks == tasks
     for _ in range(3):  # it ran tasks 0 and 1 (results not written yet) and started task 2
         assert claims.claim(batch)
-    events = sched.worker_lost(0, blame=True)
+    events = sched.outcomes.worker_lost(0, blame=True)
     assert [(t, type(o)) for t, o in events] == [(tasks[2], Retry)]
     assert [t.crashes for t in tasks] == [0, 0, 1, 0]
     sched.worker_up(0)
@@ -446,7 +447,7 @@ def test_delayed_task_waits_for_its_time() -> None:
 # --- cancelling ----------------------------------------------------------------------------------
 def test_cancel_removes_queued_delayed_and_unstarted_pipe_work() -> None:
     sched, clock, claims = make(workers=1)
-    sched._per_item[1] = 0.002
+    sched.estimates.per_item[1] = 0.002
     a, b, c = task(), task(), task()
     d = task(not_before=clock.now + 10)
     for t in (a, b, c, d):
@@ -459,7 +460,7 @@ def test_cancel_removes_queued_delayed_and_unstarted_pipe_work() -> None:
     assert sched.cancel(c.id, kill=False) == (True, [])
     assert sched.cancel(d.id, kill=False) == (True, [])
     assert sched.cancel(a.id, kill=True) == (True, [0])  # running: its worker must be killed
-    assert sched.complete(0, a.id, a.attempt, 0.002) is None  # forgotten: result dropped
+    assert sched.outcomes.complete(0, a.id, a.attempt, 0.002) is None  # forgotten: result dropped
     assert not claims.claim(second)
     sched.cut(0, second.id)
     assert sched.assign(0) is None and sched.empty()
@@ -468,7 +469,7 @@ def test_cancel_removes_queued_delayed_and_unstarted_pipe_work() -> None:
 # --- stealing ------------------------------------------------------------------------------------
 def test_idle_worker_takes_urgent_work_prefetched_behind_a_busy_peer() -> None:
     sched, _, claims = make(workers=2)
-    sched._per_item[1] = 0.002
+    sched.estimates.per_item[1] = 0.002
     sched.worker_down(1)
     low = task()
     high_a, high_b = task(TaskOptions(priority=5)), task(TaskOptions(priority=5))
@@ -486,7 +487,7 @@ def test_idle_worker_takes_urgent_work_prefetched_behind_a_busy_peer() -> None:
 
 def test_idle_worker_takes_half_of_a_running_chunks_unstarted_items() -> None:
     sched, _, claims = make(workers=2)
-    sched._per_item[1] = 0.01  # 10 ms per item: a block per item
+    sched.estimates.per_item[1] = 0.01  # 10 ms per item: a block per item
     sched.worker_down(1)
     chunk = task(n_items=8)
     sched.submit(chunk)
@@ -505,7 +506,7 @@ def test_idle_worker_takes_half_of_a_running_chunks_unstarted_items() -> None:
     msg = p.PartResult.view(
         p.part_result(chunk.id, chunk.attempt, 0.04, 4, pickle.dumps([0, 1, 2, 3]), p.OK, b"")
     )
-    outcome = sched.part_done(0, msg)
+    outcome = sched.outcomes.part_done(0, msg)
     assert done and isinstance(outcome, JobDone)
     view = p.ChunkResult.view(outcome.job.message())
     assert [x for piece in view.pieces for x in pickle.loads(piece)] == list(range(8))
@@ -523,7 +524,7 @@ def test_unknown_duration_tasks_travel_alone() -> None:
 
 def test_tiny_tasks_are_batched_up_to_the_window() -> None:
     sched, _, _ = make()
-    sched._per_item[1] = 1e-6
+    sched.estimates.per_item[1] = 1e-6
     for _ in range(1000):
         sched.submit(task())
     batch = sched.assign(0)
@@ -532,7 +533,7 @@ def test_tiny_tasks_are_batched_up_to_the_window() -> None:
 
 def test_a_short_queue_is_shared_not_batched() -> None:
     sched, _, _ = make(workers=2)
-    sched._per_item[1] = 1e-6
+    sched.estimates.per_item[1] = 1e-6
     for _ in range(2):
         sched.submit(task())
     batch = sched.assign(0)
@@ -541,7 +542,7 @@ def test_a_short_queue_is_shared_not_batched() -> None:
 
 def test_one_medium_task_is_prefetched_but_not_more() -> None:
     sched, _, _ = make()
-    sched._per_item[1] = 0.002
+    sched.estimates.per_item[1] = 0.002
     for _ in range(5):
         sched.submit(task())
     assert sched.assign(0) is not None and sched.assign(0) is not None
@@ -550,7 +551,7 @@ def test_one_medium_task_is_prefetched_but_not_more() -> None:
 
 def test_long_tasks_are_never_prefetched() -> None:
     sched, _, _ = make()
-    sched._per_item[1] = 0.5
+    sched.estimates.per_item[1] = 0.5
     for _ in range(5):
         sched.submit(task())
     assert sched.assign(0) is not None
@@ -563,7 +564,7 @@ def test_estimates_follow_measured_durations() -> None:
     sched.submit(t)
     assert sched.estimate(t) is None
     sent = _run_one(sched, claims)
-    sched.complete(0, sent.id, sent.attempt, 0.02)
+    sched.outcomes.complete(0, sent.id, sent.attempt, 0.02)
     assert sched.estimate(task(n_items=5)) == pytest.approx(0.1)
 
 
@@ -580,7 +581,7 @@ def test_abort_all_forgets_everything() -> None:
 # --- map chunks ----------------------------------------------------------------------------------
 def test_a_retryable_item_failure_retries_that_item_only() -> None:
     sched, clock, claims = make()
-    sched._per_item[1] = 0.001
+    sched.estimates.per_item[1] = 0.001
     chunk = task(TaskOptions(max_attempts=3, initial_delay=0.5), n_items=10)
     sched.submit(chunk)
     batch = sched.assign(0)
@@ -591,7 +592,7 @@ def test_a_retryable_item_failure_retries_that_item_only() -> None:
     msg = p.part_result(
         chunk.id, chunk.attempt, 0.005, 4, pickle.dumps([0, 1, 2, 3]), p.ERROR_RETRYABLE, b"e"
     )
-    assert sched.part_done(0, p.PartResult.view(msg)) is None
+    assert sched.outcomes.part_done(0, p.PartResult.view(msg)) is None
     rest = drain(sched, claims)
     assert [(t.start, t.stop) for t in rest] == [(5, 10)]  # the others do not wait
     clock.advance(0.5)
@@ -603,14 +604,14 @@ def test_a_retryable_item_failure_retries_that_item_only() -> None:
 
 def test_a_crash_in_a_chunk_blames_one_block_and_reruns_the_rest() -> None:
     sched, _, claims = make()
-    sched._per_item[1] = 0.01
+    sched.estimates.per_item[1] = 0.01
     chunk = task(n_items=6)
     sched.submit(chunk)
     batch = sched.assign(0)
     assert batch is not None and chunk.block == 1
     for _ in range(3):  # items 0, 1 ran; item 2 was running when the worker died
         assert claims.claim(batch)
-    ((blamed, outcome),) = sched.worker_lost(0, blame=True)
+    ((blamed, outcome),) = sched.outcomes.worker_lost(0, blame=True)
     assert (blamed.start, blamed.stop) == (2, 3) and isinstance(outcome, Retry)
     assert blamed.crashes == 1
     sched.worker_up(0)

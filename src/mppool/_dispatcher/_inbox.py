@@ -100,7 +100,7 @@ def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None
         if tag == p.R_RESULT:
             result(d, w, p.WorkerResult.view(msg))
         elif tag == p.R_PART:
-            done = sched.part_done(idx, p.PartResult.view(msg))
+            done = sched.outcomes.part_done(idx, p.PartResult.view(msg))
             if done is not None:
                 d.job_done(done, w.pid)
         elif tag == p.R_CUT:
@@ -120,7 +120,7 @@ def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None
 def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
     sched = d.sched
     if r.status == p.OK:
-        task = sched.complete(w.index, r.run_id, r.attempt, r.duration)
+        task = sched.outcomes.complete(w.index, r.run_id, r.attempt, r.duration)
         if task is not None:
             now = d.clock()
             d.table.finished(task, "done", now, r.duration, w.pid)
@@ -130,7 +130,7 @@ def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
             d.results.append(p.result(task.id, p.OK, task.failures + 1, r.duration, r.payload))
         return
     retryable = r.status == p.ERROR_RETRYABLE
-    outcome = sched.fail(w.index, r.run_id, r.attempt, r.duration, retryable)
+    outcome = sched.outcomes.fail(w.index, r.run_id, r.attempt, r.duration, retryable)
     if isinstance(outcome, Fail):
         failed = outcome.task
         d.table.finished(failed, "failed", d.clock(), r.duration, w.pid)

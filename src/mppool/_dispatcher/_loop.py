@@ -40,6 +40,7 @@ from ._poller import Poller
 from ._procs import Outbox, WorkerSlot, set_nonblocking, set_title
 from ._recurring import Recurring
 from ._snapshot import ProcessUsage, snapshot
+from ._stealing import RECHECK_SECONDS
 from ._tasklist import TaskTable
 from ._tasks import Fail, JobDone, Retry, Task, TaskOptions, Timeout
 from ._workers import Workers
@@ -271,7 +272,7 @@ class Dispatcher:
         if self.closing and self.done():
             wait = CLOSING_POLL_SECONDS if wait is None else min(wait, CLOSING_POLL_SECONDS)
         if self.sched.recheck:  # a worker waits to see whether a peer starts its next task
-            wait = s.RECHECK_SECONDS if wait is None else min(wait, s.RECHECK_SECONDS)
+            wait = RECHECK_SECONDS if wait is None else min(wait, RECHECK_SECONDS)
         if wait is not None and not wait <= MAX_WAIT_SECONDS:  # far (or infinite) timers
             wait = MAX_WAIT_SECONDS
         return wait

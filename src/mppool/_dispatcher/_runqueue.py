@@ -21,7 +21,7 @@ from ._tasks import QUEUED, Task
 
 def rank(task: Task) -> tuple[float, int]:
     """Smaller ranks run first."""
-    return (task.key, task.order)
+    return (task.heap_key, task.order)
 
 
 class RunQueue:
@@ -38,7 +38,7 @@ class RunQueue:
     def place(self, task: Task, now: float) -> None:
         """Fix ``task``'s key and order on its first entry (kept on later entries)."""
         if not task.order:
-            task.key = self.aging_rate * now - task.opts.priority
+            task.heap_key = self.aging_rate * now - task.opts.priority
             task.order = next(self._seq)
 
     def push(self, task: Task, now: float) -> None:
@@ -49,7 +49,7 @@ class RunQueue:
         task.arrived = self.arrivals
         # (key, first-arrival order, unique tiebreak): a requeued task keeps its place among
         # equals, and two entries never get as far as comparing Task objects.
-        heapq.heappush(self._heap, (task.key, task.order, next(self._seq), task))
+        heapq.heappush(self._heap, (task.heap_key, task.order, next(self._seq), task))
         self.live += 1
         level = task.opts.priority
         self._levels[level] = self._levels.get(level, 0) + 1

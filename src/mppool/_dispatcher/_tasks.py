@@ -123,7 +123,7 @@ class Task:
     """One unit the scheduler queues: a single call, or a part of a map chunk.
 
     ``start``/``stop`` are the items of the chunk this part covers (both 0 for a single call)
-    and ``block`` the items per claim token. ``key``/``order`` fix its place in the heap.
+    and ``block`` the items per claim token. ``heap_key``/``order`` fix its place in the heap.
     """
 
     __slots__ = (
@@ -138,9 +138,9 @@ class Task:
         "fn_id",
         "given",
         "has_token",
+        "heap_key",
         "id",
         "job",
-        "key",
         "not_before",
         "opts",
         "opts_id",
@@ -181,7 +181,7 @@ class Task:
         self.attempt = 1  # dispatch generation: a message from another attempt is stale
         self.failures = 0  # errors, crashes and timeouts so far
         self.crashes = 0
-        self.key = 0.0  # heap key, fixed at first enqueue (aging folded in)
+        self.heap_key = 0.0  # heap key, fixed at first enqueue (aging folded in)
         self.order = 0  # arrival order among equal keys, fixed at first enqueue
         self.arrived = 0  # number of its latest entry into the heap (see RunQueue.arrivals)
         self.given = 0  # the heap's entry count when it was last written to a worker
@@ -222,7 +222,7 @@ class Task:
         part = Task(part_id, self.fn_id, self.opts_id, self.opts, self.payload, flags=self.flags)
         part.job = self.job
         part.start, part.stop, part.block = at, self.stop, self.block
-        part.key, part.order, part.arrived = self.key, self.order, self.arrived
+        part.heap_key, part.order, part.arrived = self.heap_key, self.order, self.arrived
         part.submitted_at = self.submitted_at
         part.dedup_key = self.dedup_key
         part.has_token = True  # a rate-limited chunk paid once for all its parts

@@ -199,7 +199,9 @@ class Workers:
         if not w.ready and not w.kill_reason and not d.closing:
             self.early_deaths += 1
         crash = pickle.dumps((pid, exitcode, signame))
-        for task, outcome in d.sched.worker_lost(w.index, blame=blame, crash=crash, pid=pid):
+        for task, outcome in d.sched.outcomes.worker_lost(
+            w.index, blame=blame, crash=crash, pid=pid
+        ):
             d.report_recovered(task, outcome, pid, crash)
         w.ready = False
         if self.early_deaths >= MAX_EARLY_DEATHS and d.broken is None:
