@@ -73,8 +73,8 @@ def test_forgotten_functions_are_sent_again_when_used_again(make_pool: PoolTrack
         pool.submit(functools.partial(tasks.add, i + 100), 0).result(timeout=T)
     assert pool.submit(first, 5).result(timeout=T) == 6
     core = pool._core
-    assert len(core.functions.ids) <= _interned.MAX_FUNCTIONS
-    assert len(core.options_table.ids) <= _interned.MAX_OPTIONS
+    assert len(core.catalog.functions.ids) <= _interned.MAX_FUNCTIONS
+    assert len(core.catalog.options.ids) <= _interned.MAX_OPTIONS
 
 
 # --- 2. a forked child leaves its parent's pool alone ------------------------------------

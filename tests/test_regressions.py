@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,7 +97,7 @@ def test_options_are_interned_by_value(pool: mppool.Pool) -> None:
     futs = [pool.options(priority=1, kind="k").submit(tasks.square, i) for i in range(500)]
     keyed = [pool.options(key=f"key-{i}").submit(tasks.square, i) for i in range(500)]
     assert [f.result(timeout=T) for f in futs + keyed] == [i * i for i in range(500)] * 2
-    assert len(pool._core.options_table.ids) <= 3  # defaults, (priority 1, kind k), default again
+    assert len(pool._core.catalog.options.ids) <= 3  # defaults, (priority 1, kind k), default again
 
 
 def test_stats_from_a_done_callback_is_refused_not_stalled(pool: mppool.Pool) -> None:
@@ -118,16 +117,17 @@ def test_stats_from_a_done_callback_is_refused_not_stalled(pool: mppool.Pool) ->
     assert pool.submit(tasks.square, 3).result(timeout=T) == 9
 
 
-def test_leaving_a_keyed_map_early_keeps_shared_tasks(
-    make_pool: PoolTracker, fifos: Any, tmp_path: Path
-) -> None:
-    pool = make_pool(1)
+def test_leaving_a_keyed_map_early_keeps_shared_tasks(make_pool: PoolTracker, fifos: Any) -> None:
+    # The map's item 5 joins a task submitted before it with the same key; leaving the map
+    # early cancels the map's own work, never the task it shares with the rest of the program.
+    pool = make_pool(2)
     started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)
-    shared = pool.options(key="shared").submit(tasks.square, 5)
-    it = pool.options(key=lambda x: "shared" if x == 5 else f"own-{x}").map(tasks.square, [5, 6, 7])
+    shared = pool.options(key="shared").submit(tasks.gated, started.path, gate.path, 25)
+    started.take(1)  # running on one worker; the other is free
+    keys = pool.options(key=lambda x: "shared" if x == 5 else f"own-{x}")
+    it = keys.map(tasks.square, [6, 5, 7], chunksize=1, timeout=T)
+    assert next(it) == 36  # the map has started and joined "shared"
     it.close()  # type: ignore[attr-defined]
+    assert not shared.cancelled()
     gate.post(1)
-    assert blocker.result(timeout=T) > 0
-    assert shared.result(timeout=T) == 25  # not cancelled by the map's early exit
+    assert shared.result(timeout=T) == 25

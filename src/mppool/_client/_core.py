@@ -15,30 +15,29 @@ Every state change happens under ``lock``, with the check that goes with it.
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
-import functools
 import itertools
 import os
 import pickle
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as p
-from .._errors import BrokenPoolError, PoolClosedError, QueueFullError, RemoteTraceback
-from .._stats import PoolStats
+from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
 from . import _future
+from ._admission import Keys, Slots
 from ._connection import Connection
 from ._future import Future, report_resolve_failure
-from ._interned import FunctionTable, OptionsTable
+from ._interned import Catalog
+from ._open_maps import OpenMaps
 from ._options import _Options
+from ._requests import Requests
+from ._schedule import Schedules
 from ._serial import dumps
 
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
-STATS_TIMEOUT = 30.0  # seconds to wait for a stats reply
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
 EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
 
@@ -68,24 +67,16 @@ class _Core:
         self.broken_reason: BaseException | None = None
         self.lock = threading.Lock()
         self.entries: dict[int, Any] = {}  # task id -> Future, map chunk, or schedule run
-        self.stats_waiters: dict[int, concurrent.futures.Future[Any]] = {}
-        self.list_waiters: dict[int, concurrent.futures.Future[Any]] = {}
+        self.requests = Requests(self)
         self.ids = itertools.count(1)
-        self.functions = FunctionTable()
-        self.options_table = OptionsTable()
-        self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
-        self.keys: dict[str, Future[Any]] = {}  # dedup: key -> the unfinished task holding it
-        self.deduplicated = 0
-        self.schedules: dict[int, Any] = {}  # schedule id -> Schedule handle
-        self.schedule_refs: dict[int, tuple[int, int]] = {}  # its function and options ids
-        self.maps: set[Any] = set()  # open maps (MapIterator)
-        self.feeding: set[Any] = set()  # maps still reading their input
-        self.shutdown_request: tuple[bool, float] | None = None  # sent once maps are fed
+        self.catalog = Catalog(self.send)
+        self.keys = Keys(self.lock)
+        self.schedules = Schedules(self)
+        self.maps = OpenMaps(self)
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.pids: list[int] = []
-        # At most max_queue tasks wait besides the (at most one per worker) running ones.
-        self.slots = threading.BoundedSemaphore(max_queue + workers) if max_queue else None
+        self.slots = Slots(max_queue, workers) if max_queue else None
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         blob = None if initializer is None else dumps((initializer, initargs), "the initializer")
@@ -115,7 +106,7 @@ class _Core:
         """
         try:
             self.conn.pending.append(config)
-            self.register_options(self.defaults)
+            self.catalog.options_id(self.defaults)
             self.conn.start_threads()
             ok = self.ready.wait(START_TIMEOUT)
         except BaseException:
@@ -168,45 +159,9 @@ class _Core:
     def send(self, msg: Any) -> None:
         self.conn.send(msg)
 
-    def register_options(self, opts: _Options) -> int:
-        """The id of ``opts``, counting one more user (see :meth:`release`).
-
-        Interned by value: ``pool.options(priority=1)`` called a million times (or once per
-        HTTP request) is one options set in the dispatcher and the workers, not a million.
-        """
-
-        def publish(opts_id: int) -> None:
-            self.conn.send(opts.message(opts_id))
-
-        opts_id = self.options_table.acquire(opts.signature(), publish)
-        self._send_forgets()
-        return opts_id
-
-    def function_id(self, fn: Callable[..., Any]) -> int:
-        """The id of ``fn``, counting one more user (see :meth:`release`)."""
-
-        def publish(fn_id: int, blob: bytes) -> None:
-            self.conn.send(p.Function(p.C_FUNCTION, fn_id, blob))
-
-        fn_id = self.functions.acquire(fn, publish)
-        self._send_forgets()
-        return fn_id
-
-    def release(self, fn_id: int, opts_id: int) -> None:
-        """A task, map or schedule no longer needs this function and these options."""
-        if fn_id:
-            self.functions.release(fn_id)
-        if opts_id:
-            self.options_table.release(opts_id)
-
-    def _send_forgets(self) -> None:
-        if self.functions.forgotten or self.options_table.forgotten:
-            fn_ids = tuple(self.functions.take_forgotten())
-            opts_ids = tuple(self.options_table.take_forgotten())
-            if fn_ids or opts_ids:
-                self.conn.send(p.Forget(p.C_FORGET, fn_ids, opts_ids))
-                for fn_id in fn_ids:
-                    self.planners.pop(fn_id, None)
+    def alive(self) -> bool:
+        """Whether the dispatcher still takes messages (running or shutting down)."""
+        return self.state in (_RUNNING, _CLOSING)
 
     def check_open(self) -> None:
         if self.state == _RUNNING:
@@ -237,140 +192,54 @@ class _Core:
                 raise TypeError("a callable key is for map(); submit() needs a string key")
             key = opts.key
         if isinstance(key, str):
-            holder = self._holder(key)
+            holder = self.keys.holder(key)
             if holder is not None:
-                return holder  # a task with this key is queued or running: share it
-        fn_id = self.function_id(fn)
-        opts_id = self.register_options(opts)
+                return holder  # type: ignore[return-value]  # queued or running: share it
+        catalog = self.catalog
+        fn_id = catalog.function_id(fn)
+        opts_id = catalog.options_id(opts)
         try:
             what = f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
             payload = dumps((args, kwargs or None), what)
-            self._acquire_slot(block, timeout)
+            if self.slots is not None:
+                self.slots.acquire(block, timeout)
         except BaseException:
-            self.release(fn_id, opts_id)
+            catalog.release(fn_id, opts_id)
             raise
         fut: Future[Any] = Future()
         task_id = next(self.ids)
         fut._core, fut._task_id, fut._fn_id, fut._opts_id = self, task_id, fn_id, opts_id
         if self.slots is not None:
-            fut.add_done_callback(self._release_slot)
+            fut.add_done_callback(self.slots.release)
         if isinstance(key, str):
-            with self.lock:
-                holder = self._holder(key)
-                if holder is not None:  # another thread won the race
-                    if self.slots is not None:
-                        self.slots.release()
-                    self.release(fn_id, opts_id)
-                    return holder
-                self.keys[key] = fut
-            fut.add_done_callback(functools.partial(self._free_key, key))
+            holder = self.keys.claim(key, fut)
+            if holder is not None:  # another thread won the race
+                if self.slots is not None:
+                    self.slots.release()
+                catalog.release(fn_id, opts_id)
+                return holder  # type: ignore[return-value]
         if created is not None:
             created.add(task_id)  # the caller owns this task (it did not join another's)
         msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, opts.not_before(), payload, key or "")
         self.register_entry(task_id, fut, msg)
         return fut
 
-    def _holder(self, key: str) -> Future[Any] | None:
-        holder = self.keys.get(key)
-        if holder is not None and not holder.done():
-            self.deduplicated += 1
-            return holder
-        return None
-
-    def _acquire_slot(self, block: bool, timeout: float | None) -> None:
-        if self.slots is not None and not self.slots.acquire(block, timeout if block else None):
-            raise QueueFullError("the pool's queue is full (max_queue tasks are waiting)")
-
-    def _release_slot(self, _fut: concurrent.futures.Future[Any]) -> None:
-        if self.slots is not None:
-            self.slots.release()
-
-    def _free_key(self, key: str, fut: concurrent.futures.Future[Any]) -> None:
-        # The key is free again once its task is finished: a later submit runs anew.
-        with self.lock:
-            if self.keys.get(key) is fut:
-                del self.keys[key]
-
     def cancel_task(self, task_id: int, kill: bool) -> None:
-        if self.state in (_RUNNING, _CLOSING):
+        if self.alive():
             self.conn.send(p.Cancel(p.C_CANCEL, task_id, kill))
 
     def on_result_thread(self) -> bool:
         return self.conn.on_reader_thread()
 
     # --- requests ------------------------------------------------------------------------------
-    def request(self, msg: Any, waiters: dict[int, Any], request_id: int) -> Any:
-        """Send a request and wait for the dispatcher's reply to it."""
-        if self.conn.on_reader_thread():
-            # The reply would be delivered by this very thread: it would wait for itself.
-            raise RuntimeError(
-                "stats(), tasks() and task() cannot be called from a future's done callback"
-            )
+    def check_answering(self) -> None:
+        """Raise unless the dispatcher can still answer requests."""
         if self.state == _CLOSED:
             raise PoolClosedError("the pool is shut down")
         if self.state == _BROKEN:
             raise BrokenPoolError(f"the pool is broken: {self.broken_reason}") from (
                 self.broken_reason
             )
-        waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        waiters[request_id] = waiter
-        self.conn.send(msg)
-        try:
-            return waiter.result(STATS_TIMEOUT)
-        finally:
-            waiters.pop(request_id, None)
-
-    def list_tasks(self, task_id: int = 0) -> list[dict[str, Any]]:
-        request_id = next(self.ids)
-        msg = p.ListTasks(p.C_LIST, request_id, task_id)
-        rows: list[dict[str, Any]] = self.request(msg, self.list_waiters, request_id)
-        return rows
-
-    def stats(self) -> PoolStats:
-        request_id = next(self.ids)
-        msg = p.StatsRequest(p.C_STATS, request_id)
-        snap = self.request(msg, self.stats_waiters, request_id)
-        snap["deduplicated"] = self.deduplicated
-        return PoolStats.from_snapshot(snap)
-
-    # --- schedules -----------------------------------------------------------------------------
-    def schedule(
-        self,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        opts: _Options,
-        interval: float,
-        cron: str,
-        description: str,
-    ) -> Any:
-        from ._schedule import Schedule, first_run
-
-        self.check_open()
-        fn_id = self.function_id(fn)
-        opts_id = self.register_options(opts)
-        try:
-            payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
-        except BaseException:
-            self.release(fn_id, opts_id)
-            raise
-        schedule_id = next(self.ids)
-        handle = Schedule(self, schedule_id, description)
-        handle._next_run = first_run(interval, cron, time.time())
-        self.schedules[schedule_id] = handle
-        self.schedule_refs[schedule_id] = (fn_id, opts_id)
-        self.conn.send(
-            p.Schedule(p.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload)
-        )
-        return handle
-
-    def unschedule(self, schedule_id: int) -> None:
-        self.schedules.pop(schedule_id, None)
-        refs = self.schedule_refs.pop(schedule_id, None)
-        if self.state in (_RUNNING, _CLOSING):
-            self.conn.send(p.Unschedule(p.C_UNSCHEDULE, schedule_id))
-        if refs is not None:
-            self.release(*refs)
 
     # --- what the dispatcher says --------------------------------------------------------------
     def deliver(self, msgs: list[p.Message]) -> bool:
@@ -390,14 +259,11 @@ class _Core:
                 except BaseException as exc:  # a callback that raised (even SystemExit):
                     report_resolve_failure(entry, exc)  # it ends no other future
             elif tag == p.D_STATS or tag == p.D_LIST:
-                waiters = self.stats_waiters if tag == p.D_STATS else self.list_waiters
-                waiter = waiters.get(msg[1])
-                if waiter is not None:
-                    waiter.set_result(msg[2])
+                self.requests.answer(msg[1], msg[2])
             elif tag == p.D_FIRED:
-                handle = self.schedules.get(msg[1])
-                if handle is not None:
-                    entries[msg[2]] = handle._fired(msg[2], msg[3], msg[4])
+                run = self.schedules.fired(msg[1], msg[2], msg[3], msg[4])
+                if run is not None:
+                    entries[msg[2]] = run
             elif tag == p.D_READY:
                 self.pids = list(msg[1])
                 self.ready.set()
@@ -426,15 +292,8 @@ class _Core:
         cause = first.__cause__ if first is not None else None
         tb = cause.tb if isinstance(cause, RemoteTraceback) else None
         payload = pickle.dumps((str(first if first is not None else reason), tb))
-        for entry in failed:
-            try:
-                entry._mppool_resolve(p.BROKEN, 0, 0.0, payload)
-            except BaseException as exc:
-                report_resolve_failure(entry, exc)
-        for waiters in (self.stats_waiters, self.list_waiters):
-            for waiter in list(waiters.values()):
-                if not waiter.done():
-                    waiter.set_exception(BrokenPoolError(str(reason)))
+        _settle(failed, p.BROKEN, payload)
+        self.requests.fail_all(BrokenPoolError(str(reason)))
 
     def ended(self) -> None:
         """The reader thread is ending (the pipe closed): settle everything still open."""
@@ -445,50 +304,12 @@ class _Core:
             if self.state != _BROKEN:
                 self.state = _CLOSED
             leftovers = [self.entries.pop(t) for t in list(self.entries)]
-            waiters = [*self.stats_waiters.values(), *self.list_waiters.values()]
         # Anything still registered never reached the dispatcher in time (a map refilling its
         # window as the pool closed): fail it rather than leave someone waiting forever.
-        for entry in leftovers:
-            try:
-                entry._mppool_resolve(p.CLOSED, 0, 0.0, b"")
-            except BaseException as exc:
-                report_resolve_failure(entry, exc)
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(PoolClosedError("the pool is shut down"))
+        _settle(leftovers, p.CLOSED, b"")
+        self.requests.fail_all(PoolClosedError("the pool is shut down"))
         self.finished.set()
         _live_cores.discard(self)
-
-    # --- maps ----------------------------------------------------------------------------------
-    def add_map(self, mapping: Any) -> None:
-        with self.lock:
-            self.check_open()
-            self.maps.add(mapping)
-            self.feeding.add(mapping)
-
-    def remove_map(self, mapping: Any) -> None:
-        with self.lock:
-            present = mapping in self.maps
-            self.maps.discard(mapping)
-            self.feeding.discard(mapping)
-        if present and not mapping.keyed:
-            self.release(mapping.fn_id, mapping.opts_id)
-        self._send_shutdown_if_fed()
-
-    def map_fed(self, mapping: Any) -> None:
-        """A map has read all of its input (or stopped): a pending shutdown may go out."""
-        with self.lock:
-            self.feeding.discard(mapping)
-        self._send_shutdown_if_fed()
-
-    def _send_shutdown_if_fed(self) -> None:
-        with self.lock:
-            request = self.shutdown_request
-            if request is None or self.feeding:
-                return
-            self.shutdown_request = None
-        self.conn.send(p.Shutdown(p.C_SHUTDOWN, *request))
-        self.conn.flush()
 
     # --- ending --------------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
@@ -502,7 +323,7 @@ class _Core:
             first = self.state == _RUNNING
             if first:
                 self.state = _CLOSING
-            maps = list(self.maps)
+            maps = self.maps.all()
             # A broken pool's dispatcher may still be alive (failed initializer): end it too.
             broken_alive = self.state == _BROKEN and self.conn.reader.is_alive()
             again = timeout is not None and self.state == _CLOSING
@@ -513,45 +334,12 @@ class _Core:
                 else:
                     mapping.eager()
             deadline = -1.0 if timeout is None else max(0.0, float(timeout))
-            with self.lock:
-                self.shutdown_request = (bool(cancel_futures), deadline)
-            self._send_shutdown_if_fed()
+            self.maps.shut_down_when_fed(bool(cancel_futures), deadline)
         if wait:
             self.join()
 
     def join(self, timeout: float | None = None) -> bool:
         return self.conn.join(timeout)
-
-    def forked(self) -> None:
-        """In a child forked from this process: make this copy of the pool inert.
-
-        The dispatcher, its pipes and the futures belong to the parent. The child closes its
-        copies of the pipes (the parent's pool is untouched, and its dispatcher still sees the
-        parent's exit), fails its copies of the pending futures, and refuses every use with a
-        BrokenPoolError that says why. The threads did not survive the fork, and a lock one
-        of them held would stay held: the locks are new.
-        """
-        self.lock = threading.Lock()
-        self.conn.forked(self.lock)
-        reason = BrokenPoolError(
-            f"this pool belongs to process {self.conn.owner_pid}; a process forked from it "
-            "cannot use it (make a new Pool in the child)"
-        )
-        self.state = _BROKEN
-        self.broken_reason = reason
-        self.ready.set()
-        self.finished.set()
-        entries, self.entries = self.entries, {}
-        payload = pickle.dumps((str(reason), None))
-        for entry in entries.values():
-            try:
-                entry._mppool_resolve(p.BROKEN, 0, 0.0, payload)
-            except BaseException as exc:
-                report_resolve_failure(entry, exc)
-        for waiters in (self.stats_waiters, self.list_waiters):
-            for waiter in waiters.values():
-                if not waiter.done():
-                    waiter.set_exception(reason)
 
     def kill(self) -> None:
         """End the dispatcher (and so its workers) now."""
@@ -583,6 +371,40 @@ def _end_all_at_exit() -> None:
 atexit.register(_end_all_at_exit)
 
 
+def _make_inert(core: _Core) -> None:
+    """In a child forked from this process: make this copy of the pool inert.
+
+    The dispatcher, its pipes and the futures belong to the parent. The child closes its
+    copies of the pipes (the parent's pool is untouched, and its dispatcher still sees the
+    parent's exit), fails its copies of the pending futures, and refuses every use with a
+    BrokenPoolError that says why. The threads did not survive the fork, and a lock one of
+    them held would stay held: the locks are new.
+    """
+    core.lock = threading.Lock()
+    core.keys = Keys(core.lock)
+    core.conn.forked(core.lock)
+    reason = BrokenPoolError(
+        f"this pool belongs to process {core.conn.owner_pid}; a process forked from it "
+        "cannot use it (make a new Pool in the child)"
+    )
+    core.state = _BROKEN
+    core.broken_reason = reason
+    core.ready.set()
+    core.finished.set()
+    entries, core.entries = core.entries, {}
+    _settle(list(entries.values()), p.BROKEN, pickle.dumps((str(reason), None)))
+    core.requests.fail_all(reason)
+
+
+def _settle(entries: list[Any], status: int, payload: bytes) -> None:
+    """Resolve entries the dispatcher will not answer; a raising callback ends no other."""
+    for entry in entries:
+        try:
+            entry._mppool_resolve(status, 0, 0.0, payload)
+        except BaseException as exc:
+            report_resolve_failure(entry, exc)
+
+
 def _after_fork_in_child() -> None:
     """The pools of the parent are the parent's: their copies here become inert."""
     global _live_cores
@@ -590,7 +412,7 @@ def _after_fork_in_child() -> None:
     _live_cores = weakref.WeakSet()  # the exit hook must not end the parent's pools
     _future.reset_after_fork()
     for core in cores:
-        core.forked()
+        _make_inert(core)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

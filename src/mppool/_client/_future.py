@@ -158,7 +158,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         finally:
             core = self._core
             if core is not None and self._fn_id:
-                core.release(self._fn_id, self._opts_id)
+                core.catalog.release(self._fn_id, self._opts_id)
                 self._fn_id = self._opts_id = 0
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeGuard
 
 import cloudpickle
 
+from .. import _protocol as p
 from .._errors import SerializationError
 
 MAX_FUNCTIONS = 256  # function ids kept when nothing uses the older ones
@@ -259,3 +260,58 @@ class OptionsTable(_Table):
             publish(opts_id)
             self._evict(opts_id)
             return opts_id
+
+
+class Catalog:
+    """A pool's functions and option sets: ids handed out, published to the dispatcher
+    before any task uses them, and forgotten (there and in the workers) when unused.
+
+    Args:
+        send: queues a message for the dispatcher.
+    """
+
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        self._send = send
+        self.functions = FunctionTable()
+        self.options = OptionsTable()
+        self.planners: dict[int, Any] = {}  # fn id -> ChunkPlanner of its maps
+
+    def options_id(self, opts: Any) -> int:
+        """The id of ``opts`` (an ``_Options``), counting one more user (see :meth:`release`).
+
+        Interned by value: ``pool.options(priority=1)`` called a million times (or once per
+        HTTP request) is one options set in the dispatcher and the workers, not a million.
+        """
+
+        def publish(opts_id: int) -> None:
+            self._send(opts.message(opts_id))
+
+        opts_id = self.options.acquire(opts.signature(), publish)
+        self._send_forgets()
+        return opts_id
+
+    def function_id(self, fn: Callable[..., Any]) -> int:
+        """The id of ``fn``, counting one more user (see :meth:`release`)."""
+
+        def publish(fn_id: int, blob: bytes) -> None:
+            self._send(p.Function(p.C_FUNCTION, fn_id, blob))
+
+        fn_id = self.functions.acquire(fn, publish)
+        self._send_forgets()
+        return fn_id
+
+    def release(self, fn_id: int, opts_id: int) -> None:
+        """A task, map or schedule no longer needs this function and these options."""
+        if fn_id:
+            self.functions.release(fn_id)
+        if opts_id:
+            self.options.release(opts_id)
+
+    def _send_forgets(self) -> None:
+        if self.functions.forgotten or self.options.forgotten:
+            fn_ids = tuple(self.functions.take_forgotten())
+            opts_ids = tuple(self.options.take_forgotten())
+            if fn_ids or opts_ids:
+                self._send(p.Forget(p.C_FORGET, fn_ids, opts_ids))
+                for fn_id in fn_ids:
+                    self.planners.pop(fn_id, None)

@@ -309,7 +309,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Raises:
             PoolClosedError: after the pool has finished shutting down.
         """
-        return self._core.stats()
+        return self._core.requests.stats()
 
     def cancel(self, future: concurrent.futures.Future[Any], *, kill: bool = False) -> bool:
         """Cancel a task of this pool.
@@ -365,7 +365,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
 
     def tasks(self) -> list[TaskInfo]:
         """Live tasks (queued, delayed, running, retrying) and the most recent finished ones."""
-        return [TaskInfo(**row) for row in self._core.list_tasks()]
+        return [TaskInfo(**row) for row in self._core.requests.tasks()]
 
     def task(self, task_id: int) -> TaskInfo:
         """One task by id (``future.task_id``).
@@ -373,7 +373,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Raises:
             KeyError: if the pool does not know it (never seen, or out of the history).
         """
-        rows = self._core.list_tasks(task_id)
+        rows = self._core.requests.tasks(task_id)
         if not rows:
             raise KeyError(task_id)
         return TaskInfo(**rows[0])
@@ -393,7 +393,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
             raise TypeError(f"interval must be a number of seconds, not {interval!r}")
         if not 0 < interval < math.inf:
             raise ValueError(f"interval must be a finite number of seconds > 0, not {interval!r}")
-        handle: Schedule = self._core.schedule(
+        handle: Schedule = self._core.schedules.add(
             fn, args, kwargs, self._opts, float(interval), "", f"every {interval:g} s"
         )
         handle._owner = self  # a running schedule keeps its pool alive
@@ -412,7 +412,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
             ValueError: if the expression is not valid.
         """
         validate_cron(expression)
-        handle: Schedule = self._core.schedule(
+        handle: Schedule = self._core.schedules.add(
             fn, args, kwargs, self._opts, 0.0, expression, f"cron {expression!r}"
         )
         handle._owner = self  # a running schedule keeps its pool alive

@@ -7,15 +7,18 @@ when the dispatcher starts it, and keeps that run's outcome in a bounded history
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
-from ._serial import decode_error, decode_value
+from ._serial import decode_error, decode_value, dumps
 
 if TYPE_CHECKING:
     from ._core import _Core
+    from ._options import _Options
 
 HISTORY = 100  # outcomes kept per schedule
 
@@ -114,7 +117,7 @@ class Schedule:
         if self._cancelled:
             return False
         self._cancelled = True
-        self._core.unschedule(self.id)
+        self._core.schedules.cancel(self.id)
         return True
 
     def _fired(self, task_id: int, next_run: float, skipped: int) -> _RunEntry:
@@ -156,3 +159,55 @@ class _RunEntry:
         except Exception as exc:
             run = Run(self.task_id, False, error=exc)
         self.handle._record(run)
+
+
+class Schedules:
+    """A pool's schedules: made here, fired by the dispatcher, runs delivered to handles."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self._handles: dict[int, Schedule] = {}
+        self._refs: dict[int, tuple[int, int]] = {}  # the function and options ids it holds
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        interval: float,
+        cron: str,
+        description: str,
+    ) -> Schedule:
+        core = self._core
+        core.check_open()
+        fn_id = core.catalog.function_id(fn)
+        opts_id = core.catalog.options_id(opts)
+        try:
+            payload = dumps((args, kwargs or None), "the arguments of a scheduled task")
+        except BaseException:
+            core.catalog.release(fn_id, opts_id)
+            raise
+        schedule_id = next(core.ids)
+        handle = Schedule(core, schedule_id, description)
+        handle._next_run = first_run(interval, cron, time.time())
+        self._handles[schedule_id] = handle
+        self._refs[schedule_id] = (fn_id, opts_id)
+        core.send(p.Schedule(p.C_SCHEDULE, schedule_id, fn_id, opts_id, interval, cron, payload))
+        return handle
+
+    def cancel(self, schedule_id: int) -> None:
+        self._handles.pop(schedule_id, None)
+        refs = self._refs.pop(schedule_id, None)
+        core = self._core
+        if core.alive():
+            core.send(p.Unschedule(p.C_UNSCHEDULE, schedule_id))
+        if refs is not None:
+            core.catalog.release(*refs)
+
+    def fired(self, schedule_id: int, task_id: int, next_run: float, skipped: int) -> Any:
+        """The dispatcher started a run: the entry that will receive its result, if any."""
+        handle = self._handles.get(schedule_id)
+        if handle is None:
+            return None
+        return handle._fired(task_id, next_run, skipped)

@@ -1,0 +1,262 @@
+"""The input side of a map: reading items, cutting them into chunks, submitting (user process).
+
+Who reads the input::
+
+    sized input (list, range, ...)  the consumer, between results: a read never waits
+    any other iterator              a reader thread per map: a slow or blocking input (one
+                                    that waits for the consumer, say) never holds back
+                                    results that are ready; items it has read are sent as
+                                    a partial chunk when nothing else is in flight or
+                                    they have waited ``PARTIAL_SECONDS``
+
+Everything here runs under, or releases and retakes, the map's condition (``MapIterator.cond``):
+a unit's place in the map's order is reserved under it, then the items are pickled and
+submitted without it.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import itertools
+import operator
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .. import _protocol as p
+from .._errors import SerializationError
+from ._map_units import Chunk, Failed, Keyed, Unit
+from ._planner import MAX_CHUNK_ITEMS
+from ._serial import dumps
+
+if TYPE_CHECKING:
+    from ._map import MapIterator
+
+PARTIAL_SECONDS = 0.002  # items read from a slow input wait at most this long to be sent
+
+# How a map feeds its input.
+OPEN = "open"  # within its window, as its consumer reads
+EAGER = "eager"  # everything, now: the pool is shutting down gracefully
+DROPPED = "dropped"  # never iterated: everything, results discarded
+CLOSED = "closed"  # no more input: the consumer left, or the pool is ending
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    hints = [operator.length_hint(it, -1) for it in iterables]
+    if any(h < 0 for h in hints):
+        return None
+    return min(hints)
+
+
+def _picklable_prefix(items: list[Any]) -> int:
+    """How many leading items pickle on their own (only on the error path)."""
+    for index, item in enumerate(items):
+        try:
+            dumps(item, "an input item")
+        except SerializationError:
+            return index
+    return len(items)
+
+
+class Feeder:
+    """Reads one map's input and submits it, chunk by chunk, within the map's window."""
+
+    def __init__(self, m: MapIterator, iterables: tuple[Iterable[Any], ...]) -> None:
+        self.m = m
+        self.total = _length(iterables)
+        self.sized = all(isinstance(it, collections.abc.Sized) for it in iterables)
+        self.source: Iterator[Any] = zip(*iterables, strict=False) if m.star else iter(iterables[0])
+        self.lock = threading.Lock()  # one reader of the input at a time
+        self.feeding = True  # until the input is exhausted and every item sent
+        self.read = 0  # items taken from the input
+        self.pending: list[Any] = []  # read by the reader thread, not yet sent
+        self.pending_since = 0.0
+        self.target = 0  # size of the chunk being gathered in ``pending``
+        self.exhausted = False
+        # An error from the input (it raised, or an item did not pickle) is raised after every
+        # earlier item has been yielded, where the built-in map would raise it.
+        self.input_error: BaseException | None = None
+
+    def start(self) -> None:
+        if self.sized:
+            self.fill()
+        else:
+            threading.Thread(target=self.read_loop, name="mppool-map-input", daemon=True).start()
+
+    def feeds_on_consumer(self) -> bool:
+        """Whether the consumer reads the input (a sized one, within the window)."""
+        return self.sized and self.m.mode in (OPEN, DROPPED)
+
+    def fill(self) -> None:
+        """Read a sized input and send chunks while the window has room (never blocks)."""
+        m = self.m
+        with self.lock:
+            while True:
+                with m.cond:
+                    if self.exhausted or not m.room():
+                        return
+                    remaining = None if self.total is None else max(0, self.total - self.read)
+                    size = m.planner.next_size(remaining)
+                items: list[Any] = []
+                try:
+                    # extend() keeps the items pulled before the input raised.
+                    items.extend(itertools.islice(self.source, size))
+                except BaseException as exc:
+                    self.failed(exc)
+                with m.cond:
+                    self.read += len(items)
+                    if len(items) < size:
+                        self.exhausted = True
+                    if items:
+                        self.send(items)
+                    if self.exhausted:
+                        self.fed()
+                        return
+
+    def fill_all(self) -> None:
+        """Feed everything that is left (a graceful shutdown: the consumer may not read)."""
+        try:
+            self.fill()
+        except BaseException as exc:  # never leave the pool waiting for this map
+            self.failed(exc)
+            with self.m.cond:
+                self.fed()
+
+    def read_loop(self) -> None:
+        """The reader thread of an unsized input: one item at a time (the input may wait for
+        the consumer, so the reader must never hold back an item it has)."""
+        m = self.m
+        cond = m.cond
+        try:
+            while True:
+                with cond:
+                    while m.mode != CLOSED and self.pending and self._pending_full():
+                        if m.room():
+                            items, self.pending = self.pending, []
+                            self.send(items)
+                        else:
+                            cond.wait()  # a full chunk waits for room in the window
+                    if m.mode == CLOSED:
+                        return
+                try:
+                    item = next(self.source)
+                except StopIteration:
+                    return
+                with cond:
+                    if m.mode == CLOSED:
+                        return
+                    self._gather(item)
+        except BaseException as exc:
+            self.failed(exc)
+        finally:
+            with cond:
+                self.exhausted = True
+                if self.pending and m.mode != CLOSED:
+                    items, self.pending = self.pending, []
+                    self.send(items)
+                self.fed()
+                cond.notify_all()
+
+    def _gather(self, item: Any) -> None:
+        """Add an item the reader thread read; send the gathered chunk if it should go now."""
+        m = self.m
+        self.read += 1
+        if not self.pending:
+            remaining = None if self.total is None else max(0, self.total - self.read)
+            self.target = m.planner.next_size(remaining)
+            self.pending_since = time.monotonic()
+        self.pending.append(item)
+        if not m.outstanding or (self._pending_full() and m.room()):
+            items, self.pending = self.pending, []
+            self.send(items)
+        else:
+            m.cond.notify_all()  # the consumer may flush a partial chunk
+
+    def _pending_full(self) -> bool:
+        return len(self.pending) >= max(1, self.target) or len(self.pending) >= MAX_CHUNK_ITEMS
+
+    def flushable(self) -> list[Any]:
+        """Items the reader thread gathered that should go now: nothing else is in flight
+        (the consumer would wait for nothing), or they have waited ``PARTIAL_SECONDS``."""
+        if not self.pending:
+            return []
+        m = self.m
+        idle = not m.outstanding or (m.ordered and not m.in_flight)
+        if idle or self.exhausted or time.monotonic() - self.pending_since >= PARTIAL_SECONDS:
+            items, self.pending = self.pending, []
+            return items
+        return []
+
+    def failed(self, exc: BaseException) -> None:
+        """The input raised (or an item did not pickle): nothing more is read."""
+        with self.m.cond:
+            if self.input_error is None:
+                self.input_error = exc
+            self.exhausted = True
+            self.m.cond.notify_all()
+
+    def fed(self) -> None:
+        """The input is exhausted (or abandoned) and everything read was sent."""
+        if self.feeding:
+            self.feeding = False
+            self.m.core.maps.fed(self.m)
+
+    # --- submitting ----------------------------------------------------------------------------
+    def send(self, items: list[Any]) -> None:
+        """Reserve the units' places (under the lock, so the order holds), then pickle and
+        submit them without it. Called with ``cond`` held; returns with it held."""
+        m = self.m
+        if m.keyed:
+            for item in items:
+                self._submit_keyed(item)
+            return
+        chunk = Chunk(m, next(m.core.ids), len(items))
+        chunk.estimate = (m.planner.per_item or 0.0) * len(items)
+        m.track(chunk)
+        m.cond.release()
+        try:
+            self._submit_chunk(chunk, items)
+        finally:
+            m.cond.acquire()
+
+    def _submit_chunk(self, chunk: Chunk, items: list[Any]) -> None:
+        m = self.m
+        what = f"an input item of map({m.fn_name})"
+        try:
+            payload = dumps(items, what)
+        except SerializationError as exc:
+            # Send the items before the one that does not pickle, then stop there: the caller
+            # gets every result up to the bad item, as with the built-in map.
+            good = _picklable_prefix(items)
+            self.failed(exc)
+            if not good:
+                chunk._mppool_resolve(p.CANCELLED, 0, 0.0, b"")  # an empty place, skipped
+                return
+            items = items[:good]
+            chunk.n_items = good
+            payload = dumps(items, what)
+        msg = p.submit(chunk.task_id, m.fn_id, m.opts_id, len(items), m.flags, 0.0, payload, "")
+        m.core.register_batch([(chunk.task_id, chunk, msg)])
+
+    def _submit_keyed(self, item: Any) -> None:
+        """A keyed item: one task, shared with any unfinished task of the same key."""
+        m = self.m
+        args = tuple(item) if m.star else (item,)
+        keyfn = m.opts.key
+        assert callable(keyfn)
+        m.cond.release()
+        try:
+            key = str(keyfn(*args))
+            fut = m.core.submit(m.fn, args, {}, m.opts, key=key, created=m.mine, closing_ok=True)
+            unit: Unit = Keyed(m, fut)
+        except BaseException as exc:
+            unit = Failed(m, exc)
+            self.failed(exc)
+        finally:
+            m.cond.acquire()
+        m.track(unit)
+        if isinstance(unit, Keyed):
+            unit.future.add_done_callback(unit.done)
+        elif not m.ordered:
+            m.ready_q.append(unit)
