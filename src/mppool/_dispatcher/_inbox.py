@@ -7,7 +7,6 @@ the client, notes for the workers); none of them waits or writes itself.
 from __future__ import annotations
 
 import pickle
-import time
 from typing import TYPE_CHECKING
 
 from .. import _protocol as p
@@ -34,7 +33,7 @@ def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
             d.forget(msg)  # type: ignore[arg-type]
         elif tag == p.C_LIST:
             pids = [w.pid for w in d.workers.slots]
-            rows = d.table.listing(d.sched, pids, d.clock(), msg[2])
+            rows = d.table.listing(d.sched, pids, d.clock(), d.wall(), msg[2])
             d.results.append(p.TaskList(p.D_LIST, msg[1], rows))
         elif tag == p.C_SCHEDULE:
             schedule(d, msg)  # type: ignore[arg-type]
@@ -87,7 +86,7 @@ def schedule(d: Dispatcher, m: p.Schedule) -> None:
     from ._recurring import Recurring
 
     rec = Recurring(m.schedule_id, m.fn_id, m.opts_id, m.payload, interval=m.interval, cron=m.cron)
-    rec.first(d.clock(), time.time())
+    rec.first(d.clock(), d.wall())
     d.schedules[m.schedule_id] = rec
 
 

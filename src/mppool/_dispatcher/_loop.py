@@ -27,7 +27,6 @@ import os
 import pickle
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +34,7 @@ from .. import _protocol as p
 from . import _inbox
 from . import _scheduler as s
 from ._claims import Claims
+from ._clock import Clock
 from ._latency import LatencyWindow
 from ._poller import Poller
 from ._procs import Outbox, WorkerSlot, set_nonblocking, set_title
@@ -54,9 +54,16 @@ class Dispatcher:
     """The event loop. Created by :func:`main` from the client's ``Config`` message."""
 
     def __init__(
-        self, rfd: int, wfd: int, config: p.Config, frames: p.FrameBuffer | None = None
+        self,
+        rfd: int,
+        wfd: int,
+        config: p.Config,
+        frames: p.FrameBuffer | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        self.clock: Callable[[], float] = time.monotonic
+        clock = clock or Clock()
+        self.clock: Callable[[], float] = clock.now
+        self.wall: Callable[[], float] = clock.wall
         self.client_in = rfd
         self.client_frames = frames if frames is not None else p.FrameBuffer()
         self.client_out = Outbox(wfd)
@@ -326,7 +333,7 @@ class Dispatcher:
         return False
 
     def _fire_schedules(self, now: float) -> None:
-        wall = time.time()
+        wall = self.wall()
         for rec in list(self.schedules.values()):
             if rec.next_at > now:
                 continue

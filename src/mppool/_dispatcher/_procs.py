@@ -93,11 +93,10 @@ class WorkerSlot:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.reset(0, -1, -1)
-        self.started_at = 0.0
+        self.reset(0, -1, -1, 0.0, 0.0)
 
-    def reset(self, pid: int, task_fd: int, result_fd: int) -> None:
-        """Take a freshly forked worker into this slot (pid 0: an empty slot)."""
+    def reset(self, pid: int, task_fd: int, result_fd: int, now: float, wall: float) -> None:
+        """Take a worker forked at ``now`` (``wall``) into this slot (pid 0: an empty slot)."""
         self.pid = pid
         self.task_fd = task_fd
         self.result_fd = result_fd
@@ -107,8 +106,8 @@ class WorkerSlot:
         self.fns: set[int] = set()
         self.opts: set[int] = set()
         self.ready = False
-        self.started_at = time.time()
-        self.forked_at = time.monotonic()
+        self.started_at = wall
+        self.forked_at = now
         self.ready_at = 0.0
         self.sent_total = 0
         self.draining = False  # max_tasks_per_child reached: no new work, leave when empty

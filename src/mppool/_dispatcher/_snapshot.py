@@ -7,7 +7,6 @@ many parts it runs in. Worker RSS and CPU use come from psutil (imported on firs
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 from ._tasks import SENT
@@ -26,14 +25,14 @@ class ProcessUsage:
         for pid in [p for p in self._procs if p not in live]:
             del self._procs[pid]
 
-    def usage(self, pid: int) -> tuple[int | None, float | None]:
+    def usage(self, pid: int, now: float) -> tuple[int | None, float | None]:
+        """RSS and CPU% of ``pid`` (``now``: the wall clock, as psutil's times are)."""
         if not pid:
             return None, None
         import psutil
 
         try:
             entry = self._procs.get(pid)
-            now = time.time()
             if entry is None:
                 proc = psutil.Process(pid)
                 # First look: the average since the process started, not psutil's 0.0.
@@ -81,7 +80,7 @@ def _workers(d: Dispatcher, uptime: float) -> list[dict[str, Any]]:
     out = []
     for w in d.workers.slots:
         current = sched.pipes.first_live(w.index)
-        rss, cpu = d.usage.usage(w.pid)
+        rss, cpu = d.usage.usage(w.pid, d.wall())
         if not w.pid or not w.ready:
             state = "starting"
         elif current is not None:

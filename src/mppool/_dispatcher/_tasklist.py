@@ -5,7 +5,6 @@ Tasks are listed as the client knows them: a map chunk is one row, whatever part
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -68,10 +67,13 @@ class TaskTable:
         self.history.append((task_id, "", "", 0.0, "cancelled", 0, 0.0, 0.0, now, 0.0, 0, 0))
 
     def listing(
-        self, sched: Scheduler, pids: list[int], now: float, task_id: int = 0
+        self, sched: Scheduler, pids: list[int], now: float, wall_now: float, task_id: int = 0
     ) -> list[dict[str, Any]]:
-        """Live tasks, then finished ones (newest first); or just ``task_id`` if given."""
-        offset = time.time() - now  # dispatcher clock -> wall clock
+        """Live tasks, then finished ones (newest first); or just ``task_id`` if given.
+
+        Times are kept on the dispatcher's clock (``now``) and shown on the wall clock.
+        """
+        offset = wall_now - now
 
         def wall(t: float) -> float | None:
             return t + offset if t else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
 from typing import TYPE_CHECKING
 
 from .. import _protocol as p
@@ -48,7 +47,7 @@ class Workers:
 
             d.go_broken(f"could not start a worker process: {exc}", traceback.format_exc())
             return False
-        w.reset(pid, task_fd, result_fd)
+        w.reset(pid, task_fd, result_fd, d.clock(), d.wall())
         d.poller.watch(result_fd, lambda: self.read(w, result_fd))
         w.pidfd = open_pidfd(pid)
         if w.pidfd >= 0:
@@ -64,7 +63,7 @@ class Workers:
 
     def hello(self, w: WorkerSlot) -> None:
         w.ready = True
-        w.ready_at = time.time()
+        w.ready_at = self.d.wall()
         self.early_deaths = 0
         if not w.kill_reason:
             self.d.sched.worker_up(w.index)
