@@ -19,6 +19,8 @@ from mppool._client import _map, _planner
 from . import tasks
 from .conftest import PoolTracker, wait_until, worker_pids
 
+T = 60  # seconds any wait in these tests may take
+
 RESULT_TIMEOUT = 60
 
 
@@ -50,7 +52,7 @@ def test_exactly_n_workers_also_after_thousands_of_tasks(make_pool: PoolTracker,
     pool = make_pool(n)
     assert len(worker_pids(pool)) == n
     assert len(pool.stats().workers) == n
-    results = list(pool.map(tasks.square, range(3000), chunksize=1))
+    results = list(pool.map(tasks.square, range(3000), chunksize=1, timeout=T))
     assert results == [x * x for x in range(3000)]
     futs = [pool.submit(tasks.getpid) for _ in range(2000)]
     pids_used = {f.result(timeout=RESULT_TIMEOUT) for f in futs}
@@ -121,7 +123,7 @@ def test_gated_workers_each_run_in_priority_order(
 
 def test_skewed_work_is_stolen_from_a_busy_worker(make_pool: PoolTracker) -> None:
     pool = make_pool(2)
-    list(pool.map(tasks.spin, [0.001] * 20, chunksize=1))  # teach it spin's duration
+    list(pool.map(tasks.spin, [0.001] * 20, chunksize=1, timeout=T))  # teach it spin's duration
     heavy = pool.submit(tasks.spin, 0.5)
     light = [pool.submit(tasks.spin, 0.001) for _ in range(200)]
     for f in [heavy, *light]:
@@ -138,7 +140,7 @@ def test_lambdas_and_closures_run(pool: mppool.Pool) -> None:
 
     assert pool.submit(lambda x: x * 3, 5).result(timeout=RESULT_TIMEOUT) == 15
     assert pool.submit(closure, 1).result(timeout=RESULT_TIMEOUT) == 18
-    assert list(pool.map(lambda x: -x, range(5))) == [0, -1, -2, -3, -4]
+    assert list(pool.map(lambda x: -x, range(5), timeout=T)) == [0, -1, -2, -3, -4]
     # A lambda as an argument needs cloudpickle too.
     assert pool.submit(tasks.kwargs_echo, f=None).result(timeout=RESULT_TIMEOUT) == (
         (),
@@ -165,7 +167,7 @@ def test_functions_and_classes_defined_in_main_work(tmp_path: Path) -> None:
 
         if __name__ == "__main__":
             with mppool.Pool(2) as pool:
-                got = list(pool.map(norm1, [Point(-1, 2), Point(3, -4)]))
+                got = list(pool.map(norm1, [Point(-1, 2), Point(3, -4)], timeout=60))
                 print([(p.x, p.y) for p in got], pool.submit(norm1, Point(-5, -5)).result(60).x)
     """)
     )
@@ -193,19 +195,25 @@ def test_kwargs_and_positional_only(pool: mppool.Pool) -> None:
 
 
 def test_map_is_ordered_and_accepts_several_iterables(pool: mppool.Pool) -> None:
-    assert list(pool.map(tasks.square, range(10_000))) == [x * x for x in range(10_000)]
-    assert list(pool.map(tasks.add, range(5), range(100, 105))) == [100, 102, 104, 106, 108]
-    assert list(pool.map(tasks.add, range(5), range(3))) == [0, 2, 4]  # like zip
-    assert list(pool.map(tasks.square, [])) == []
+    assert list(pool.map(tasks.square, range(10_000), timeout=T)) == [x * x for x in range(10_000)]
+    assert list(pool.map(tasks.add, range(5), range(100, 105), timeout=T)) == [
+        100,
+        102,
+        104,
+        106,
+        108,
+    ]
+    assert list(pool.map(tasks.add, range(5), range(3), timeout=T)) == [0, 2, 4]  # like zip
+    assert list(pool.map(tasks.square, [], timeout=T)) == []
 
 
 def test_imap_unordered_returns_everything(pool: mppool.Pool) -> None:
-    got = list(pool.imap_unordered(tasks.square, range(5000)))
+    got = list(pool.imap_unordered(tasks.square, range(5000), timeout=T))
     assert sorted(got) == [x * x for x in range(5000)]
 
 
 def test_map_raises_at_the_failing_position(pool: mppool.Pool) -> None:
-    it = pool.map(tasks.fail_at, range(100), itertools.repeat(37))
+    it = pool.map(tasks.fail_at, range(100), itertools.repeat(37), timeout=T)
     seen = []
     with pytest.raises(KeyError, match="item 37"):
         for x in it:
@@ -225,7 +233,7 @@ def test_map_over_an_endless_generator_is_lazy_and_bounded(pool: mppool.Pool) ->
 
     # At most a window of chunks in flight, plus the chunk whose results are being yielded.
     bound = (_map.WINDOW_PER_WORKER * pool.workers + 1) * _planner.MAX_CHUNK_ITEMS
-    it = pool.map(tasks.square, endless())
+    it = pool.map(tasks.square, endless(), timeout=T)
     first = [next(it) for _ in range(100)]
     assert first == [i * i for i in range(100)]
     assert pulled <= 100 + bound
@@ -257,8 +265,8 @@ def test_options_view_has_the_same_methods(pool: mppool.Pool) -> None:
     view = pool.options(priority=5, timeout=30.0, retries=2, kind="k")
     assert isinstance(view, mppool.PoolView)
     assert view.submit(tasks.square, 4).result(timeout=RESULT_TIMEOUT) == 16
-    assert list(view.map(tasks.square, range(4))) == [0, 1, 4, 9]
-    assert sorted(view.imap_unordered(tasks.square, range(4))) == [0, 1, 4, 9]
+    assert list(view.map(tasks.square, range(4), timeout=T)) == [0, 1, 4, 9]
+    assert sorted(view.imap_unordered(tasks.square, range(4), timeout=T)) == [0, 1, 4, 9]
     assert view.options(priority=1).submit(tasks.add, 1, 1).result(timeout=RESULT_TIMEOUT) == 2
     with pytest.raises(ValueError):
         pool.options(retries=-1)
@@ -267,7 +275,7 @@ def test_options_view_has_the_same_methods(pool: mppool.Pool) -> None:
 
 
 def test_stats_snapshot(pool: mppool.Pool) -> None:
-    list(pool.map(tasks.square, range(100), chunksize=10))
+    list(pool.map(tasks.square, range(100), chunksize=10, timeout=T))
     futs = [pool.submit(tasks.square, i) for i in range(50)]
     for f in futs:
         f.result(timeout=RESULT_TIMEOUT)
@@ -291,7 +299,7 @@ def test_submit_after_shutdown_raises(make_pool: PoolTracker) -> None:
     with pytest.raises(mppool.PoolClosedError):
         pool.submit(tasks.square, 1)
     with pytest.raises(mppool.PoolClosedError):
-        pool.map(tasks.square, [1])
+        pool.map(tasks.square, [1], timeout=T)
     pool.shutdown()  # a second call is harmless
 
 

@@ -55,13 +55,13 @@ def test_bounded_queue_blocks_and_try_submit_raises(make_pool: PoolTracker, fifo
 
 def test_map_stays_within_its_window_whatever_max_queue(make_pool: PoolTracker) -> None:
     pool = make_pool(2, max_queue=1)
-    assert list(pool.map(tasks.square, range(2000))) == [x * x for x in range(2000)]
+    assert list(pool.map(tasks.square, range(2000), timeout=T)) == [x * x for x in range(2000)]
 
 
 # --- rate limits -------------------------------------------------------------------------------
 def test_rate_limit_spreads_a_kind_and_does_not_block_others(make_pool: PoolTracker) -> None:
     pool = make_pool(2, rate_limits={"slow": "50/s"})
-    list(pool.map(tasks.square, range(10)))  # warm up
+    list(pool.map(tasks.square, range(10), timeout=T))  # warm up
     done_at: dict[str, list[float]] = {"slow": [], "free": []}
     lock = threading.Lock()
 
@@ -129,7 +129,9 @@ def test_map_with_a_key_function_shares_in_flight_results(
     log = str(tmp_path / "runs.log")
     pre = pool.options(key="x").submit(tasks.append_line, log, "x")
     items = ["x", "y", "x", "z", "y"]
-    results = pool.options(key=lambda path, text: text).map(tasks.append_line, [log] * 5, items)
+    results = pool.options(key=lambda path, text: text).map(
+        tasks.append_line, [log] * 5, items, timeout=T
+    )
     gate.post(1)
     assert list(results) == items
     assert pre.result(timeout=T) == "x" and blockers[0].result(timeout=T) > 0

@@ -32,6 +32,7 @@ N = 2
 RESULT_TIMEOUT = 30.0
 CHILD_TIMEOUT = 60.0  # bound on any wait for a child interpreter
 PROMPT_EXIT = 10.0  # a child asked to end must be gone within this (it is usually < 1 s)
+T = 60  # seconds any other wait in these tests may take
 ROOT = str(Path(__file__).resolve().parent.parent)  # so a child can import tests.tasks
 
 # Prelude of every child script: print the pool's pids, as one line, as soon as it exists.
@@ -40,6 +41,8 @@ import json, sys
 sys.path[:0] = [{root!r}, {root!r} + "/src"]
 import mppool
 from tests import tasks
+
+T = 60  # seconds any wait in these tests may take
 
 def announce(pool):
     pids = [pool.dispatcher_pid] + [w.pid for w in pool.stats().workers]
@@ -162,7 +165,7 @@ def test_submit_after_shutdown_raises(make_pool: PoolTracker) -> None:
     with pytest.raises(PoolClosedError):
         view.submit(tasks.square, 1)
     with pytest.raises(PoolClosedError):
-        list(pool.map(tasks.square, range(3)))
+        list(pool.map(tasks.square, range(3), timeout=T))
     pool.shutdown(wait=True)  # a second shutdown is harmless
 
 
@@ -302,7 +305,7 @@ def test_ctrl_c_interrupts_map_promptly() -> None:
         import itertools
         try:
             with mppool.Pool(2) as pool:
-                results = pool.map(tasks.spin, itertools.repeat(0.01))
+                results = pool.map(tasks.spin, itertools.repeat(0.01), timeout=T)
                 next(results)
                 announce(pool)
                 for _ in results:

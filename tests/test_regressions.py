@@ -40,12 +40,14 @@ def test_lazy_map_consumed_after_the_pool_closed_runs_to_the_end_without_hanging
 ) -> None:
     # The map was asked for before the shutdown: the graceful shutdown feeds all of it.
     with make_pool(2) as pool:
-        it = pool.map(tasks.square, range(20_000), chunksize=100)
+        it = pool.map(tasks.square, range(20_000), chunksize=100, timeout=T)
     assert run_with_deadline(lambda: sum(it)) == sum(x * x for x in range(20_000))
 
 
 def test_a_temporary_pool_lives_as_long_as_its_map_view_or_schedule(leak_check: None) -> None:
-    squares = run_with_deadline(lambda: list(mppool.Pool(2).map(tasks.square, range(3000))))
+    squares = run_with_deadline(
+        lambda: list(mppool.Pool(2).map(tasks.square, range(3000), timeout=T))
+    )
     assert squares == [x * x for x in range(3000)]
     view = mppool.Pool(1).options(priority=1)
     assert view.submit(tasks.square, 7).result(timeout=T) == 49
@@ -65,7 +67,9 @@ def test_submit_racing_a_shutdown_resolves(make_pool: PoolTracker) -> None:
 
 def test_crash_in_a_batch_blames_only_the_crasher(make_pool: PoolTracker) -> None:
     pool = make_pool(1, crash_retries=0)
-    list(pool.map(tasks.square, range(100), chunksize=1))  # tiny, measured: batched in pipes
+    list(
+        pool.map(tasks.square, range(100), chunksize=1, timeout=T)
+    )  # tiny, measured: batched in pipes
     before = [pool.submit(tasks.square, i) for i in range(60)]
     crasher = pool.submit(tasks.exit_now)
     after = [pool.submit(tasks.square, i) for i in range(60)]
@@ -81,13 +85,13 @@ def test_map_yields_every_item_before_an_input_error(pool: mppool.Pool) -> None:
 
     got: list[int] = []
     with pytest.raises(LookupError, match="ran dry"):
-        for x in pool.map(tasks.square, source()):
+        for x in pool.map(tasks.square, source(), timeout=T):
             got.append(x)
     assert got == [x * x for x in range(10)]
     items: list[Any] = [*range(20), threading.Lock(), 21]
     got = []
     with pytest.raises(mppool.SerializationError):
-        for x in pool.map(tasks.square, items):
+        for x in pool.map(tasks.square, items, timeout=T):
             got.append(x)
     assert got == [x * x for x in range(20)]
     assert not pool._core.entries  # nothing left registered
@@ -131,3 +135,46 @@ def test_leaving_a_keyed_map_early_keeps_shared_tasks(make_pool: PoolTracker, fi
     assert not shared.cancelled()
     gate.post(1)
     assert shared.result(timeout=T) == 25
+
+
+def test_breaking_while_shutting_down_ends_broken_not_closing(make_pool: PoolTracker) -> None:
+    # The reader thread breaks the pool just as shutdown() has read the state and is about
+    # to set it: shutdown must not overwrite "broken" with "closing" (and so hide the cause).
+    pool = make_pool(1)
+    core = pool._core
+    base = type(core)
+    broken_done = threading.Event()
+    shutting_down = threading.current_thread()
+
+    class Racy(base):  # type: ignore[valid-type,misc]
+        raced = False
+
+        @property
+        def state(self) -> str:
+            value = self.__dict__["state"]
+            if threading.current_thread() is shutting_down and not Racy.raced:
+                Racy.raced = True
+                reason = mppool.BrokenPoolError("the dispatcher process died")
+
+                def go_broken() -> None:
+                    self._go_broken(reason)
+                    broken_done.set()
+
+                threading.Thread(target=go_broken).start()
+                broken_done.wait(0.5)  # blocks on the core's lock, if it takes it
+            return str(value)
+
+        @state.setter
+        def state(self, value: str) -> None:
+            self.__dict__["state"] = value
+
+    core.__class__ = Racy
+    try:
+        pool.shutdown(wait=False)
+        assert broken_done.wait(T)
+        assert core.state == "broken"
+        with pytest.raises(mppool.BrokenPoolError):
+            pool.submit(tasks.square, 2)
+    finally:
+        core.__class__ = base
+        core.conn.kill()
