@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["RetryPolicy"]
 
-from ._backoff import backoff_delay
+from ._backoff import FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +34,9 @@ class RetryPolicy:
     """
 
     max_attempts: int = 4
-    initial_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 60.0
+    initial_delay: float = INITIAL_DELAY
+    factor: float = FACTOR
+    max_delay: float = MAX_DELAY
     jitter: float = 0.0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
 

@@ -2,9 +2,9 @@
 
 A worker reads frames of ``Run`` messages from its task pipe and runs them in order. Before
 each unit of work (a single task, or a block of a chunk's items) it takes a token from the
-batch's claim counter (see ``mppool._claims``); when the counter is empty the rest of that
-batch was taken back by the dispatcher, so it skips it and reports the cut. It is the only
-place where task payloads are unpickled and user code runs.
+batch's claim counter (see ``mppool._dispatcher._claims``); when the counter is empty the
+rest of that batch was taken back by the dispatcher, so it skips it and reports the cut. It
+is the only place where task payloads are unpickled and user code runs.
 
 Results are batched: a frame goes back when the frame of work it received is done, or sooner
 once ``FLUSH_SECONDS`` have passed since the last write, so many tiny tasks cost one write

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._backoff import CRASH_RETRIES
 from .._ratelimit import RateLimit
 from .._retry import RetryPolicy
 from .._stats import PoolStats, TaskInfo
@@ -240,7 +241,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         max_queue: int = 0,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
-        crash_retries: int = 2,
+        crash_retries: int = CRASH_RETRIES,
         max_tasks_per_child: int | None = None,
         max_memory_per_child: int | None = None,
         initializer: Callable[..., Any] | None = None,

@@ -18,7 +18,7 @@ import random
 from typing import NamedTuple
 
 from .. import _protocol as p
-from .._backoff import backoff_delay
+from .._backoff import CRASH_RETRIES, FACTOR, INITIAL_DELAY, MAX_DELAY, backoff_delay
 
 # --- task states ------------------------------------------------------------------------------
 DELAYED = "delayed"  # waiting for its not-before time
@@ -39,11 +39,11 @@ class TaskOptions(NamedTuple):
     priority: float = 0.0
     timeout: float = 0.0  # 0: none
     max_attempts: int = 1
-    initial_delay: float = 1.0
-    factor: float = 2.0
-    max_delay: float = 60.0
+    initial_delay: float = INITIAL_DELAY
+    factor: float = FACTOR
+    max_delay: float = MAX_DELAY
     jitter: float = 0.0
-    crash_retries: int = 2
+    crash_retries: int = CRASH_RETRIES
     kind: str = ""
     retry_timeouts: bool = False
 
