@@ -142,11 +142,7 @@ class Connection:
         if threading.current_thread() is not self.sender and self.sender.ident is not None:
             self.sender.join()
         self.ended()
-        try:
-            self.proc.wait(REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._reap()
         with self.write_lock:  # no flush may write to a closed (or reused) descriptor
             for attr in ("out_fd", "in_fd"):
                 fd = getattr(self, attr)
@@ -180,6 +176,14 @@ class Connection:
                     pass
         self.out_fd = self.in_fd = -1
 
+    def _reap(self) -> None:
+        """Wait for the dispatcher to exit (it ends its workers first); kill it if it hangs."""
+        try:
+            self.proc.wait(REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
     def kill(self) -> None:
         """End the dispatcher (and so its workers) now."""
         if self.is_fork_copy:
@@ -193,11 +197,7 @@ class Connection:
     def abort(self) -> None:
         """Undo a start that did not complete (an error or Ctrl-C in ``Pool()``)."""
         self.kill()
-        try:
-            self.proc.wait(REAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self._reap()
         if self.reader.ident is None:  # the reader never ran: close its pipes here
             for fd in (self.out_fd, self.in_fd):
                 if fd >= 0:

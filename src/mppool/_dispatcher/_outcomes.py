@@ -62,31 +62,33 @@ class Outcomes:
         return task
 
     # --- single tasks --------------------------------------------------------------------------
+    def _ran(self, w: int, run_id: int, attempt: int, duration: float) -> Task | None:
+        """A single task ran on ``w`` for ``duration``: the live task, or ``None`` if stale."""
+        task = self._take(w, run_id, attempt)
+        if task is not None:
+            s = self.s
+            s.estimates.learn(task, duration, 1)
+            s.done_by[w] += 1
+            s.busy_by[w] += duration
+        return task
+
     def complete(self, w: int, run_id: int, attempt: int, duration: float) -> Task | None:
         """A single task succeeded. Returns it, or ``None`` if the result is stale (drop it)."""
-        task = self._take(w, run_id, attempt)
+        task = self._ran(w, run_id, attempt, duration)
         if task is None:
             return None
-        s = self.s
-        s.estimates.learn(task, duration, 1)
-        s.done_by[w] += 1
-        s.busy_by[w] += duration
         task.state = DONE
-        del s.tasks[run_id]
-        s.counts["completed"] += 1
+        del self.s.tasks[run_id]
+        self.s.counts["completed"] += 1
         return task
 
     def fail(
         self, w: int, run_id: int, attempt: int, duration: float, retryable: bool
     ) -> Retry | Fail | None:
         """A single task raised. Retry it after its backoff if allowed, else fail it."""
-        task = self._take(w, run_id, attempt)
+        task = self._ran(w, run_id, attempt, duration)
         if task is None:
             return None
-        s = self.s
-        s.estimates.learn(task, duration, 1)
-        s.done_by[w] += 1
-        s.busy_by[w] += duration
         return self._after_failure(task, retryable)
 
     def _after_failure(self, task: Task, retryable: bool) -> Retry | Fail:
