@@ -53,6 +53,8 @@ D_BYE = 24
 D_LIST = 25
 D_FIRED = 26
 D_CHUNK = 27
+D_EVENT = 28
+LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR = 10, 20, 30, 40  # ``logging``'s levels
 # dispatcher -> worker
 W_FUNCTION = 40
 W_RUN = 41
@@ -101,6 +103,7 @@ class Config(NamedTuple):
     aging_rate: float  # priority levels gained per second of waiting
     rate_limits: dict[str, tuple[float, float, int]]  # kind -> (rate, per seconds, burst)
     init_timeout: float  # seconds a worker may take to start before the pool is broken
+    log_level: int  # the lowest ``logging`` level of the events the client wants
 
 
 class Options(NamedTuple):
@@ -307,6 +310,16 @@ class Fired(NamedTuple):
     skipped: int  # runs skipped so far because the previous one was still going
 
 
+class Event(NamedTuple):
+    """Something the dispatcher saw that the user process logs (see ``_client._events``)."""
+
+    tag: int
+    level: int  # a ``logging`` level
+    name: str  # e.g. "worker_died": the record's ``event`` field
+    message: str
+    fields: dict[str, Any]  # the record's other fields: pid, worker, task_id, ...
+
+
 class Bye(NamedTuple):
     """Last message of a dispatcher: every task is resolved and every worker is gone."""
 
@@ -491,6 +504,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     D_LIST: TaskList,
     D_FIRED: Fired,
     D_CHUNK: ChunkResult,
+    D_EVENT: Event,
     W_FUNCTION: WorkerFunction,
     W_RUN: Run,
     W_RETRY_ON: WorkerRetryOn,

@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import _protocol as p
 from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
-from . import _future
+from . import _events, _future
 from ._admission import Keys, Slots
 from ._connection import Connection
 from ._future import Future, report_resolve_failure
@@ -91,6 +91,7 @@ class _Core:
             aging_rate,
             rate_limits,
             init_timeout,
+            _events.wanted_level(),
         )
         try:
             self.conn = Connection(self.lock, self.deliver, self.ended)
@@ -228,9 +229,6 @@ class _Core:
         if self.alive():
             self.conn.send(p.Cancel(p.C_CANCEL, task_id, kill))
 
-    def on_result_thread(self) -> bool:
-        return self.conn.on_reader_thread()
-
     # --- requests ------------------------------------------------------------------------------
     def check_answering(self) -> None:
         """Raise unless the dispatcher can still answer requests."""
@@ -271,6 +269,8 @@ class _Core:
                 err = BrokenPoolError(msg[1])
                 err.__cause__ = RemoteTraceback(msg[2]) if msg[2] else None
                 self._go_broken(err)
+            elif tag == p.D_EVENT:
+                _events.log(p.Event(*msg))
             elif tag == p.D_BYE:
                 with self.lock:
                     self.state = _CLOSED

@@ -13,7 +13,6 @@ reader can set the state directly. This relies on private fields of
 from __future__ import annotations
 
 import concurrent.futures
-import sys
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -115,7 +114,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     def _refuse_on_result_thread(self) -> None:
         """Waiting on the thread that delivers results would wait forever."""
         core = self._core
-        if core is not None and not self.done() and core.on_result_thread():
+        if core is not None and not self.done() and core.conn.on_reader_thread():
             raise RuntimeError(
                 "a done callback cannot wait for another result of the same pool: it runs on "
                 "the thread that delivers results (use add_done_callback on that future)"
@@ -163,14 +162,15 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
 
 def report_resolve_failure(entry: Any, exc: BaseException) -> None:
-    """Give a resolution failure to whoever waits on the entry, else print it."""
+    """Give a resolution failure to whoever waits on the entry, else log it (mppool.futures)."""
     if isinstance(entry, concurrent.futures.Future) and not entry.done():
         try:
             entry.set_exception(exc)
             return
         except concurrent.futures.InvalidStateError:
             pass
-    import traceback
+    import logging
 
-    print("mppool: error while resolving a task result:", file=sys.stderr)
-    traceback.print_exception(exc, file=sys.stderr)
+    logging.getLogger("mppool.futures").error(
+        "error in a done callback or while resolving a task result", exc_info=exc
+    )

@@ -30,7 +30,7 @@ class Requests:
     def ask(self, message: Callable[[int], Any]) -> Any:
         """Send ``message(request_id)`` and wait for the dispatcher's answer to it."""
         core = self._core
-        if core.on_result_thread():
+        if core.conn.on_reader_thread():
             raise RuntimeError(
                 "stats(), tasks() and task() cannot be called from a future's done callback"
             )

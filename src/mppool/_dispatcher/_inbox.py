@@ -90,6 +90,29 @@ def schedule(d: Dispatcher, m: p.Schedule) -> None:
     d.schedules[m.schedule_id] = rec
 
 
+def fire_schedules(d: Dispatcher, now: float) -> None:
+    """Start a run of every schedule that is due (never two runs of one at once)."""
+    wall = d.wall()
+    for rec in list(d.schedules.values()):
+        if rec.next_at > now:
+            continue
+        rec.advance(now, wall)
+        if rec.running and rec.running in d.sched.tasks:
+            rec.skipped += 1  # the previous run is still going: never two at once
+            continue
+        task_id = d.fired_ids
+        d.fired_ids -= 1
+        rec.running = task_id
+        rec.runs += 1
+        opts = d.options[rec.opts_id]
+        flags = p.FLAG_TIMED if opts.timeout > 0 else 0
+        task = Task(task_id, rec.fn_id, rec.opts_id, opts, rec.payload, flags=flags)
+        d.results.append(
+            p.Fired(p.D_FIRED, rec.schedule_id, task_id, rec.next_wall(now, wall), rec.skipped)
+        )
+        d.sched.submit(task)
+
+
 # --- from a worker ---------------------------------------------------------------------------
 def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None:
     sched = d.sched

@@ -37,7 +37,7 @@ from ._claims import Claims
 from ._clock import Clock
 from ._latency import LatencyWindow
 from ._poller import Poller
-from ._procs import Outbox, WorkerSlot, set_nonblocking, set_title
+from ._procs import Outbox, set_nonblocking, set_title
 from ._recurring import Recurring
 from ._snapshot import ProcessUsage, snapshot
 from ._stealing import RECHECK_SECONDS
@@ -76,6 +76,7 @@ class Dispatcher:
             aging_rate=config.aging_rate,
             rate_limits=config.rate_limits,
         )
+        self.sched.note_level = config.log_level
         self.table = TaskTable()
         self.latency = LatencyWindow()
         self.usage = ProcessUsage()
@@ -100,9 +101,6 @@ class Dispatcher:
         self.poller.watch(rfd, self._read_client)
 
     # --- messages ------------------------------------------------------------------------------
-    def on_worker_messages(self, w: WorkerSlot, msgs: list[p.Message]) -> None:
-        _inbox.worker_messages(self, w, msgs)
-
     def _read_client(self) -> None:
         try:
             data = os.read(self.client_in, p.READ_SIZE)
@@ -159,7 +157,7 @@ class Dispatcher:
         self.doomed_opts.difference_update(opts_ids)
         for fn_id in fn_ids:
             self.functions.pop(fn_id, None)
-            self.sched.forget_function(fn_id)
+            self.sched.estimates.forget(fn_id)
         for opts_id in opts_ids:
             self.options.pop(opts_id, None)
             self.retry_on.pop(opts_id, None)
@@ -176,8 +174,14 @@ class Dispatcher:
         return snapshot(self)
 
     # --- ending --------------------------------------------------------------------------------
+    def event(self, level: int, name: str, message: str, **fields: Any) -> None:
+        """Tell the client something for its logs, if it listens at ``level``."""
+        if level >= self.config.log_level:
+            self.results.append(p.Event(p.D_EVENT, level, name, message, fields))
+
     def go_broken(self, message: str, tb: str | None) -> None:
         """Nothing can run any more: fail every task, tell the client, stop the workers."""
+        self.event(p.LOG_ERROR, "pool_broken", f"the pool is broken: {message}", reason=message)
         self.broken = (message, tb)
         payload = pickle.dumps((message, tb))
         for task_id in self.sched.abort_all():
@@ -214,6 +218,16 @@ class Dispatcher:
             self.results.append(
                 p.result(task.id, p.TIMEOUT, task.failures, task.opts.timeout, payload)
             )
+        self.event(
+            p.LOG_WARNING,
+            "task_timed_out",
+            f"task {task.client_id} ran past its timeout of {task.opts.timeout:g} s; "
+            f"worker {w.index} (pid {w.pid}) is killed",
+            task_id=task.client_id,
+            timeout=task.opts.timeout,
+            pid=w.pid,
+            worker=w.index,
+        )
         self.workers.kill(w, "timeout")
 
     # --- output --------------------------------------------------------------------------------
@@ -306,7 +320,7 @@ class Dispatcher:
         for event in self.sched.fire_timers():
             self._on_timeout(event)
         if self.schedules and self.broken is None:
-            self._fire_schedules(now)
+            _inbox.fire_schedules(self, now)
         if self.kill_at is not None and now >= self.kill_at:
             self._kill_at_deadline()
         deadline = self.workers.init_deadline()
@@ -322,6 +336,10 @@ class Dispatcher:
             self.workers.finish_draining()
         if (self.doomed_fns or self.doomed_opts) and self.sched.empty():
             self._forget_unused()
+        if self.sched.notes:
+            for level, name, message, fields in self.sched.notes:
+                self.event(level, name, message, **fields)
+            self.sched.notes.clear()
         self._flush_results()
         if self.closing and self.done():
             self.workers.begin_exit(now)
@@ -331,27 +349,6 @@ class Dispatcher:
                 self._drain_client_out()
                 return True
         return False
-
-    def _fire_schedules(self, now: float) -> None:
-        wall = self.wall()
-        for rec in list(self.schedules.values()):
-            if rec.next_at > now:
-                continue
-            rec.advance(now, wall)
-            if rec.running and rec.running in self.sched.tasks:
-                rec.skipped += 1  # the previous run is still going: never two at once
-                continue
-            task_id = self.fired_ids
-            self.fired_ids -= 1
-            rec.running = task_id
-            rec.runs += 1
-            opts = self.options[rec.opts_id]
-            flags = p.FLAG_TIMED if opts.timeout > 0 else 0
-            task = Task(task_id, rec.fn_id, rec.opts_id, opts, rec.payload, flags=flags)
-            self.results.append(
-                p.Fired(p.D_FIRED, rec.schedule_id, task_id, rec.next_wall(now, wall), rec.skipped)
-            )
-            self.sched.submit(task)
 
 
 def main(rfd: int, wfd: int) -> None:

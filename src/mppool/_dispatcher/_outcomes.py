@@ -91,19 +91,32 @@ class Outcomes:
             return None
         return self._after_failure(task, retryable)
 
-    def _after_failure(self, task: Task, retryable: bool) -> Retry | Fail:
+    def _after_failure(self, task: Task, retryable: bool, cause: str = "error") -> Retry | Fail:
         s = self.s
         task.failures += 1
         task.attempt += 1
         if retryable and task.failures < task.opts.max_attempts:
-            at = s.clock() + task.opts.backoff(task.failures, s.rng)
+            now = s.clock()
+            at = now + task.opts.backoff(task.failures, s.rng)
             s.waiting.hold(task, at, BACKOFF)
             s.counts["retried"] += 1
+            self._retried(task, at - now, cause)
             return Retry(task, at)
         task.state = DONE
         s.tasks.pop(task.id, None)
         s.counts["failed"] += 1
         return Fail(task)
+
+    def _retried(self, task: Task, delay: float, cause: str) -> None:
+        self.s.note(
+            p.LOG_INFO,
+            "task_retried",
+            f"task {task.client_id} failed ({cause}); attempt {task.failures + 1} in {delay:.3g} s",
+            task_id=task.client_id,
+            attempt=task.failures + 1,
+            delay=delay,
+            cause=cause,
+        )
 
     # --- map chunks ----------------------------------------------------------------------------
     def part_done(self, w: int, msg: p.PartResult) -> JobDone | None:
@@ -159,9 +172,11 @@ class Outcomes:
         part.attempt += 1
         if part.failures >= part.opts.max_attempts:
             return False
-        at = s.clock() + part.opts.backoff(part.failures, s.rng)
+        now = s.clock()
+        at = now + part.opts.backoff(part.failures, s.rng)
         s.waiting.hold(part, at, BACKOFF)
         s.counts["retried"] += 1
+        self._retried(part, at - now, "error")
         return True
 
     def _drop_parts_after(self, job: ChunkJob, at: int) -> None:
@@ -198,7 +213,7 @@ class Outcomes:
             self.expired_parts.add(task.id)
             return Timeout(w, task, None)
         s.pipes.reported(task)
-        return Timeout(w, task, self._after_failure(task, task.opts.retry_timeouts))
+        return Timeout(w, task, self._after_failure(task, task.opts.retry_timeouts, "timeout"))
 
     def worker_lost(
         self, w: int, *, blame: bool, crash: bytes = b"", pid: int = 0
@@ -253,6 +268,7 @@ class Outcomes:
             return Fail(task)
         s.counts["retried"] += 1
         s.requeue(task, now)
+        self._retried(task, 0.0, "crash")
         return Retry(task, now)
 
     def _recover_part(
@@ -282,6 +298,7 @@ class Outcomes:
             retry = unit.crashes <= unit.opts.crash_retries
         if retry:
             s.counts["retried"] += 1
+            self._retried(unit, 0.0, "timeout" if timed_out else "crash")
             if timed_out:
                 at = now + unit.opts.backoff(unit.failures, s.rng)
                 s.tasks[unit.id] = unit

@@ -37,7 +37,9 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
+from .. import _protocol as p
 from ._cancelling import Cancelling
 from ._claims import ClaimCounters
 from ._estimates import Estimates
@@ -116,6 +118,14 @@ class Scheduler:
         self.ran: list[tuple[tuple[float, int], int]] = [((-math.inf, 0), 0)] * workers
         self.max_given = (-math.inf, 0)  # the rank of the least urgent task ever handed out
         self.recheck = False  # a worker was left without work, to be reconsidered shortly
+        # Events for the user's logs, at or above ``note_level`` (see ``Dispatcher.event``).
+        self.note_level = p.LOG_WARNING
+        self.notes: list[tuple[int, str, str, dict[str, Any]]] = []
+
+    def note(self, level: int, name: str, message: str, **fields: Any) -> None:
+        """Record an event for the user's logs, if anyone listens at ``level``."""
+        if level >= self.note_level:
+            self.notes.append((level, name, message, fields))
 
     def part_id(self) -> int:
         """A new run id for a part split off a map chunk."""
@@ -144,12 +154,6 @@ class Scheduler:
         """A new round of the dispatcher's loop (clears ``recheck``)."""
         self.recheck = False
 
-    def estimate(self, task: Task) -> float | None:
-        return self.estimates.of(task)
-
-    def forget_function(self, fn_id: int) -> None:
-        self.estimates.forget(fn_id)
-
     # --- entering ------------------------------------------------------------------------------
     def submit(self, task: Task) -> None:
         """Accept a new task: queue it now, or hold it until ``task.not_before``."""
@@ -170,12 +174,19 @@ class Scheduler:
         if waiting.needs_token(task):
             self.queue.place(task, now)
             waiting.park(task, rank(task))
-            for ready in waiting.release(task.opts.kind, now):
-                self._enqueue(ready, now)
+            self._release(task.opts.kind, now)
             return
         self.queue.push(task, now)
         if take_back:
             self.stealing.take_back_behind(task)
+
+    def _release(self, kind: str, now: float) -> None:
+        """Queue the tasks of a rate-limited ``kind`` that get a token now."""
+        waits = self.waiting.rate_limited_waits
+        for ready in self.waiting.release(kind, now):
+            self._enqueue(ready, now)
+        if self.waiting.rate_limited_waits > waits:
+            self.note(p.LOG_DEBUG, "rate_limited", f"kind {kind!r} is out of tokens", kind=kind)
 
     def requeue(self, task: Task, now: float) -> None:
         """Put a task taken back from a pipe (or a new part of one) into the heap."""
@@ -299,8 +310,7 @@ class Scheduler:
         for kind, obj in self.waiting.due(now):
             if kind == BUCKET:
                 assert isinstance(obj, str)
-                for ready in self.waiting.release(obj, now):
-                    self._enqueue(ready, now)
+                self._release(obj, now)
                 continue
             assert isinstance(obj, Task)
             if kind == RELEASE:
@@ -347,15 +357,6 @@ class Scheduler:
     def queued(self) -> int:
         """Tasks waiting for a worker (heap, delays, backoffs, rate limits)."""
         return self.queue.live + self.waiting.delayed + self.waiting.limited
-
-    @property
-    def rate_limited_waits(self) -> int:
-        return self.waiting.rate_limited_waits
-
-    @property
-    def in_pipes(self) -> int:
-        """Tasks handed to a worker and not yet reported."""
-        return sum(1 for w in range(self.workers) for _ in self.pipes.live(w))
 
     def live_tasks(self) -> Iterator[Task]:
         return iter(list(self.tasks.values()))

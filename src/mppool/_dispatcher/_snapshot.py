@@ -119,7 +119,7 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
         running=running,
         steals=sched.pipes.steals,
         stolen_tasks=sched.pipes.stolen_tasks,
-        rate_limited_waits=sched.rate_limited_waits,
+        rate_limited_waits=sched.waiting.rate_limited_waits,
         started=sched.starts,
         queue_by_priority=by_priority,
         queue_by_kind=by_kind,

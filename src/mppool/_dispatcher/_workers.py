@@ -12,6 +12,7 @@ import pickle
 from typing import TYPE_CHECKING
 
 from .. import _protocol as p
+from . import _inbox
 from ._procs import Outbox, WorkerSlot, fork_worker, kill_group, open_pidfd, reap
 from ._tasks import Batch
 
@@ -64,6 +65,14 @@ class Workers:
     def hello(self, w: WorkerSlot) -> None:
         w.ready = True
         w.ready_at = self.d.wall()
+        self.d.event(
+            p.LOG_DEBUG,
+            "worker_started",
+            f"worker {w.index} (pid {w.pid}) is ready after {w.ready_at - w.started_at:.3f} s",
+            worker=w.index,
+            pid=w.pid,
+            startup=w.ready_at - w.started_at,
+        )
         self.early_deaths = 0
         if not w.kill_reason:
             self.d.sched.worker_up(w.index)
@@ -93,7 +102,7 @@ class Workers:
             return
         w.frames.feed(data)
         for frame in w.frames.frames():
-            self.d.on_worker_messages(w, frame)
+            _inbox.worker_messages(self.d, w, frame)
 
     def _drain_results(self, w: WorkerSlot) -> None:
         """Read everything left in a dead worker's result pipe, then handle it."""
@@ -107,7 +116,7 @@ class Workers:
                 break
             w.frames.feed(data)
         for frame in w.frames.frames():
-            self.d.on_worker_messages(w, frame)
+            _inbox.worker_messages(self.d, w, frame)
 
     # --- writing -------------------------------------------------------------------------------
     def send(self, w: WorkerSlot, batch: Batch) -> None:
@@ -198,6 +207,18 @@ class Workers:
         if not w.ready and not w.kill_reason and not d.closing:
             self.early_deaths += 1
         crash = pickle.dumps((pid, exitcode, signame))
+        why = w.kill_reason or ("retired" if w.retired or w.draining else "")
+        how = f"signal {signame}" if signame else f"exit code {exitcode}"
+        d.event(
+            p.LOG_INFO if why else p.LOG_WARNING,
+            "worker_died",
+            f"worker {w.index} (pid {pid}) ended: {how}" + (f" ({why})" if why else ""),
+            worker=w.index,
+            pid=pid,
+            exitcode=exitcode,
+            signal=signame,
+            reason=why or "crashed",
+        )
         for task, outcome in d.sched.outcomes.worker_lost(
             w.index, blame=blame, crash=crash, pid=pid
         ):
@@ -211,7 +232,15 @@ class Workers:
             )
         if d.broken is None and not d.client_gone and not (d.closing and d.done()):
             self.respawns += 1
-            self.spawn(w)
+            if self.spawn(w):
+                d.event(
+                    p.LOG_INFO,
+                    "worker_respawned",
+                    f"worker {w.index} replaced: pid {pid} -> {w.pid}",
+                    worker=w.index,
+                    old_pid=pid,
+                    pid=w.pid,
+                )
 
     def _forget_fds(self, w: WorkerSlot) -> None:
         poller = self.d.poller
