@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -146,3 +147,59 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_serve_runs_your_own_functions(leak_check: None, tmp_path: Path) -> None:
+    (tmp_path / "wordtasks.py").write_text("def count_words(text):\n    return len(text.split())\n")
+    (tmp_path / "moretasks.py").write_text(
+        "import mppool\n\n"
+        "def shout(text):\n    return text.upper()\n\n"
+        "mppool.register('shout', shout)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this mppool, not the cwd's
+    command = mppool_command(
+        "serve",
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--import",
+        "wordtasks:count_words",
+        "--import",
+        "moretasks",
+    )
+    with subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        try:
+            url = read_line(proc, r"dashboard at (http://127\.0\.0\.1:\d+/)", START_TIMEOUT)[1]
+            _, functions = http("GET", url + "api/functions")
+            assert isinstance(functions, dict)
+            names = {f["name"] for f in functions["functions"]}
+            assert {"count_words", "shout", "primes"} <= names
+            for body, want in (
+                ({"name": "count_words", "args": ["to be or not to be"]}, 6),
+                ({"name": "shout", "kwargs": {"text": "hi"}}, "HI"),
+            ):
+                status, answer = http("POST", url + "api/tasks", body)
+                assert status == 202 and isinstance(answer, dict)
+                _, task = http("GET", f"{url}api/tasks/{answer['id']}?wait=10")
+                assert isinstance(task, dict) and (task["state"], task["result"]) == ("done", want)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(STOP_TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(STOP_TIMEOUT)
+
+
+def test_serve_import_errors_are_reported(leak_check: None, tmp_path: Path) -> None:
+    done = subprocess.run(
+        mppool_command("serve", "--port", "0", "--import", "no_such_module:fn"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+    assert done.returncode == 2
+    assert "--import" in done.stderr and "no_such_module" in done.stderr

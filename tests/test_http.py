@@ -413,6 +413,34 @@ def test_token_is_required_when_set(pool: mppool.Pool) -> None:
         assert anonymous.get("/")[0] == 200  # the page is static; it asks for the token
 
 
+def test_health_and_readiness_for_orchestrators(make_pool: Any) -> None:
+    pool = make_pool(2)
+    with serve(pool, token="s3cret") as srv:
+        probe = Client(srv.url)  # probes carry no token
+        assert probe.get("/healthz") == (200, {"status": "ok"})
+        assert probe.get("/readyz") == (200, {"status": "ready", "workers": 2})
+        assert probe.get("/api/stats")[0] == 401  # only the probes are open
+        pool._core.conn.proc.kill()  # the dispatcher dies: the pool is broken
+        assert wait_until(lambda: pool.state == "broken", TIMEOUT)
+        assert probe.get("/healthz") == (200, {"status": "ok"})  # this process still answers
+        status, body = probe.get("/readyz")
+        assert (status, body["status"]) == (503, "broken")
+
+
+def test_readiness_while_shutting_down(make_pool: Any, fifos: Any) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    held = pool.submit(tasks.gated, started.path, gate.path)
+    started.take()
+    with serve(pool) as srv:
+        pool.shutdown(wait=False)
+        assert Client(srv.url).get("/readyz") == (503, {"status": "closing"})
+        gate.post()
+        assert held.result(timeout=TIMEOUT) > 0
+        pool.shutdown(wait=True)
+        assert Client(srv.url).get("/readyz") == (503, {"status": "closed"})
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "example.com"])
 def test_non_loopback_bind_needs_a_token(pool: mppool.Pool, host: str) -> None:
     with pytest.raises(ValueError, match="token"):

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mppool.http")
 
 EXECUTOR_THREADS = 4
+# Served without a token: the static page, and the probes a container orchestrator sends.
+_OPEN_PATHS = frozenset({"/", "/healthz", "/readyz"})
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,6 +91,8 @@ class Api:
         app.router.add_get("/api/history", self._history_page)
         app.router.add_get("/api/workers", self._workers)
         app.router.add_get("/api/functions", self._functions)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
         self._tasks.add_routes(app)
         return app
 
@@ -130,7 +134,7 @@ class Api:
             if self._token is None:
                 if not self._host_allowed(request):
                     raise HTTPError(403, f"unexpected Host header {request.host!r}")
-            elif request.path != "/":  # the page itself is static and carries no data
+            elif request.path not in _OPEN_PATHS:
                 given = request.headers.get("Authorization", "")
                 scheme, _, credential = given.partition(" ")
                 # compare_digest takes time independent of where the strings differ.
@@ -170,6 +174,23 @@ class Api:
     async def _stats(self, request: web.Request) -> web.Response:
         stats = await self._call(self._pool.stats)
         return reply(jsonable(dataclasses.asdict(stats)))
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        """Liveness: this process answers."""
+        return reply({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """Readiness: the pool runs and every worker is ready; 503 otherwise."""
+        state = self._pool.state
+        if state != "running":
+            return reply({"status": state}, 503)
+        try:
+            stats = await self._call(self._pool.stats)
+        except (PoolClosedError, BrokenPoolError) as exc:
+            return reply({"status": self._pool.state, "reason": str(exc)}, 503)
+        starting = sum(1 for w in stats.workers if w.state == "starting")
+        body = {"status": "starting" if starting else "ready", "workers": len(stats.workers)}
+        return reply(body, 503 if starting else 200)
 
     async def _history_page(self, request: web.Request) -> web.Response:
         return reply(self._history.as_json())

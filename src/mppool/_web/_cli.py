@@ -1,6 +1,7 @@
 """The ``mppool`` command (also ``python -m mppool``).
 
     mppool serve --host 127.0.0.1 --port 8000 --workers 4 [--token T]
+    mppool serve --import mypkg.tasks:count_words --import mypkg.more
     mppool run primes --n small --workers 2
     mppool run hashes --n 500
 
@@ -87,6 +88,17 @@ def _parser() -> argparse.ArgumentParser:
         "binding beyond loopback without one)",
     )
 
+    srv.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE[:FUNCTION]",
+        help="make a function runnable over HTTP under its name (MODULE:FUNCTION), or import "
+        "a module whose mppool.register() calls do that (MODULE); repeatable. Modules are "
+        "looked up from the current directory too",
+    )
+
     run = sub.add_parser("run", help="run an example workload with a progress bar")
     run.add_argument("workload", choices=["primes", "hashes"], help="what to compute")
     run.add_argument(
@@ -106,11 +118,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
     if args.command == "serve":
+        try:
+            _import_tasks(args.imports)
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            print(f"mppool: --import: {exc}", file=sys.stderr)
+            return 2
         return _serve(args.host, args.port, args.workers, args.token)
     return _run(args.workload, args.n, args.workers, not args.no_progress)
 
 
 # --- serve -------------------------------------------------------------------------------------
+def _import_tasks(specs: list[str]) -> None:
+    """Register ``MODULE:FUNCTION`` specs (or import ``MODULE``s that register their own)."""
+    if not specs:
+        return
+    import importlib
+
+    from ._registry import register
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the project's own modules
+    for spec in specs:
+        module_name, _, attr = spec.partition(":")
+        module = importlib.import_module(module_name)
+        if not attr:
+            continue
+        fn: Any = module
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        if not callable(fn):
+            raise TypeError(f"{spec} is not callable")
+        register(attr.rsplit(".", 1)[-1], fn)
+
+
 def _serve(host: str, port: int, workers: int, token: str | None) -> int:
     # Imported here so `mppool run` works without the optional HTTP dependency.
     from ._server import is_loopback, require_http, serve
