@@ -205,3 +205,17 @@ def add_one(x: int) -> int:
 def spin_and_append(seconds: float, path: str, text: str) -> str:
     spin(seconds)
     return append_line(path, text)
+
+
+def crash_first_time(marker: str, value: Any) -> Any:
+    """Kill the worker the first time it is called (per marker file), then return ``value``."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)
+    return value
+
+
+def fail_on(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad item {x}")
+    return x * x

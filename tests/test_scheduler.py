@@ -562,10 +562,10 @@ def test_estimates_follow_measured_durations() -> None:
     sched, _, claims = make()
     t = task()
     sched.submit(t)
-    assert sched.estimate(t) is None
+    assert sched.estimates.of(t) is None
     sent = _run_one(sched, claims)
     sched.outcomes.complete(0, sent.id, sent.attempt, 0.02)
-    assert sched.estimate(task(n_items=5)) == pytest.approx(0.1)
+    assert sched.estimates.of(task(n_items=5)) == pytest.approx(0.1)
 
 
 def test_abort_all_forgets_everything() -> None:

@@ -136,8 +136,8 @@ class MapIterator:
                 unit = self._pop_ready()
                 if unit is not None:
                     break
-                if self._finished():
-                    return None
+                if self._finished() or (self.mode == CLOSED and not self.outstanding):
+                    return None  # the end, or closed from another thread with nothing left
                 items = feed.flushable()
                 if items:
                     feed.send(items)

@@ -11,7 +11,7 @@ import datetime
 import math
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._backoff import CRASH_RETRIES
@@ -130,6 +130,52 @@ class _Submitter:
         return MapIterator(
             self._core, fn, iterables, self._opts, False, chunksize, timeout, progress, self._owner
         ).results()
+
+    async def asubmit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``await`` the result of ``fn(*args, **kwargs)`` without blocking the event loop.
+
+        Cancelling the awaiting coroutine cancels the task: it is removed if it has not
+        started, and its worker is killed (and replaced) if it runs.
+
+        Raises:
+            the task's own exception, or mppool's errors as :meth:`submit` and its future do.
+        """
+        from ._aio import asubmit
+
+        return await asubmit(self, fn, args, kwargs)
+
+    def amap(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> AsyncIterator[T]:
+        """:meth:`map` for ``async for``: results in input order, lazy and bounded, and the
+        event loop never blocks. Leaving the loop early cancels what has not run."""
+        from ._aio import AsyncResults
+        from ._map import MapIterator
+
+        mapping = MapIterator(
+            self._core, fn, iterables, self._opts, True, chunksize, timeout, None, self._owner
+        )
+        return AsyncResults(mapping)
+
+    def aimap_unordered(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> AsyncIterator[T]:
+        """Like :meth:`amap`, in completion order."""
+        from ._aio import AsyncResults
+        from ._map import MapIterator
+
+        mapping = MapIterator(
+            self._core, fn, iterables, self._opts, False, chunksize, timeout, None, self._owner
+        )
+        return AsyncResults(mapping)
 
     def options(
         self,
@@ -298,6 +344,12 @@ class Pool(_Submitter, concurrent.futures.Executor):
     def workers(self) -> int:
         """The number of worker processes."""
         return self._workers
+
+    @property
+    def state(self) -> str:
+        """``"running"``, ``"closing"`` (shut down, finishing its work), ``"closed"`` or
+        ``"broken"``."""
+        return self._core.state
 
     @property
     def dispatcher_pid(self) -> int:
