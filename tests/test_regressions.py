@@ -97,6 +97,18 @@ def test_map_yields_every_item_before_an_input_error(pool: mppool.Pool) -> None:
     assert not pool._core.entries  # nothing left registered
 
 
+def test_an_unpicklable_item_first_in_its_chunk_raises_its_own_error(pool: mppool.Pool) -> None:
+    # With one item per chunk the bad item always opens a chunk: its place must carry the
+    # SerializationError, not a CancelledError (seen when chunk sizes happened to line up).
+    items: list[Any] = [*range(5), threading.Lock(), 6]
+    got: list[int] = []
+    with pytest.raises(mppool.SerializationError, match="pickle"):
+        for x in pool.map(tasks.square, items, chunksize=1, timeout=T):
+            got.append(x)
+    assert got == [x * x for x in range(5)]
+    assert pool.submit(tasks.square, 7).result(timeout=T) == 49  # the pool keeps serving
+
+
 def test_options_are_interned_by_value(pool: mppool.Pool) -> None:
     futs = [pool.options(priority=1, kind="k").submit(tasks.square, i) for i in range(500)]
     keyed = [pool.options(key=f"key-{i}").submit(tasks.square, i) for i in range(500)]

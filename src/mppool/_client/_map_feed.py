@@ -231,7 +231,7 @@ class Feeder:
             good = _picklable_prefix(items)
             self.failed(exc)
             if not good:
-                chunk._mppool_resolve(p.CANCELLED, 0, 0.0, b"")  # an empty place, skipped
+                chunk.fail(exc)  # the bad item's place: its error, after every earlier result
                 return
             items = items[:good]
             chunk.n_items = good

@@ -44,7 +44,7 @@ class Unit:
 class Chunk(Unit):
     """A chunk task: resolved by the pool's reader thread, consumed by the iterator."""
 
-    __slots__ = ("attempts", "payload", "result", "status")
+    __slots__ = ("attempts", "error", "payload", "result", "status")
 
     def __init__(self, owner: MapIterator, task_id: int, n_items: int) -> None:
         super().__init__(owner, task_id, n_items)
@@ -52,6 +52,7 @@ class Chunk(Unit):
         self.attempts = 0
         self.payload = b""
         self.result: p.ChunkResult | None = None
+        self.error: BaseException | None = None
 
     def _mppool_chunk(self, result: p.ChunkResult) -> None:
         """The chunk ran (in one or more parts): its pieces of results and any error."""
@@ -69,6 +70,11 @@ class Chunk(Unit):
         self.payload = payload
         self._wake()
 
+    def fail(self, error: BaseException) -> None:
+        """The chunk was never sent: its first item does not pickle."""
+        self.error = error
+        self._wake()
+
     def outcome(self) -> tuple[list[Any], BaseException | None]:
         result = self.result
         if result is not None:
@@ -80,6 +86,8 @@ class Chunk(Unit):
             if result.err_status == p.OK:
                 return results, None
             return results, decode_error(result.err_status, self.attempts, result.err_payload)
+        if self.error is not None:
+            return [], self.error
         if self.status == p.CANCELLED:
             return [], concurrent.futures.CancelledError()
         return [], decode_error(self.status, self.attempts, self.payload)
