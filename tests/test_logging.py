@@ -95,3 +95,16 @@ def test_nothing_reaches_stderr_by_default(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["WorkerCrashedError", "TaskTimeoutError"]
     assert "mppool" not in done.stderr
+
+
+def test_a_clean_shutdown_logs_no_warning(
+    make_pool: PoolTracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mppool")
+    pool = make_pool(2)
+    assert list(pool.map(tasks.square, range(20), timeout=T)) == [x * x for x in range(20)]
+    pool.shutdown(wait=True, timeout=T)
+    ended = events(caplog, "worker_died")
+    assert len(ended) == 2  # each worker's end is still recorded, at INFO, with its reason
+    assert {(r.levelno, r.reason) for r in ended} == {(logging.INFO, "exit")}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -208,6 +208,8 @@ class Workers:
             self.early_deaths += 1
         crash = pickle.dumps((pid, exitcode, signame))
         why = w.kill_reason or ("retired" if w.retired or w.draining else "")
+        if not why and w.closing_since and exitcode == 0:
+            why = "exit"  # the pool is ending: it closed the task pipe and the worker left
         how = f"signal {signame}" if signame else f"exit code {exitcode}"
         d.event(
             p.LOG_INFO if why else p.LOG_WARNING,
