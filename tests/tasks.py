@@ -219,3 +219,19 @@ def fail_on(x: int, bad: int) -> int:
     if x == bad:
         raise ValueError(f"bad item {x}")
     return x * x
+
+
+def logged_square(log: str, x: int, fail_unless: str = "") -> int:
+    """Append ``x`` to ``log`` (one line per real execution); items ``x % 7 == 3`` fail
+    while the file ``fail_unless`` (if given) does not exist."""
+    append_line(log, str(x))
+    if fail_unless and x % 7 == 3 and not os.path.exists(fail_unless):
+        raise ValueError(f"item {x} failed")
+    return x * x
+
+
+def unpicklable_result(_: Any = None) -> Any:
+    """Return a value that cannot be pickled back to the caller."""
+    import threading
+
+    return threading.Lock()

@@ -11,7 +11,8 @@ The tree::
     ├── WorkerCrashedError       a task kept killing the worker running it
     ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
     ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
-    └── CancelledByShutdownError a running task was killed by a shutdown deadline
+    ├── CancelledByShutdownError a running task was killed by a shutdown deadline
+    └── StoreError               a job store cannot be opened, read or written
 
 A task's own exception is never wrapped: it is re-raised in the caller as itself, with
 :class:`RemoteTraceback` (the worker's formatted traceback) as its ``__cause__``.
@@ -28,6 +29,7 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "SerializationError",
+    "StoreError",
     "TaskAbortedError",
     "TaskTimeoutError",
     "WorkerCrashedError",
@@ -60,6 +62,11 @@ class SerializationError(MppoolError, TypeError):
 
     The original pickling error is the ``__cause__``. Nothing was lost: the pool keeps serving.
     """
+
+
+class StoreError(MppoolError):
+    """A job store (``Pool(store=...)``) cannot be used: not a store, from a newer mppool,
+    corrupt, or not writable. Raised by ``Pool(...)``, before any task runs."""
 
 
 class RemoteError(MppoolError):

@@ -202,6 +202,8 @@ class TaskInfo:
         finished_at: when it finished (None while live).
         duration: run time of its last attempt in seconds (None while live).
         pid: the worker that runs or ran it (None while waiting).
+        error: for a failure kept in a job store: ``"TypeName: message"``.
+        stored: whether the row comes from the job store (an earlier run; ``id`` is 0).
     """
 
     id: int
@@ -216,3 +218,5 @@ class TaskInfo:
     finished_at: float | None
     duration: float | None
     pid: int | None
+    error: str | None = None
+    stored: bool = False

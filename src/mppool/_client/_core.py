@@ -20,28 +20,30 @@ import os
 import pickle
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as p
-from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
-from . import _events, _future
+from .._errors import BrokenPoolError, PoolClosedError
+from . import _delivery, _events, _future
 from ._admission import Keys, Slots
 from ._connection import Connection
-from ._future import Future, report_resolve_failure
+from ._delivery import _BROKEN, _CLOSED, _CLOSING, _RUNNING
+from ._future import Future
 from ._interned import Catalog
 from ._open_maps import OpenMaps
 from ._options import _Options
 from ._requests import Requests
 from ._schedule import Schedules
 from ._serial import dumps
+from ._store import Store
+from ._stored import Waits
 
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
 EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
-
-_RUNNING, _CLOSING, _CLOSED, _BROKEN = "running", "closing", "closed", "broken"
 
 
 class _Core:
@@ -60,8 +62,11 @@ class _Core:
         initargs: tuple[Any, ...],
         aging_rate: float,
         init_timeout: float,
+        store: Store | None = None,
     ) -> None:
         self.workers = workers
+        self.store = store
+        self.waits = Waits(self, store) if store is not None else None
         self.defaults = defaults
         self.state = _RUNNING
         self.broken_reason: BaseException | None = None
@@ -185,6 +190,7 @@ class _Core:
         key: str | None = None,
         created: set[int] | None = None,
         closing_ok: bool = False,
+        decision: tuple[str, Any] | None = None,
     ) -> Future[Any]:
         if not (closing_ok and self.state == _CLOSING):
             self.check_open()
@@ -196,6 +202,26 @@ class _Core:
             holder = self.keys.holder(key)
             if holder is not None:
                 return holder  # type: ignore[return-value]  # queued or running: share it
+            if self.store is not None:
+                from . import _stored
+
+                def run() -> Future[Any]:
+                    return self._submit_new(fn, args, kwargs, opts, block, timeout, key, created)
+
+                return _stored.submit_keyed(self, key, decision, run)
+        return self._submit_new(fn, args, kwargs, opts, block, timeout, key, created)
+
+    def _submit_new(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        block: bool,
+        timeout: float | None,
+        key: str | None,
+        created: set[int] | None,
+    ) -> Future[Any]:
         catalog = self.catalog
         fn_id = catalog.function_id(fn)
         opts_id = catalog.options_id(opts)
@@ -221,6 +247,8 @@ class _Core:
                 return holder  # type: ignore[return-value]
         if created is not None:
             created.add(task_id)  # the caller owns this task (it did not join another's)
+        if key is not None and self.store is not None:
+            fut._stored = (self.store, key, fn, payload, time.time())
         msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, opts.not_before(), payload, key or "")
         self.register_entry(task_id, fut, msg)
         return fut
@@ -239,76 +267,16 @@ class _Core:
                 self.broken_reason
             )
 
-    # --- what the dispatcher says --------------------------------------------------------------
+    # --- what the dispatcher says (on the reader thread: see _delivery) -------------------------
     def deliver(self, msgs: list[p.Message]) -> bool:
-        """Handle messages on the reader thread; False once the dispatcher said goodbye."""
-        entries = self.entries
-        for msg in msgs:
-            tag = msg[0]
-            if tag == p.D_RESULT or tag == p.D_CHUNK:
-                entry = entries.pop(msg[1], None)
-                if entry is None:
-                    continue
-                try:
-                    if tag == p.D_RESULT:
-                        entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
-                    else:
-                        entry._mppool_chunk(p.ChunkResult.view(msg))
-                except BaseException as exc:  # a callback that raised (even SystemExit):
-                    report_resolve_failure(entry, exc)  # it ends no other future
-            elif tag == p.D_STATS or tag == p.D_LIST:
-                self.requests.answer(msg[1], msg[2])
-            elif tag == p.D_FIRED:
-                run = self.schedules.fired(msg[1], msg[2], msg[3], msg[4])
-                if run is not None:
-                    entries[msg[2]] = run
-            elif tag == p.D_READY:
-                self.pids = list(msg[1])
-                self.ready.set()
-            elif tag == p.D_BROKEN:
-                err = BrokenPoolError(msg[1])
-                err.__cause__ = RemoteTraceback(msg[2]) if msg[2] else None
-                self._go_broken(err)
-            elif tag == p.D_EVENT:
-                _events.log(p.Event(*msg))
-            elif tag == p.D_BYE:
-                with self.lock:
-                    self.state = _CLOSED
-                return False
-        return True
+        return _delivery.deliver(self, msgs)
 
     def _go_broken(self, reason: BaseException) -> None:
-        with self.lock:
-            if self.state == _CLOSED:
-                return
-            if self.state != _BROKEN:  # keep the first reason (the initializer's error)
-                self.state = _BROKEN
-                self.broken_reason = reason
-            first = self.broken_reason
-            failed = [self.entries.pop(t) for t in list(self.entries)]
-        self.ready.set()
-        # Futures failed here rather than by the dispatcher (the broken notice overtook their
-        # submission) keep the worker's traceback as their cause all the same.
-        cause = first.__cause__ if first is not None else None
-        tb = cause.tb if isinstance(cause, RemoteTraceback) else None
-        payload = pickle.dumps((str(first if first is not None else reason), tb))
-        _settle(failed, p.BROKEN, payload)
-        self.requests.fail_all(BrokenPoolError(str(reason)))
+        _delivery.go_broken(self, reason)
 
     def ended(self) -> None:
         """The reader thread is ending (the pipe closed): settle everything still open."""
-        if self.state in (_BROKEN, _RUNNING, _CLOSING):
-            reason = self.conn.broken_reason or self.broken_reason
-            self._go_broken(reason or BrokenPoolError("the dispatcher process died"))
-        with self.lock:
-            if self.state != _BROKEN:
-                self.state = _CLOSED
-            leftovers = [self.entries.pop(t) for t in list(self.entries)]
-        # Anything still registered never reached the dispatcher in time (a map refilling its
-        # window as the pool closed): fail it rather than leave someone waiting forever.
-        _settle(leftovers, p.CLOSED, b"")
-        self.requests.fail_all(PoolClosedError("the pool is shut down"))
-        self.finished.set()
+        _delivery.ended(self)
         _live_cores.discard(self)
 
     # --- ending --------------------------------------------------------------------------------
@@ -382,6 +350,7 @@ def _make_inert(core: _Core) -> None:
     """
     core.lock = threading.Lock()
     core.keys = Keys(core.lock)
+    core.store = None  # the parent's: its connection and threads are not the child's
     core.conn.forked(core.lock)
     reason = BrokenPoolError(
         f"this pool belongs to process {core.conn.owner_pid}; a process forked from it "
@@ -392,17 +361,8 @@ def _make_inert(core: _Core) -> None:
     core.ready.set()
     core.finished.set()
     entries, core.entries = core.entries, {}
-    _settle(list(entries.values()), p.BROKEN, pickle.dumps((str(reason), None)))
+    _delivery.settle(list(entries.values()), p.BROKEN, pickle.dumps((str(reason), None)))
     core.requests.fail_all(reason)
-
-
-def _settle(entries: list[Any], status: int, payload: bytes) -> None:
-    """Resolve entries the dispatcher will not answer; a raising callback ends no other."""
-    for entry in entries:
-        try:
-            entry._mppool_resolve(status, 0, 0.0, payload)
-        except BaseException as exc:
-            report_resolve_failure(entry, exc)
 
 
 def _after_fork_in_child() -> None:

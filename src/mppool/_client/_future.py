@@ -52,6 +52,7 @@ class Future(concurrent.futures.Future[T], Generic[T]):
     _task_id = 0
     _fn_id = 0  # the function and options it holds (released when it is resolved)
     _opts_id = 0
+    _stored: Any = None  # (store, key, fn, args, submitted at) of a journaled keyed task
 
     def __init__(self) -> None:  # deliberately not calling super().__init__ (see above)
         self._state = "PENDING"
@@ -138,6 +139,10 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         return cancelled
 
     def _mppool_resolve(self, status: int, attempts: int, duration: float, payload: bytes) -> None:
+        if self._stored is not None:
+            from ._stored import record
+
+            record(self, status, attempts, duration, payload)
         try:
             if status == p.OK:
                 try:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 WINDOW_PER_WORKER = 8  # chunks in flight (submitted, not consumed) per worker
 WINDOW_SECONDS_PER_WORKER = 0.1  # ... and at most this much estimated work per worker
+KEYED_BLOCK = 256  # keyed items read (and claimed in a job store) together; each is a task
 
 log = logging.getLogger("mppool.map")
 
@@ -75,7 +76,7 @@ class MapIterator:
             self.fn_id = core.catalog.function_id(fn)
             self.opts_id = core.catalog.options_id(opts)
         if chunksize is not None or self.keyed:
-            self.planner = ChunkPlanner(core.workers, 1 if self.keyed else chunksize)
+            self.planner = ChunkPlanner(core.workers, KEYED_BLOCK if self.keyed else chunksize)
         else:
             # One planner per function and pool: a second map of the same function starts
             # with chunks sized from what the first one measured.

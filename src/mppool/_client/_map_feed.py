@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .._errors import SerializationError
-from ._map_units import Chunk, Failed, Keyed, Unit
+from ._map_units import Chunk, Failed, Keyed, Stored, Unit
 from ._planner import MAX_CHUNK_ITEMS
 from ._serial import dumps
+from ._store import DONE, RUN
 
 if TYPE_CHECKING:
     from ._map import MapIterator
@@ -208,8 +209,7 @@ class Feeder:
         submit them without it. Called with ``cond`` held; returns with it held."""
         m = self.m
         if m.keyed:
-            for item in items:
-                self._submit_keyed(item)
+            self._send_keyed(items)
             return
         chunk = Chunk(m, next(m.core.ids), len(items))
         chunk.estimate = (m.planner.per_item or 0.0) * len(items)
@@ -239,24 +239,75 @@ class Feeder:
         msg = p.submit(chunk.task_id, m.fn_id, m.opts_id, len(items), m.flags, 0.0, payload, "")
         m.core.register_batch([(chunk.task_id, chunk, msg)])
 
-    def _submit_keyed(self, item: Any) -> None:
-        """A keyed item: one task, shared with any unfinished task of the same key."""
+    def _send_keyed(self, items: list[Any]) -> None:
+        """Keyed items: one task each, shared with any unfinished task of the same key; with
+        a job store, one claim for the whole block, and runs of stored results as one unit."""
         m = self.m
-        args = tuple(item) if m.star else (item,)
-        keyfn = m.opts.key
-        assert callable(keyfn)
         m.cond.release()
         try:
-            key = str(keyfn(*args))
-            fut = m.core.submit(m.fn, args, {}, m.opts, key=key, created=m.mine, closing_ok=True)
-            unit: Unit = Keyed(m, fut)
-        except BaseException as exc:
-            unit = Failed(m, exc)
-            self.failed(exc)
+            units = self._keyed_units(items)
         finally:
             m.cond.acquire()
-        m.track(unit)
-        if isinstance(unit, Keyed):
-            unit.future.add_done_callback(unit.done)
-        elif not m.ordered:
-            m.ready_q.append(unit)
+        for unit in units:
+            m.track(unit)
+            if isinstance(unit, Keyed):
+                unit.future.add_done_callback(unit.done)
+            elif not m.ordered:
+                m.ready_q.append(unit)
+
+    def _keyed_units(self, items: list[Any]) -> list[Unit]:
+        m = self.m
+        core = m.core
+        keyfn = m.opts.key
+        assert callable(keyfn)
+        calls: list[tuple[tuple[Any, ...], str]] = []
+        key_error: BaseException | None = None
+        try:
+            for item in items:
+                args = tuple(item) if m.star else (item,)
+                calls.append((args, str(keyfn(*args))))
+        except BaseException as exc:  # the items before it still run; the error takes its place
+            key_error = exc
+        decisions = core.store.claim([k for _, k in calls]) if core.store and calls else {}
+        units: list[Unit] = []
+        stored: list[bytes] = []
+        for n, (args, key) in enumerate(calls):
+            decision = decisions.get(key)
+            if decision is not None and decision[0] == DONE:
+                stored.append(decision[1])
+                continue
+            if stored:
+                units.append(Stored(m, stored))
+                stored = []
+            try:
+                fut = core.submit(
+                    m.fn,
+                    args,
+                    {},
+                    m.opts,
+                    key=key,
+                    created=m.mine,
+                    closing_ok=True,
+                    decision=decision,
+                )
+            except BaseException as exc:
+                key_error = exc
+                self._release_claims(calls[n + 1 :], decisions)
+                break
+            units.append(Keyed(m, fut))
+        if stored:
+            units.append(Stored(m, stored))
+        if key_error is not None:
+            units.append(Failed(m, key_error))
+            self.failed(key_error)
+        return units
+
+    def _release_claims(
+        self, calls: list[tuple[tuple[Any, ...], str]], decisions: dict[str, Any]
+    ) -> None:
+        """Keys claimed for items that will not be submitted: give the claims back."""
+        store = self.m.core.store
+        if store is not None:
+            for _, key in calls:
+                if decisions.get(key, (None,))[0] == RUN:
+                    store.journal.released(key)

@@ -93,6 +93,26 @@ class Chunk(Unit):
         return [], decode_error(self.status, self.attempts, self.payload)
 
 
+class Stored(Unit):
+    """A run of consecutive items whose keys the job store has done: their stored results."""
+
+    __slots__ = ("payloads",)
+
+    def __init__(self, owner: MapIterator, payloads: list[bytes]) -> None:
+        super().__init__(owner, 0, len(payloads))
+        self.payloads = payloads
+        self.ready = True
+
+    def outcome(self) -> tuple[list[Any], BaseException | None]:
+        results: list[Any] = []
+        try:
+            for payload in self.payloads:
+                results.append(decode_value(payload))
+        except Exception as exc:
+            return results, exc
+        return results, None
+
+
 class Failed(Unit):
     """An item that could not even be sent (it does not pickle): its error, in its place."""
 

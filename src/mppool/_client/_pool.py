@@ -32,6 +32,14 @@ DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
 DEFAULT_INIT_TIMEOUT = 300.0  # seconds a worker may take to start and run its initializer
 
 
+def _open_store(path: str | os.PathLike[str] | None) -> Any:
+    if path is None:
+        return None
+    from ._store import Store
+
+    return Store(path)
+
+
 def _init_timeout(value: Any) -> float:
     """Pool's ``init_timeout`` as the dispatcher takes it (0.0: no limit)."""
     if value is None:
@@ -274,6 +282,9 @@ class Pool(_Submitter, concurrent.futures.Executor):
         init_timeout: seconds a new worker may take to start and run ``initializer``; one
             that takes longer breaks the pool, as a failing initializer does (``None``: wait
             forever).
+        store: a job store file (SQLite; created if missing): tasks with a key are journaled,
+            a key already done returns its stored result without running, failures are
+            kept (see README, "Resumable batches").
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -295,6 +306,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
         aging_rate: float = DEFAULT_AGING_RATE,
         rate_limits: dict[str, str | RateLimit] | None = None,
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
+        store: str | os.PathLike[str] | None = None,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -318,18 +330,25 @@ class Pool(_Submitter, concurrent.futures.Executor):
         self._opts = _Options(
             0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
         )
-        self._core = _Core(
-            workers,
-            self._opts,
-            rate_limits=limits,
-            max_queue=max_queue,
-            max_tasks_per_child=max_tasks_per_child or 0,
-            max_memory_per_child=max_memory_per_child or 0,
-            initializer=initializer,
-            initargs=tuple(initargs),
-            aging_rate=aging_rate,
-            init_timeout=_init_timeout(init_timeout),
-        )
+        journal = _open_store(store)  # a bad store fails here, before any process starts
+        try:
+            self._core = _Core(
+                workers,
+                self._opts,
+                rate_limits=limits,
+                max_queue=max_queue,
+                max_tasks_per_child=max_tasks_per_child or 0,
+                max_memory_per_child=max_memory_per_child or 0,
+                initializer=initializer,
+                initargs=tuple(initargs),
+                aging_rate=aging_rate,
+                init_timeout=_init_timeout(init_timeout),
+                store=journal,
+            )
+        except BaseException:
+            if journal is not None:
+                journal.close()
+            raise
         _live_cores.add(self._core)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
         # At exit, a pool still referenced is ended by mppool's own exit hook (at once), not
@@ -416,9 +435,31 @@ class Pool(_Submitter, concurrent.futures.Executor):
 
         return serve(self, host, port, token=token, registry=registry)
 
-    def tasks(self) -> list[TaskInfo]:
-        """Live tasks (queued, delayed, running, retrying) and the most recent finished ones."""
-        return [TaskInfo(**row) for row in self._core.requests.tasks()]
+    def tasks(self, state: str | None = None) -> list[TaskInfo]:
+        """Live tasks (queued, delayed, running, retrying) and the most recent finished ones;
+        with a job store, also the failures it keeps from earlier runs (``stored=True``).
+
+        Args:
+            state: only the tasks in this state (``"failed"``: the dead-letter list).
+        """
+        rows = [TaskInfo(**row) for row in self._core.requests.tasks()]
+        store = self._core.store
+        if store is not None and state in (None, "failed"):
+            from ._stored import stored_failures
+
+            rows += stored_failures(store, {r.key for r in rows})
+        return rows if state is None else [r for r in rows if r.state == state]
+
+    def retry_failed(self, keys: Iterable[str] | None = None) -> list[Future[Any]]:
+        """Run the job store's failed tasks again (all, or those of ``keys``), each under its
+        key; a success replaces the failure in the store.
+
+        Raises:
+            ValueError: if the pool has no job store.
+        """
+        from ._stored import retry_failed
+
+        return retry_failed(self._core, self._opts, keys)
 
     def task(self, task_id: int) -> TaskInfo:
         """One task by id (``future.task_id``).
