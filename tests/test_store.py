@@ -361,3 +361,39 @@ def test_two_processes_on_one_store_never_run_a_key_twice(leak_check: None, tmp_
     assert runs(logs[0]) and runs(logs[1])  # and both did part of the work
     assert _integrity(db) == "ok"
     assert by_state(db) == {"done": n}
+
+
+# --- the command line --------------------------------------------------------------------------
+def _cli(*args: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mppool", "store", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def test_the_store_command_counts_lists_and_shows_one_key(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    with make_pool(1, store=db) as pool:
+        assert list(keyed(pool).map(tasks.square, range(30), timeout=T))[-1] == 29 * 29
+        with pytest.raises(ValueError):
+            pool.options(key="bad").submit(tasks.raise_value_error, "no luck").result(timeout=T)
+    listed = _cli(db, "--limit", "5")
+    assert listed.returncode == 0, listed.stderr
+    assert "31 keys: running 0, done 30, failed 1" in listed.stdout
+    assert len(listed.stdout.splitlines()) == 1 + 1 + 5 + 1  # summary, header, 5 rows, "more"
+    failed = _cli(db, "--state", "failed")
+    assert failed.stdout.splitlines()[2].split()[:2] == ["bad", "failed"]
+    assert "ValueError: no luck" in failed.stdout
+    one = _cli(db, "--key", "bad")
+    assert one.returncode == 0
+    assert "state      failed" in one.stdout and "raise_value_error" in one.stdout
+    value = _cli(db, "--key", "sq:7", "--result")
+    assert value.stdout.splitlines()[-1] == "49"
+    assert _cli(db, "--key", "nope").returncode == 1
+    missing = _cli(tmp_path / "other.db")
+    assert missing.returncode == 2 and "no job store" in missing.stderr
+    assert not (tmp_path / "other.db").exists()  # looking never creates a file

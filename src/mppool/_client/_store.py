@@ -29,6 +29,7 @@ failures are written by one thread, batched: a commit every ``COMMIT_SECONDS`` o
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import logging
@@ -36,6 +37,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,7 +68,7 @@ CREATE TABLE tasks (
     finished_at REAL,
     duration REAL
 );
-CREATE INDEX tasks_state ON tasks (state);
+CREATE INDEX tasks_failed ON tasks (finished_at) WHERE state = 'failed';
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -108,6 +110,7 @@ class Store:
         pid = os.getpid()
         self.owner = f"{pid}:{_process_start(pid)}:{next(self._tokens)}"
         self.lock = threading.Lock()  # one user of the connection at a time
+        self._rerun = True  # whether claims look for stored results before taking the lock
         self.db = self._open()
         self.journal = Journal(self)
 
@@ -169,17 +172,18 @@ class Store:
         it) or ``(RUN, None)`` (claimed now for this pool, committed before returning)."""
         unique = list(dict.fromkeys(keys))
         with self.lock:
-            rows = self._rows(unique)
-            if all(row is not None and row[0] == "done" for row in rows.values()):
-                return {k: (DONE, self._payload(rows[k])) for k in unique}  # no write needed
+            if self._rerun:  # the last block had stored rows: this one may need no write
+                rows = self._rows(unique)
+                if all(row is not None and row[0] == "done" for row in rows.values()):
+                    return {k: (DONE, self._payload(rows[k])) for k in unique}
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._rows(unique)  # again, under the write lock
+                rows = self._rows(unique)  # under the write lock: no one else claims now
+                self._rerun = any(row is not None for row in rows.values())
                 out, claims = self._decide(unique, rows)
-                self.db.executemany(
-                    "INSERT INTO tasks (key, state, owner) VALUES (?, 'running', ?) "
-                    "ON CONFLICT (key) DO UPDATE SET state = 'running', owner = excluded.owner",
-                    [(k, self.owner) for k in claims],
+                owner = self.owner
+                _values(
+                    self.db, _CLAIM, "(?, 'running', ?)", [v for k in claims for v in (k, owner)], 2
                 )
                 self.db.execute("COMMIT")
             except BaseException:
@@ -252,22 +256,7 @@ class Store:
     def failures(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The dead-letter list, newest first."""
         with self.lock:
-            cursor = self.db.execute(
-                "SELECT key, error_type, error, attempts, submitted_at, finished_at, duration "
-                "FROM tasks WHERE state = 'failed' ORDER BY finished_at DESC LIMIT ?",
-                (limit,),
-            )
-            return [
-                {
-                    "key": key,
-                    "error": f"{etype}: {error}",
-                    "attempts": attempts or 0,
-                    "submitted_at": submitted,
-                    "finished_at": finished,
-                    "duration": duration,
-                }
-                for key, etype, error, attempts, submitted, finished, duration in cursor
-            ]
+            return listing(self.db, "failed", limit)
 
     def dead_letters(self, keys: Iterable[str] | None = None) -> list[tuple[str, bytes, bytes]]:
         """``(key, function blob, arguments payload)`` of failed tasks (all, or ``keys``)."""
@@ -283,6 +272,110 @@ class Store:
         self.journal.close()
         with self.lock:
             self.db.close()
+
+
+# --- reading, for people and the command line ---------------------------------------------------
+_LISTED = "key, state, error_type, error, attempts, submitted_at, finished_at, duration"
+
+
+def listing(db: sqlite3.Connection, state: str | None, limit: int) -> list[dict[str, Any]]:
+    """Rows of the store (of one state, or all), the most recently finished first."""
+    where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+    cursor = db.execute(
+        f"SELECT {_LISTED} FROM tasks {where} ORDER BY finished_at DESC LIMIT ?", (*params, limit)
+    )
+    return [_listed(row) for row in cursor]
+
+
+def _listed(row: tuple[Any, ...]) -> dict[str, Any]:
+    key, state, etype, error, attempts, submitted, finished, duration = row
+    return {
+        "key": key,
+        "state": state,
+        "error": f"{etype}: {error}" if etype else None,
+        "attempts": attempts or 0,
+        "submitted_at": submitted,
+        "finished_at": finished,
+        "duration": duration,
+    }
+
+
+def counts(db: sqlite3.Connection) -> dict[str, int]:
+    """How many keys the store has in each state."""
+    return dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+
+
+def describe(db: sqlite3.Connection, path: str, key: str) -> dict[str, Any] | None:
+    """One key in full (its result as pickle bytes), or None if the store has no such key."""
+    row = db.execute(
+        f"SELECT {_LISTED}, traceback, owner, result, spill FROM tasks WHERE key = ?", (key,)
+    ).fetchone()
+    if row is None:
+        return None
+    info = _listed(row[:8])
+    traceback, owner, result, spill = row[8:]
+    info.update(traceback=traceback, owner=owner, spill=spill, result=None)
+    if result is not None:
+        info["result"] = bytes(result)
+    elif spill is not None:
+        with open(os.path.join(path + ".blobs", spill), "rb") as f:
+            info["result"] = f.read()
+    return info
+
+
+def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection to an existing store (for looking, never for running).
+
+    Raises:
+        StoreError: if there is no such file, or it is not a store this mppool can read.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise StoreError(f"no job store at {path}")
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    try:
+        app, version = Store._identity(db)
+        if app != APPLICATION_ID:
+            raise StoreError(f"{path} is not an mppool job store")
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} was written by a newer mppool (store schema {version})")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+# Rows are written many to a statement: one step per statement, not per row, so the writing
+# thread gives the GIL back and takes it again once per statement (executemany: once per row,
+# each time waiting for the busy main thread to let go of it).
+ROWS_PER_STATEMENT = 256
+_CLAIM = (
+    "INSERT INTO tasks (key, state, owner) VALUES {} "
+    "ON CONFLICT (key) DO UPDATE SET state = 'running', owner = excluded.owner"
+)
+_DONE = (
+    "INSERT INTO tasks (key, state, result, spill, attempts, duration, submitted_at, "
+    "finished_at) VALUES {} ON CONFLICT (key) DO UPDATE SET state = 'done', owner = NULL, "
+    "result = excluded.result, spill = excluded.spill, attempts = excluded.attempts, "
+    "duration = excluded.duration, submitted_at = excluded.submitted_at, "
+    "finished_at = excluded.finished_at, fn = NULL, args = NULL, error_type = NULL, "
+    "error = NULL, traceback = NULL"
+)
+
+
+def _values(db: sqlite3.Connection, sql: str, row: str, flat: list[Any], width: int) -> None:
+    """Run ``sql`` (an INSERT with a ``{}`` for its VALUES) over rows of ``width`` values laid
+    end to end in ``flat``, many rows per step."""
+    step = ROWS_PER_STATEMENT * width
+    for i in range(0, len(flat), step):
+        part = flat[i : i + step]
+        db.execute(sql.format(",".join([row] * (len(part) // width))), part)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -319,75 +412,69 @@ def spill_name(key: str) -> str:
 
 
 class Journal:
-    """Writes results and failures to the store from a thread of its own, in batches."""
+    """Writes results and failures to the store from a thread of its own, in batches.
+
+    The hot path (:meth:`done`, on the pool's reader thread) is one ``deque.append``: no lock,
+    no wake-up. The writer looks every ``COMMIT_SECONDS`` and writes whatever has come in, in
+    one transaction; a result's ``finished_at`` is the time of that commit (within
+    ``COMMIT_SECONDS`` of the truth).
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._rows: list[tuple[str, tuple[Any, ...]]] = []
-        self._cond = threading.Condition()
-        self._closed = False
+        self._done: collections.deque[tuple[str, bytes, int, float, float]] = collections.deque()
+        self._other: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
+        self._stop = threading.Event()
         self._db = connect(store.path)
         self._thread = threading.Thread(target=self._run, name="mppool-journal", daemon=True)
         self._thread.start()
 
     def done(self, key: str, payload: bytes, attempts: int, duration: float, sub: float) -> None:
-        self._put("done", (key, payload, attempts, duration, sub, time.time()))
+        self._done.append((key, payload, attempts, duration, sub))
 
     def failed(self, key: str, fields: tuple[Any, ...]) -> None:
         """``fields``: error type, message, traceback, attempts, duration, submitted_at,
         function blob, arguments payload."""
-        self._put("failed", (key, *fields, time.time()))
+        self._other.append(("failed", (*fields, time.time(), key)))
 
     def released(self, key: str) -> None:
         """A claimed key will not run here (cancelled, or the pool ended first)."""
-        self._put("released", (key, self._store.owner))
-
-    def _put(self, kind: str, row: tuple[Any, ...]) -> None:
-        with self._cond:
-            self._rows.append((kind, row))
-            if len(self._rows) >= COMMIT_ROWS:
-                self._cond.notify()
+        self._other.append(("released", (key, self._store.owner)))
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                if not self._rows and not self._closed:
-                    self._cond.wait(COMMIT_SECONDS)
-                rows, self._rows = self._rows, []
-                closed = self._closed
-            if rows:
+            stopping = self._stop.wait(COMMIT_SECONDS)
+            done = [self._done.popleft() for _ in range(len(self._done))]
+            other = [self._other.popleft() for _ in range(len(self._other))]
+            if done or other:
                 try:
-                    self._write(rows)
+                    self._write(done, other)
                 except Exception:  # the disk is full, the file was removed, ...: say so loudly
                     _LOG.exception(
-                        "job store %s: %d rows could not be written", self._store.path, len(rows)
+                        "job store %s: %d results and %d other rows could not be written",
+                        self._store.path,
+                        len(done),
+                        len(other),
                     )
-            if closed and not rows:
+            elif stopping:
                 return
 
-    def _write(self, rows: list[tuple[str, tuple[Any, ...]]]) -> None:
-        done, failed, released = [], [], []
-        for kind, row in rows:
-            if kind == "done":
-                key, payload, *rest = row
-                spill = None
-                if len(payload) > SPILL_BYTES:
-                    spill = self._spill(key, payload)
-                    payload = None
-                done.append((payload, spill, *rest, key))
-            elif kind == "failed":
-                failed.append((*row[1:], row[0]))
+    def _write(
+        self, done: list[tuple[str, bytes, int, float, float]], other: list[tuple[str, Any]]
+    ) -> None:
+        now = time.time()
+        flat: list[Any] = []
+        for key, payload, attempts, duration, sub in done:
+            if len(payload) > SPILL_BYTES:
+                flat += (key, None, self._spill(key, payload), attempts, duration, sub, now)
             else:
-                released.append(row)
+                flat += (key, payload, None, attempts, duration, sub, now)
+        failed = [row for kind, row in other if kind == "failed"]
+        released = [row for kind, row in other if kind == "released"]
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "UPDATE tasks SET state = 'done', owner = NULL, result = ?, spill = ?, "
-                "attempts = ?, duration = ?, submitted_at = ?, finished_at = ?, fn = NULL, "
-                "args = NULL, error_type = NULL, error = NULL, traceback = NULL WHERE key = ?",
-                done,
-            )
+            _values(db, _DONE, "(?, 'done', ?, ?, ?, ?, ?, ?)", flat, 7)
             db.executemany(
                 "UPDATE tasks SET state = 'failed', owner = NULL, result = NULL, spill = NULL, "
                 "error_type = ?, error = ?, traceback = ?, attempts = ?, duration = ?, "
@@ -421,10 +508,7 @@ class Journal:
         return name
 
     def close(self) -> None:
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify()
+        """Write what has come in, then stop. Idempotent."""
+        self._stop.set()
         self._thread.join()
         self._db.close()

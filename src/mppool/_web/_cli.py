@@ -4,10 +4,13 @@
     mppool serve --import mypkg.tasks:count_words --import mypkg.more
     mppool run primes --n small --workers 2
     mppool run hashes --n 500
+    mppool store primes.db [--state failed] [--limit 50]
+    mppool store primes.db --key primes:3 [--result]
 
 ``serve`` runs a pool with the HTTP API and dashboard until Ctrl-C or SIGTERM, then shuts both
 down. ``run`` runs an example workload from the built-in task functions with a progress bar
-and prints a stats summary.
+and prints a stats summary. ``store`` looks into a job store (read-only): counts by state and
+the latest keys, or one key in full.
 """
 
 from __future__ import annotations
@@ -111,6 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=default_workers, help="worker processes"
     )
     run.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+
+    store = sub.add_parser("store", help="look into a job store: counts, keys, one key")
+    store.add_argument("path", help="the store's file (Pool(store=...))")
+    store.add_argument("--key", help="show this key in full")
+    store.add_argument("--state", choices=["running", "done", "failed"], help="only this state")
+    store.add_argument("--limit", type=_positive_int, default=20, help="keys listed (default 20)")
+    store.add_argument(
+        "--result",
+        action="store_true",
+        help="with --key, unpickle the stored result and print it (only for stores you trust)",
+    )
     return parser
 
 
@@ -124,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mppool: --import: {exc}", file=sys.stderr)
             return 2
         return _serve(args.host, args.port, args.workers, args.token)
+    if args.command == "store":
+        from ._store_cli import show
+
+        return show(args.path, args.key, args.state, args.limit, args.result)
     return _run(args.workload, args.n, args.workers, not args.no_progress)
 
 
