@@ -235,3 +235,21 @@ def unpicklable_result(_: Any = None) -> Any:
     import threading
 
     return threading.Lock()
+
+
+def blas_threads(_: Any = None) -> dict[str, int]:
+    """The thread pools loaded in this worker and their sizes (threadpoolctl), after numpy."""
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    return {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+
+
+def modules_loaded(names: list[str]) -> dict[str, bool]:
+    import sys
+
+    return {name: name in sys.modules for name in names}
+
+
+def affinity(_: Any = None) -> tuple[int, list[int]]:
+    return os.getpid(), sorted(os.sched_getaffinity(0))

@@ -16,7 +16,7 @@ travel as *plain tuples* in the same field order, because pickling a plain tuple
 entirely in C while a NamedTuple costs about seven times as much, and per-message cost is the
 whole budget of a no-op task. Each hot message therefore has exactly one builder function
 here (``submit()``, ``run()``, ...) and is read through its class's ``view()``, so a field's
-position is written in one place; ``tests/test_protocol.py`` round-trips every message.
+position is written in one place (``tests/test_protocol.py`` round-trips every message).
 
 Payloads (a task's arguments, a result, an exception) are ``bytes`` pickled by the client or
 by a worker. The dispatcher forwards them without unpickling: it never imports user code.
@@ -24,9 +24,6 @@ by a worker. The dispatcher forwards them without unpickling: it never imports u
 
 from __future__ import annotations
 
-import os
-import pickle
-import struct
 from typing import Any, NamedTuple
 
 Message = tuple[Any, ...]
@@ -104,6 +101,9 @@ class Config(NamedTuple):
     rate_limits: dict[str, tuple[float, float, int]]  # kind -> (rate, per seconds, burst)
     init_timeout: float  # seconds a worker may take to start before the pool is broken
     log_level: int  # the lowest ``logging`` level of the events the client wants
+    env: dict[str, str]  # set by the dispatcher before it imports anything (thread limits)
+    preload: list[str]  # modules it imports before forking; worker i runs on affinity[i]
+    affinity: list[list[int]]
 
 
 class Options(NamedTuple):
@@ -519,82 +519,10 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
 }
 
 
-# --- framing ---------------------------------------------------------------------------------
-_LEN = struct.Struct("<Q")
-HEADER_SIZE = _LEN.size
-READ_SIZE = 1 << 18  # bytes asked of each os.read: large enough that a burst is one call
-
-
-def encode(messages: list[Message]) -> bytes:
-    """Serialise messages into one frame (length prefix + pickled list)."""
-    body = pickle.dumps(messages, pickle.HIGHEST_PROTOCOL)
-    return _LEN.pack(len(body)) + body
-
-
-class FrameBuffer:
-    """Accumulates bytes read from a pipe and yields the complete frames in it."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        self._buf += data
-
-    def frames(self) -> list[list[Message]]:
-        """Remove and decode every complete frame buffered so far."""
-        buf = self._buf
-        out: list[list[Message]] = []
-        offset = 0
-        end = len(buf)
-        with memoryview(buf) as view:
-            while end - offset >= HEADER_SIZE:
-                (size,) = _LEN.unpack_from(buf, offset)
-                stop = offset + HEADER_SIZE + size
-                if stop > end:
-                    break
-                out.append(pickle.loads(view[offset + HEADER_SIZE : stop]))
-                offset = stop
-        if offset:
-            del buf[:offset]
-        return out
-
-
-class BlockingReader:
-    """Reads frames from a blocking file descriptor (used by workers and the client).
-
-    ``read()`` returns the messages of every complete frame available, blocking until there
-    is at least one; it returns ``None`` at end of file.
-    """
-
-    __slots__ = ("_fd", "_frames")
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._frames = FrameBuffer()
-
-    @property
-    def buffer(self) -> FrameBuffer:
-        """Bytes read but not yet decoded (to hand the pipe over to a non-blocking reader)."""
-        return self._frames
-
-    def read(self) -> list[Message] | None:
-        while True:
-            frames = self._frames.frames()
-            if frames:
-                if len(frames) == 1:
-                    return frames[0]
-                return [msg for frame in frames for msg in frame]
-            data = os.read(self._fd, READ_SIZE)
-            if not data:
-                return None
-            self._frames.feed(data)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte to a blocking file descriptor."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+# The framing that carries the messages, re-exported: every process writes ``p.encode`` etc.
+from ._framing import HEADER_SIZE as HEADER_SIZE  # noqa: E402
+from ._framing import READ_SIZE as READ_SIZE  # noqa: E402
+from ._framing import BlockingReader as BlockingReader  # noqa: E402
+from ._framing import FrameBuffer as FrameBuffer  # noqa: E402
+from ._framing import encode as encode  # noqa: E402
+from ._framing import write_all as write_all  # noqa: E402

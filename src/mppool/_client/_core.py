@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .._errors import BrokenPoolError, PoolClosedError
@@ -38,8 +38,10 @@ from ._options import _Options
 from ._requests import Requests
 from ._schedule import Schedules
 from ._serial import dumps
-from ._store import Store
-from ._stored import Waits
+from ._setup import WorkerSetup
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
@@ -63,10 +65,15 @@ class _Core:
         aging_rate: float,
         init_timeout: float,
         store: Store | None = None,
+        setup: WorkerSetup | None = None,
     ) -> None:
         self.workers = workers
         self.store = store
-        self.waits = Waits(self, store) if store is not None else None
+        self.waits = None
+        if store is not None:
+            from ._stored import Waits  # the job store's code loads only for a pool with one
+
+            self.waits = Waits(self, store)
         self.defaults = defaults
         self.state = _RUNNING
         self.broken_reason: BaseException | None = None
@@ -97,6 +104,7 @@ class _Core:
             rate_limits,
             init_timeout,
             _events.wanted_level(),
+            *(setup or WorkerSetup({}, [], [])),
         )
         try:
             self.conn = Connection(self.lock, self.deliver, self.ended)

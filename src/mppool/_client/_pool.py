@@ -11,7 +11,7 @@ import datetime
 import math
 import os
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._backoff import CRASH_RETRIES
@@ -22,6 +22,7 @@ from ._core import _Core, _finalize, _live_cores
 from ._future import Future
 from ._options import UNSET, _Options
 from ._schedule import Schedule, validate_cron
+from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
 
 if TYPE_CHECKING:
     from .._web._registry import Registry
@@ -285,6 +286,14 @@ class Pool(_Submitter, concurrent.futures.Executor):
         store: a job store file (SQLite; created if missing): tasks with a key are journaled,
             a key already done returns its stored result without running, failures are
             kept (see README, "Resumable batches").
+        threads_per_worker: BLAS/OpenMP threads each worker may start: ``"auto"`` (its
+            share of the cores, unless the variable is set in your environment), a number,
+            or ``None`` to leave them alone (see README, "Numeric work").
+        preload: modules imported once in the dispatcher before it forks the workers, so
+            every worker, and every replacement, starts with them (a failed import breaks
+            the pool at once).
+        cpu_affinity: ``True`` pins worker i to core i; a list gives each worker its set of
+            cores; a replacement keeps its slot's cores (Linux).
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -307,6 +316,9 @@ class Pool(_Submitter, concurrent.futures.Executor):
         rate_limits: dict[str, str | RateLimit] | None = None,
         init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
         store: str | os.PathLike[str] | None = None,
+        threads_per_worker: int | str | None = "auto",
+        preload: Iterable[str] = (),
+        cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -330,6 +342,11 @@ class Pool(_Submitter, concurrent.futures.Executor):
         self._opts = _Options(
             0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
         )
+        setup = WorkerSetup(
+            thread_environment(threads_per_worker, workers),
+            preload_modules(preload),
+            core_placement(cpu_affinity, workers),
+        )
         journal = _open_store(store)  # a bad store fails here, before any process starts
         try:
             self._core = _Core(
@@ -344,6 +361,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
                 aging_rate=aging_rate,
                 init_timeout=_init_timeout(init_timeout),
                 store=journal,
+                setup=setup,
             )
         except BaseException:
             if journal is not None:

@@ -299,7 +299,7 @@ class Dispatcher:
         return wait
 
     def run(self) -> None:
-        pids = self.workers.start_all()
+        pids = self.workers.start_all() if self.broken is None else []
         if self.broken is None:  # a fork failed: the client sees only the broken notice
             self.results.append(p.Ready(p.D_READY, pids))
         # Report now, not after the first event: a worker's initializer may take long.
@@ -351,6 +351,21 @@ class Dispatcher:
         return False
 
 
+def preload(modules: list[str]) -> tuple[str, str] | None:
+    """Import ``modules`` here, so every worker forked later starts with them; the first
+    failure as ``(message, traceback)``."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            import traceback
+
+            return f"preload: could not import {name!r}: {exc!r}", traceback.format_exc()
+    return None
+
+
 def main(rfd: int, wfd: int) -> None:
     """Entry point of the dispatcher process (see ``mppool._client._core``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the user process
@@ -367,9 +382,13 @@ def main(rfd: int, wfd: int) -> None:
     except OSError:
         pass
     set_title("mppool: dispatcher")
+    os.environ.update(config.env)  # before any library reads it: workers inherit it
     from .. import _worker  # noqa: F401  (imported before forking: each worker starts with it)
 
+    failed = preload(config.preload)
     dispatcher = Dispatcher(rfd, wfd, config, reader.buffer)
+    if failed is not None:
+        dispatcher.go_broken(*failed)
     # The loop's objects (tasks in dicts, heaps and deques) form no reference cycles, so the
     # cyclic collector only adds pauses to the tail latency: move what exists now out of its
     # reach and make it run rarely. (Workers keep the default: they run user code.)

@@ -117,9 +117,14 @@ class WorkerSlot:
 
 
 def fork_worker(
-    initializer: bytes | None, max_memory: int, sems: Sequence[Any], title: str
+    initializer: bytes | None,
+    max_memory: int,
+    sems: Sequence[Any],
+    title: str,
+    cores: list[int] | None = None,
 ) -> tuple[int, int, int]:
-    """Fork a worker. Returns ``(pid, task pipe write end, result pipe read end)``.
+    """Fork a worker (pinned to ``cores``, if given). Returns ``(pid, task pipe write end,
+    result pipe read end)``.
 
     Both returned descriptors are non-blocking. The child never returns from this call.
 
@@ -140,7 +145,7 @@ def fork_worker(
             os.close(fd)
         raise
     if pid == 0:  # the child: become a worker and never return into the dispatcher's loop
-        _become_worker(task_r, result_w, initializer, max_memory, sems, title)
+        _become_worker(task_r, result_w, initializer, max_memory, sems, title, cores)
     os.close(task_r)
     os.close(result_w)
     set_nonblocking(task_w)
@@ -155,10 +160,13 @@ def _become_worker(
     max_memory: int,
     sems: Sequence[Any],
     title: str,
+    cores: list[int] | None,
 ) -> None:
     status = 1
     try:
         os.setpgid(0, 0)  # its own group: killed with whatever its task started
+        if cores is not None:
+            os.sched_setaffinity(0, cores)  # what the task starts inherits it too
         keep = sorted((task_r, result_w))
         os.closerange(3, keep[0])
         os.closerange(keep[0] + 1, keep[1])

@@ -40,8 +40,13 @@ class Workers:
         config = d.config
         title = f"mppool: worker {w.index}"
         try:
+            cores = config.affinity[w.index % len(config.affinity)] if config.affinity else None
             pid, task_fd, result_fd = fork_worker(
-                config.initializer, config.max_memory_per_child, d.claims.rings[w.index], title
+                config.initializer,
+                config.max_memory_per_child,
+                d.claims.rings[w.index],
+                title,
+                cores,
             )
         except OSError as exc:  # out of descriptors, processes or memory
             import traceback
