@@ -253,3 +253,32 @@ def modules_loaded(names: list[str]) -> dict[str, bool]:
 
 def affinity(_: Any = None) -> tuple[int, list[int]]:
     return os.getpid(), sorted(os.sched_getaffinity(0))
+
+
+def array_sum(a: Any) -> tuple[float, bool]:
+    """The sum of an array and whether the worker may write to it."""
+    return float(a.sum()), bool(a.flags.writeable)
+
+
+def same(x: Any) -> Any:
+    return x
+
+
+def scribble(a: Any) -> float:
+    """Write into the argument (a copy-on-write mapping: the caller's array is untouched)."""
+    a[:] = -1
+    return float(a.sum())
+
+
+def mapped_segments(prefix: str) -> list[str]:
+    """The shared-memory segments of this pool mapped into this worker (from /proc)."""
+    with open("/proc/self/maps") as f:
+        return sorted(os.path.basename(line.split()[-1]) for line in f if prefix in line)
+
+
+def crash_first_time_with(marker: str, a: Any) -> float:
+    """Kill the worker the first time (per marker file), then return the array's sum."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(9)
+    return float(a.sum())

@@ -5,13 +5,19 @@ Thread counts are read inside the workers with threadpoolctl; pinning with psuti
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 
 import mppool
+from mppool import _shm
 from mppool._client._setup import THREAD_VARIABLES
 
 from . import tasks
@@ -111,3 +117,110 @@ def test_explicit_core_sets_and_bad_ones(make_pool: PoolTracker) -> None:
         mppool.Pool(1, cpu_affinity=[[max(CORES) + 100]])
     with pytest.raises(ValueError, match="subset"):
         mppool.Pool(1, cpu_affinity=[[]])
+
+
+# --- large payloads through shared memory ------------------------------------------------------
+def segments(pool: mppool.Pool) -> list[str]:
+    """This pool's shared-memory segments, from /dev/shm."""
+    prefix = _shm.prefix(pool.dispatcher_pid)
+    return sorted(n for n in os.listdir(_shm.SHM_DIR) if n.startswith(prefix))
+
+
+def test_a_200_mb_array_goes_and_comes_back_bit_exact(make_pool: PoolTracker) -> None:
+    pool = make_pool(1)
+    sent = np.random.default_rng(7).standard_normal(25_000_000)  # 200 MB of float64
+    sent[::1000] = np.nan  # bit-exact, NaNs too
+    back = pool.submit(tasks.same, sent).result(timeout=T)
+    assert back.dtype == sent.dtype and back.shape == sent.shape
+    assert np.array_equal(back.view(np.uint64), sent.view(np.uint64))
+    assert back.flags.writeable  # a result is the caller's to change
+    back[0] = 1.0
+    assert segments(pool) == []  # both segments are gone once the result is here
+    pool.shutdown(wait=True, timeout=T)
+
+
+def test_a_task_writing_to_its_argument_does_not_change_the_callers(
+    make_pool: PoolTracker,
+) -> None:
+    pool = make_pool(1)
+    mine = np.ones(1_000_000)
+    assert pool.submit(tasks.scribble, mine).result(timeout=T) == -1_000_000
+    assert mine.sum() == 1_000_000
+
+
+def test_a_shared_array_is_placed_once_for_100_tasks(make_pool: PoolTracker) -> None:
+    pool = make_pool(2)
+    big = np.arange(10_000_000, dtype=np.float64)  # 80 MB
+    handle = pool.share(big)
+    assert segments(pool) == [handle.name]
+    futures = [pool.submit(tasks.array_sum, handle) for _ in range(100)]
+    assert {f.result(timeout=T) for f in futures} == {(float(big.sum()), False)}  # read-only
+    assert segments(pool) == [handle.name]  # one segment, however many tasks
+    prefix = _shm.prefix(pool.dispatcher_pid)
+    for _ in range(4):  # every worker has it mapped, once
+        assert pool.submit(tasks.mapped_segments, prefix).result(timeout=T) in ([], [handle.name])
+    del handle, futures
+    gc.collect()
+    assert segments(pool) == []  # the last user let go of it
+
+
+def test_segments_are_gone_after_a_worker_is_killed_mid_task(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    pool = make_pool(1)
+    pool_segments = _shm.prefix(pool.dispatcher_pid)
+    data = np.ones(2_000_000)
+    marker = str(tmp_path / "crashed")
+    assert pool.submit(tasks.crash_first_time_with, marker, data).result(timeout=T) == 2e6
+    assert os.path.exists(marker)  # it did crash once, and was run again from the segment
+    assert segments(pool) == []
+    pool.shutdown(wait=True, timeout=T)
+    assert not [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(pool_segments)]
+
+
+def test_segments_are_removed_when_the_user_process_is_killed(
+    leak_check: None, tmp_path: Path
+) -> None:
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, sys, numpy as np, mppool\n"
+        "def hold(a, gate):\n"
+        "    open(gate).read()\n"
+        "if __name__ == '__main__':\n"
+        "    pool = mppool.Pool(2)\n"
+        "    h = pool.share(np.ones(3_000_000))\n"
+        "    pool.submit(hold, np.ones(2_000_000), sys.argv[1])\n"
+        "    print(pool.dispatcher_pid, flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(gate)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        prefix = _shm.prefix(int(proc.stdout.readline()))
+        mine = lambda: [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(prefix)]  # noqa: E731
+        assert len(mine()) == 2  # the shared array and the running task's argument
+        proc.kill()
+        proc.wait(timeout=T)
+        assert wait_until(lambda: not mine()), mine()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=T)
+
+
+def test_a_large_result_kept_in_a_job_store_is_whole(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    data = np.arange(1_000_000, dtype=np.int64)  # 8 MB: through shared memory
+    with make_pool(1, store=db) as pool:
+        first = pool.options(key="big").submit(tasks.same, data).result(timeout=T)
+    with make_pool(1, store=db) as pool:  # from the store: the segment is long gone
+        again = pool.options(key="big").submit(tasks.same, None).result(timeout=T)
+    assert np.array_equal(first, data) and np.array_equal(again, data)

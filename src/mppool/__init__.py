@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from ._ratelimit import RateLimit
     from ._retry import RetryPolicy
+    from ._shm import Shared
     from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
     from ._web._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
     from ._web._registry import Registry, register
@@ -73,6 +74,7 @@ _WHERE = {
     "Registry": "_web._registry",
     "register": "_web._registry",
     "RetryPolicy": "_retry",
+    "Shared": "_shm",
     "Run": "_client._schedule",
     "Schedule": "_client._schedule",
     "LatencyStats": "_stats",
@@ -121,6 +123,7 @@ __all__ = [
     "Schedule",
     "SerializationError",
     "Server",
+    "Shared",
     "StoreError",
     "TaskAbortedError",
     "TaskInfo",

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from . import _protocol as p
+from . import _shm
 
 FLUSH_SECONDS = 0.001  # a worker holds finished results at most this long while it keeps busy
 # The interpreter's collector settings, read when the dispatcher imports this module (before it
@@ -70,14 +71,29 @@ def _rss_bytes() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
-def dumps(obj: object) -> bytes:
-    """Pickle with the standard pickler, falling back to cloudpickle (lambdas, closures)."""
+def dumps(obj: object, buffers: list[memoryview] | None = None) -> bytes:
+    """Pickle with the standard pickler, falling back to cloudpickle (lambdas, closures);
+    with ``buffers``, large buffers are left out and put there."""
+    oob = None if buffers is None else _shm.out_of_band(buffers)
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=oob)
     except Exception:
         import cloudpickle
 
-        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        if buffers:
+            buffers.clear()
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=oob))
+
+
+def dumps_result(obj: object) -> bytes:
+    """A result's payload: large buffers (and a large pickle) go through shared memory, in a
+    segment the user process removes as it reads it."""
+    buffers: list[memoryview] = []
+    body = dumps(obj, buffers)
+    return _shm.place(body, buffers, _segments, consume=True)[0]
+
+
+_segments = ""  # the start of this pool's segment names (set as the worker starts)
 
 
 def _describe(exc: BaseException) -> str:
@@ -179,7 +195,7 @@ class _Runner:
         except BaseException as exc:
             return self._classify(exc, r.opts_id)
         try:
-            return p.OK, dumps(value)
+            return p.OK, dumps_result(value)
         except Exception as exc:
             return _serial_error("the task's result could not be pickled", exc)
 
@@ -227,7 +243,7 @@ class _Runner:
                 err = self._classify(exc, r.opts_id)
             at = end
         try:
-            body = dumps(results)
+            body = dumps_result(results)
         except Exception as exc:
             body = pickle.dumps([])
             results.clear()
@@ -297,6 +313,8 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the user process's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_parent_death_signal()
+    global _segments
+    _segments = _shm.prefix(os.getppid())  # the dispatcher's
     random.seed()  # forked siblings would otherwise share one random stream
     gc.set_threshold(*_GC_THRESHOLD)
     if initializer is not None:

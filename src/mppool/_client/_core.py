@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
+from .. import _shm
 from .._errors import BrokenPoolError, PoolClosedError
 from . import _delivery, _events, _future
 from ._admission import Keys, Slots
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
 EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
+
+
+def release(kept: tuple[str | None, list[Any]] | None) -> None:
+    """Remove a task's argument segment (its ``Shared`` handles go with the tuple)."""
+    if kept is not None and kept[0] is not None:
+        _shm.remove(kept[0])
 
 
 class _Core:
@@ -110,6 +117,9 @@ class _Core:
             self.conn = Connection(self.lock, self.deliver, self.ended)
         except OSError as exc:
             raise BrokenPoolError(f"could not start the dispatcher process: {exc!r}") from exc
+        self.shm_prefix = _shm.prefix(self.conn.proc.pid)
+        # task id -> (segment, Shared handles) its arguments use, released at its outcome
+        self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         self._start(config)
 
     def _start(self, config: p.Config) -> None:
@@ -233,13 +243,15 @@ class _Core:
         catalog = self.catalog
         fn_id = catalog.function_id(fn)
         opts_id = catalog.options_id(opts)
+        kept = None
         try:
             what = f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
-            payload = dumps((args, kwargs or None), what)
+            payload, kept = self.pack((args, kwargs or None), what)
             if self.slots is not None:
                 self.slots.acquire(block, timeout)
         except BaseException:
             catalog.release(fn_id, opts_id)
+            release(kept)
             raise
         fut: Future[Any] = Future()
         task_id = next(self.ids)
@@ -252,14 +264,33 @@ class _Core:
                 if self.slots is not None:
                     self.slots.release()
                 catalog.release(fn_id, opts_id)
+                release(kept)
                 return holder  # type: ignore[return-value]
         if created is not None:
             created.add(task_id)  # the caller owns this task (it did not join another's)
         if key is not None and self.store is not None:
             fut._stored = (self.store, key, fn, payload, time.time())
+        if kept is not None:
+            self.segments[task_id] = kept
         msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, opts.not_before(), payload, key or "")
         self.register_entry(task_id, fut, msg)
         return fut
+
+    def pack(self, obj: Any, what: str) -> tuple[bytes, Any]:
+        """A task's payload; large buffers go into a shared-memory segment. Also returns
+        what must live until the task's outcome (the segment, ``Shared`` handles), or None."""
+        buffers: list[memoryview] = []
+        handles = _shm.pickling_handles()
+        try:
+            body = dumps(obj, what, buffers)
+        finally:
+            _shm.stop_collecting()
+        payload, segment = _shm.place(body, buffers, self.shm_prefix, consume=False)
+        return payload, (segment, handles) if segment or handles else None
+
+    def release_segments(self, task_id: int) -> None:
+        """The task has its outcome: remove its argument segment, drop its handles."""
+        release(self.segments.pop(task_id, None))
 
     def cancel_task(self, task_id: int, kill: bool) -> None:
         if self.alive():

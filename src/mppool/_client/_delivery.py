@@ -15,6 +15,7 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
+from .. import _shm
 from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
 from . import _events
 from ._future import report_resolve_failure
@@ -32,6 +33,8 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
         tag = msg[0]
         if tag == p.D_RESULT or tag == p.D_CHUNK:
             entry = entries.pop(msg[1], None)
+            if core.segments:
+                core.release_segments(msg[1])
             if entry is None:
                 continue
             try:
@@ -95,6 +98,10 @@ def ended(core: _Core) -> None:
     # window as the pool closed): fail it rather than leave someone waiting forever.
     settle(leftovers, p.CLOSED, b"")
     core.requests.fail_all(PoolClosedError("the pool is shut down"))
+    # Every outcome is in: no segment of this pool is needed any more (one a worker wrote
+    # before it was killed, or any, if the dispatcher died).
+    core.segments.clear()
+    _shm.remove_all(core.shm_prefix)
     if core.store is not None:  # every keyed task is settled: write the journal out
         assert core.waits is not None
         core.waits.close()

@@ -223,8 +223,9 @@ class Feeder:
     def _submit_chunk(self, chunk: Chunk, items: list[Any]) -> None:
         m = self.m
         what = f"an input item of map({m.fn_name})"
+        core = m.core
         try:
-            payload = dumps(items, what)
+            payload, kept = core.pack(items, what)
         except SerializationError as exc:
             # Send the items before the one that does not pickle, then stop there: the caller
             # gets every result up to the bad item, as with the built-in map.
@@ -235,7 +236,9 @@ class Feeder:
                 return
             items = items[:good]
             chunk.n_items = good
-            payload = dumps(items, what)
+            payload, kept = core.pack(items, what)
+        if kept is not None:
+            core.segments[chunk.task_id] = kept
         msg = p.submit(chunk.task_id, m.fn_id, m.opts_id, len(items), m.flags, 0.0, payload, "")
         m.core.register_batch([(chunk.task_id, chunk, msg)])
 

@@ -11,6 +11,7 @@ import concurrent.futures
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
+from .._shm import names_segment
 from ._serial import decode_error, decode_value
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class Unit:
 class Chunk(Unit):
     """A chunk task: resolved by the pool's reader thread, consumed by the iterator."""
 
-    __slots__ = ("attempts", "error", "payload", "result", "status")
+    __slots__ = ("attempts", "early", "error", "payload", "result", "status")
 
     def __init__(self, owner: MapIterator, task_id: int, n_items: int) -> None:
         super().__init__(owner, task_id, n_items)
@@ -53,9 +54,17 @@ class Chunk(Unit):
         self.payload = b""
         self.result: p.ChunkResult | None = None
         self.error: BaseException | None = None
+        self.early: list[Any] | None = None  # results decoded as they came (shared memory)
 
     def _mppool_chunk(self, result: p.ChunkResult) -> None:
         """The chunk ran (in one or more parts): its pieces of results and any error."""
+        if any(names_segment(piece) for piece in result.pieces):
+            # Results in shared memory are mapped now, while their segments exist: the
+            # pool may end before the consumer reads them.
+            try:
+                self.early = [value for piece in result.pieces for value in decode_value(piece)]
+            except Exception:
+                pass  # outcome() decodes again and reports it
         self.result = result
         self.status = p.OK
         self.attempts = result.attempts
@@ -79,10 +88,13 @@ class Chunk(Unit):
         result = self.result
         if result is not None:
             pieces = result.pieces
-            results: list[Any] = decode_value(pieces[0]) if len(pieces) == 1 else []
-            if len(pieces) > 1:
-                for piece in pieces:
-                    results.extend(decode_value(piece))
+            if self.early is not None:
+                results: list[Any] = self.early
+            else:
+                results = decode_value(pieces[0]) if len(pieces) == 1 else []
+                if len(pieces) > 1:
+                    for piece in pieces:
+                        results.extend(decode_value(piece))
             if result.err_status == p.OK:
                 return results, None
             return results, decode_error(result.err_status, self.attempts, result.err_payload)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._backoff import CRASH_RETRIES
 from .._ratelimit import RateLimit
 from .._retry import RetryPolicy
+from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
 from ._future import Future
@@ -452,6 +453,13 @@ class Pool(_Submitter, concurrent.futures.Executor):
         from .._web._server import serve
 
         return serve(self, host, port, token=token, registry=registry)
+
+    def share(self, obj: Any) -> Shared:
+        """Place ``obj`` (a numpy array, anything with large buffers) in shared memory once;
+        pass the handle to tasks instead. Each worker maps it read-only once and keeps it (an
+        array arrives as a read-only view, never copied). Freed when the handle is garbage
+        collected (tasks keep it alive until their outcome) or the pool ends."""
+        return Shared(obj, self._core.shm_prefix)
 
     def tasks(self, state: str | None = None) -> list[TaskInfo]:
         """Live tasks (queued, delayed, running, retrying) and the most recent finished ones;

@@ -19,9 +19,10 @@ from .._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from .._shm import out_of_band
 
 
-def dumps(obj: object, what: str) -> bytes:
+def dumps(obj: object, what: str, buffers: list[memoryview] | None = None) -> bytes:
     """Pickle ``obj`` with the standard pickler, else cloudpickle (lambdas, closures).
 
     The standard pickler refers to classes and functions by module and name. Those defined in
@@ -29,17 +30,23 @@ def dumps(obj: object, what: str) -> bytes:
     so a pickle that names ``__main__`` is redone with cloudpickle, which sends them by value.
     The check is a substring search over the bytes: a false positive only costs speed.
 
+    With ``buffers``, large buffers (numpy arrays, ...) are left out of the pickle and put
+    there, for :func:`mppool._shm.place`.
+
     Raises:
         SerializationError: if neither can pickle it.
     """
+    oob = None if buffers is None else out_of_band(buffers)
     try:
-        blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        blob = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=oob)
         if b"__main__" not in blob:
             return blob
     except Exception:
         pass
+    if buffers:
+        buffers.clear()  # the first attempt's; cloudpickle finds them again
     try:
-        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+        return bytes(cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL, buffer_callback=oob))
     except Exception as exc:
         raise SerializationError(f"{what} could not be pickled: {exc!r}") from exc
 

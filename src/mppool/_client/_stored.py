@@ -24,6 +24,7 @@ import cloudpickle
 
 from .. import _protocol as p
 from .._errors import RemoteTraceback
+from .._shm import inline
 from .._stats import TaskInfo
 from ._future import Future
 from ._serial import decode_error, decode_value
@@ -51,6 +52,7 @@ def record(fut: Future[Any], status: int, attempts: int, duration: float, payloa
     store, key, fn, args, submitted = fut._stored
     fut._stored = None
     if status == p.OK:
+        payload = inline(payload)  # a result in shared memory is kept whole, not by name
         store.journal.done(key, payload, attempts, duration, submitted)
     elif status in _FAILED:
         exc = decode_error(status, attempts, payload)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as p
+from .. import _shm
 from . import _inbox
 from . import _scheduler as s
 from ._claims import Claims
@@ -310,6 +311,7 @@ class Dispatcher:
                 handler()
             if self.client_gone:
                 self.workers.abandon()
+                _shm.remove_all(_shm.prefix(os.getpid()))  # nobody will read them now
                 return
             if self._step():
                 return
