@@ -39,3 +39,10 @@ def test_hashes_verifies_and_urgent_seeds_overtake() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "verified 8 digests locally: ok" in done.stdout
     assert "pool stats" in done.stdout
+
+
+def test_numeric_tiles_match_a_local_check() -> None:
+    done = run("numeric.py", "--size", "2048", "--tile", "128", "--workers", "2", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "256 tiles in" in done.stdout and "checked 20 tiles here: ok" in done.stdout
+    assert "256/256" in done.stderr  # the progress bar reached the end
