@@ -155,6 +155,7 @@ class _Runner:
         self.out: list[p.Message] = []
         self.last_flush = time.perf_counter()
         self.cut_batch = 0  # the last batch whose counter was found empty
+        self.held: Any = None  # the last task's arguments from shared memory, until sent
 
     def flush(self) -> None:
         if self.out:
@@ -188,6 +189,8 @@ class _Runner:
             args, kwargs = pickle.loads(r.payload)
         except BaseException as exc:
             return _serial_error("could not unpickle the task in the worker", exc)
+        if _shm.names_segment(r.payload):
+            self.held = args  # unmapping a large argument waits until its result is sent
         if r.flags & p.FLAG_TIMED:
             self._announce(r.run_id, r.attempt, 0)
         try:
@@ -277,6 +280,7 @@ class _Runner:
                     for opts_id in msg[2]:
                         self.retry_on.pop(opts_id, None)
             self.flush()
+            self.held = None
 
     def run(self, r: p.Run, perf: Callable[[], float]) -> bool:
         """Claim and run one ``Run``; False when the worker must leave (memory limit)."""
@@ -299,6 +303,9 @@ class _Runner:
             self.out.append(p.worker_result(r.run_id, r.attempt, status, perf() - t0, body))
         if r.flags & p.FLAG_TIMED or perf() - self.last_flush >= FLUSH_SECONDS:
             self.flush()
+        if self.max_memory:
+            self.flush()
+            self.held = None  # a mapped argument is not the worker's own memory
         if self.max_memory and _rss_bytes() > self.max_memory:
             self.out.append(p.Retire(p.R_RETIRE))
             self.flush()

@@ -33,17 +33,16 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
         tag = msg[0]
         if tag == p.D_RESULT or tag == p.D_CHUNK:
             entry = entries.pop(msg[1], None)
-            if core.segments:
+            if entry is not None:
+                try:
+                    if tag == p.D_RESULT:
+                        entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
+                    else:
+                        entry._mppool_chunk(p.ChunkResult.view(msg))
+                except BaseException as exc:  # a callback that raised (even SystemExit):
+                    report_resolve_failure(entry, exc)  # it ends no other future
+            if core.segments:  # after: freeing a large segment's pages takes a while
                 core.release_segments(msg[1])
-            if entry is None:
-                continue
-            try:
-                if tag == p.D_RESULT:
-                    entry._mppool_resolve(msg[2], msg[3], msg[4], msg[5])
-                else:
-                    entry._mppool_chunk(p.ChunkResult.view(msg))
-            except BaseException as exc:  # a callback that raised (even SystemExit):
-                report_resolve_failure(entry, exc)  # it ends no other future
         elif tag == p.D_STATS or tag == p.D_LIST:
             core.requests.answer(msg[1], msg[2])
         elif tag == p.D_FIRED:
