@@ -21,11 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
+from bench import child
 from bench import workloads as wl
 
 WORKLOADS = {"tiny": (20_000, None), "2ms": (600, 0.002)}
@@ -55,16 +55,7 @@ def cell(backend: str, workload: str, workers: int) -> float:
 
 
 def run_cell(backend: str, workload: str, workers: int) -> float:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.joblib_backend", "--cell", backend, workload, str(workers)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{backend} {workload} failed:\n{done.stderr}")
-    return float(json.loads(done.stdout.splitlines()[-1])["seconds"])
+    return float(child.run_cell("bench.joblib_backend", backend, workload, workers)["seconds"])
 
 
 def main(argv: list[str] | None = None) -> int:

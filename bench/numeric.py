@@ -28,12 +28,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from bench import child
 from bench import numeric_work as nw
 
 LIBS = ("mppool", "multiprocessing", "ppe", "joblib", "serial")
@@ -115,16 +115,7 @@ def cell(lib: str, workload: str, workers: int) -> float:
 
 
 def run_cell(lib: str, workload: str, workers: int) -> float:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.numeric", "--cell", lib, workload, str(workers)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{lib} {workload} failed:\n{done.stderr}")
-    return float(json.loads(done.stdout.splitlines()[-1])["seconds"])
+    return float(child.run_cell("bench.numeric", lib, workload, workers, timeout=1800)["seconds"])
 
 
 def _report(times: dict[str, dict[str, list[float]]]) -> tuple[bool, dict[str, Any]]:

@@ -24,12 +24,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
+from bench import child
 from bench import workloads as wl
 
 SIZES = {"tiny": 200_000, "2ms": 1_000}
@@ -75,16 +75,7 @@ def cell(workload: str, variant: str, workers: int) -> dict[str, float]:
 
 
 def run_cell(workload: str, variant: str, workers: int) -> dict[str, float]:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.store", "--cell", workload, variant, str(workers)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": ""},
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{workload} {variant} failed:\n{done.stderr}")
-    return dict(json.loads(done.stdout.splitlines()[-1]))
+    return child.run_cell("bench.store", workload, variant, workers, timeout=900)
 
 
 def _spread(values: list[float]) -> str:
