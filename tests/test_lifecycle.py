@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import linecache
 import os
 import select
 import signal
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -366,3 +368,55 @@ def test_many_pool_cycles_leak_nothing(make_pool: PoolTracker) -> None:
     assert not psutil.Process().children()
     assert len(make_pool.pools) == 200
     # make_pool and leak_check repeat the checks for every pool's processes at teardown.
+
+
+def test_ctrl_c_while_a_map_waits_for_its_own_lock_raises_keyboard_interrupt(
+    make_pool: PoolTracker,
+) -> None:
+    # A map's consumer pickles input with the map's lock released, then takes it back. If
+    # Ctrl-C arrives while it waits for that lock (the reader thread holds it to deliver a
+    # result), the wait must not end without the lock: the `with` around it would then fail
+    # with "cannot release un-acquired lock" and the Ctrl-C would be lost behind it.
+    # Reproduced exactly: a helper thread holds the lock, a real SIGINT reaches the main
+    # thread while it is blocked, and the lock is let go only after the handler ran.
+    pool = make_pool(1)
+    pickling, held, handled = threading.Event(), threading.Event(), threading.Event()
+    main = threading.main_thread()
+
+    class Slow:
+        def __reduce__(self) -> tuple[Any, ...]:
+            pickling.set()
+            assert held.wait(T)
+            return (int, (3,))
+
+    def blocked_on_the_lock() -> bool:
+        frame = sys._current_frames().get(main.ident or 0)
+        if frame is None:
+            return False
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+        return frame.f_code.co_name == "reacquire" or ".acquire()" in line
+
+    def helper() -> None:
+        assert pickling.wait(T)
+        (mapping,) = pool._core.maps._open
+        with mapping.cond:
+            held.set()
+            assert wait_until(blocked_on_the_lock, T)
+            signal.pthread_kill(main.ident or 0, signal.SIGINT)
+            assert handled.wait(T)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        handled.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    thread = threading.Thread(target=helper)
+    try:
+        thread.start()
+        with pytest.raises(KeyboardInterrupt):
+            list(pool.map(tasks.square, [Slow(), 4], chunksize=1, timeout=T))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        thread.join(T)
+    assert handled.is_set() and not thread.is_alive()
+    assert pool.submit(tasks.square, 5).result(timeout=T) == 25  # still serving

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
-from ._map_feed import CLOSED, DROPPED, EAGER, OPEN, Feeder
+from ._map_feed import CLOSED, DROPPED, EAGER, OPEN, Feeder, reacquire
 from ._map_units import Keyed, Unit
 from ._planner import ChunkPlanner, Progress, Reporter
 
@@ -148,7 +148,7 @@ class MapIterator:
                     try:
                         feed.fill()
                     finally:
-                        cond.acquire()
+                        reacquire(cond)
                     if self._ready_or_done():
                         continue
                 woke = cond.wait(self._wait_time())

@@ -43,6 +43,24 @@ DROPPED = "dropped"  # never iterated: everything, results discarded
 CLOSED = "closed"  # no more input: the consumer left, or the pool is ending
 
 
+def reacquire(lock: Any) -> None:
+    """Take ``lock`` back after a section run without it, even if Ctrl-C arrives meanwhile.
+
+    A blocking acquire is interrupted by a signal: a ``KeyboardInterrupt`` raised while
+    waiting would leave the lock free, and the ``with lock:`` around the section would then
+    fail to release it (``RuntimeError``), hiding the Ctrl-C. Wait on; raise it once held.
+    """
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            lock.acquire()
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
     hints = [operator.length_hint(it, -1) for it in iterables]
     if any(h < 0 for h in hints):
@@ -218,7 +236,7 @@ class Feeder:
         try:
             self._submit_chunk(chunk, items)
         finally:
-            m.cond.acquire()
+            reacquire(m.cond)
 
     def _submit_chunk(self, chunk: Chunk, items: list[Any]) -> None:
         m = self.m
@@ -250,7 +268,7 @@ class Feeder:
         try:
             units = self._keyed_units(items)
         finally:
-            m.cond.acquire()
+            reacquire(m.cond)
         for unit in units:
             m.track(unit)
             if isinstance(unit, Keyed):
