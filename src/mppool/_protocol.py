@@ -1,4 +1,5 @@
-"""Every message that crosses a process boundary, and the framing that carries them.
+"""Every message that crosses a process boundary (and, from ``_framing``, the frames that carry
+them).
 
 Three kinds of pipe, each one-way::
 
