@@ -282,3 +282,39 @@ def crash_first_time_with(marker: str, a: Any) -> float:
         open(marker, "w").close()
         os._exit(9)
     return float(a.sum())
+
+
+def many_arrays(n: int, size: int = 8192) -> list[Any]:
+    """``n`` float64 arrays of ``size`` values (64 KiB each by default), i-th filled with i."""
+    import numpy as np
+
+    return [np.full(size, float(i)) for i in range(n)]
+
+
+def tuple_with(text: str) -> tuple[str, list[int]]:
+    """A small result that contains the text it is given."""
+    return (text, [42])
+
+
+def counted(path: str, value: Any) -> Any:
+    """Append a line to ``path`` (one per real run) and return ``value``."""
+    with open(path, "a") as f:
+        f.write("ran\n")
+    return value
+
+
+def gated_array(started: str, gate: str, n: int) -> Any:
+    """Announce, wait for the gate, then return a large array."""
+    import numpy as np
+
+    fifo_post(started)
+    fifo_take(gate)
+    return np.ones(n)
+
+
+def fail_with_array(a: Any) -> None:
+    raise ValueError(f"bad input of {len(a)} values")
+
+
+def array_len(a: Any) -> int:
+    return len(a)

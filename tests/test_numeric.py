@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import gc
 import os
+import pickle
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psutil
@@ -102,9 +104,15 @@ def test_cpu_affinity_pins_each_worker_and_a_replacement_keeps_its_cores(
     assert sorted(pinned.values()) == sorted([[CORES[0]], [CORES[1 % len(CORES)]]])
     victim, cores = next(iter(pinned.items()))
     os.kill(victim, signal.SIGKILL)
-    assert wait_until(lambda: len(worker_pids(pool)) == 2 and victim not in worker_pids(pool))
-    replacement = next(pid for pid in worker_pids(pool) if pid not in pinned)
-    assert sorted(psutil.Process(replacement).cpu_affinity() or []) == cores
+    new: list[int] = []
+
+    def replaced() -> bool:
+        pids = worker_pids(pool)  # one look at the process table
+        new[:] = [pid for pid in pids if pid not in pinned]
+        return len(pids) == 2 and victim not in pids and len(new) == 1
+
+    assert wait_until(replaced)
+    assert sorted(psutil.Process(new[0]).cpu_affinity() or []) == cores
 
 
 def test_explicit_core_sets_and_bad_ones(make_pool: PoolTracker) -> None:
@@ -122,7 +130,7 @@ def test_explicit_core_sets_and_bad_ones(make_pool: PoolTracker) -> None:
 # --- large payloads through shared memory ------------------------------------------------------
 def segments(pool: mppool.Pool) -> list[str]:
     """This pool's shared-memory segments, from /dev/shm."""
-    prefix = _shm.prefix(pool.dispatcher_pid)
+    prefix = pool._core.shm_prefix
     return sorted(n for n in os.listdir(_shm.SHM_DIR) if n.startswith(prefix))
 
 
@@ -156,7 +164,7 @@ def test_a_shared_array_is_placed_once_for_100_tasks(make_pool: PoolTracker) -> 
     futures = [pool.submit(tasks.array_sum, handle) for _ in range(100)]
     assert {f.result(timeout=T) for f in futures} == {(float(big.sum()), False)}  # read-only
     assert segments(pool) == [handle.name]  # one segment, however many tasks
-    prefix = _shm.prefix(pool.dispatcher_pid)
+    prefix = pool._core.shm_prefix
     for _ in range(4):  # every worker has it mapped, once
         assert pool.submit(tasks.mapped_segments, prefix).result(timeout=T) in ([], [handle.name])
     del handle, futures
@@ -168,7 +176,7 @@ def test_segments_are_gone_after_a_worker_is_killed_mid_task(
     make_pool: PoolTracker, tmp_path: Path
 ) -> None:
     pool = make_pool(1)
-    pool_segments = _shm.prefix(pool.dispatcher_pid)
+    pool_segments = pool._core.shm_prefix
     data = np.ones(2_000_000)
     marker = str(tmp_path / "crashed")
     assert pool.submit(tasks.crash_first_time_with, marker, data).result(timeout=T) == 2e6
@@ -190,7 +198,7 @@ def test_segments_are_removed_when_the_user_process_is_killed(
         "    pool = mppool.Pool(2)\n"
         "    h = pool.share(np.ones(3_000_000))\n"
         "    pool.submit(hold, np.ones(2_000_000), sys.argv[1])\n"
-        "    print(pool.dispatcher_pid, flush=True)\n"
+        "    print(pool._core.shm_prefix, flush=True)\n"
         "    sys.stdin.read()\n"
     )
     gate = tmp_path / "gate"
@@ -203,7 +211,7 @@ def test_segments_are_removed_when_the_user_process_is_killed(
     )
     try:
         assert proc.stdout is not None
-        prefix = _shm.prefix(int(proc.stdout.readline()))
+        prefix = proc.stdout.readline().strip()
         mine = lambda: [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(prefix)]  # noqa: E731
         assert len(mine()) == 2  # the shared array and the running task's argument
         proc.kill()
@@ -224,3 +232,81 @@ def test_a_large_result_kept_in_a_job_store_is_whole(
     with make_pool(1, store=db) as pool:  # from the store: the segment is long gone
         again = pool.options(key="big").submit(tasks.same, None).result(timeout=T)
     assert np.array_equal(first, data) and np.array_equal(again, data)
+
+
+# --- what a review of the shared-memory path found (each failed before its fix) ----------------
+def test_a_result_of_hundreds_of_arrays_is_kept_whole_and_survives_the_pool(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    with make_pool(1, store=db) as pool:
+        first = pool.options(key="many").submit(tasks.many_arrays, 250).result(timeout=T)
+        mapped = pool.map(tasks.many_arrays, [250, 250], chunksize=2, timeout=T)
+        head = next(mapped)
+    rest = list(mapped)  # read after the pool ended: mapped as they arrived
+    with make_pool(1, store=db) as pool:  # from the store, long after the segment went
+        again = pool.options(key="many").submit(tasks.many_arrays, 0).result(timeout=T)
+    for arrays in (first, head, *rest, again):
+        assert len(arrays) == 250 and all(a[0] == i for i, a in enumerate(arrays))
+
+
+def test_a_small_result_is_never_taken_for_a_segment(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.pickle"
+    elsewhere.write_bytes(pickle.dumps("the contents of another file"))
+    with make_pool(1, store=tmp_path / "jobs.db") as pool:
+        for text in ("struct_unpack", str(elsewhere), "mppool-segment\x00"):
+            fut = pool.options(key=text).submit(tasks.tuple_with, text)
+            assert fut.result(timeout=T) == (text, [42])
+    with make_pool(1, store=tmp_path / "jobs.db") as pool:
+        stored = pool.options(key=str(elsewhere)).submit(tasks.tuple_with, "not run")
+        assert stored.result(timeout=T) == (str(elsewhere), [42])
+
+
+def test_without_shared_memory_large_arguments_go_through_the_pipes(
+    make_pool: PoolTracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(1)
+    monkeypatch.setattr(_shm, "SHM_DIR", str(tmp_path / "no-such-dir"))  # as on a full disk
+    data = np.arange(500_000, dtype=np.float64)
+    assert pool.submit(tasks.array_sum, data).result(timeout=T) == (float(data.sum()), True)
+    chunks = (np.full(100_000, float(i)) for i in range(6))  # a generator: read by a thread
+    got = list(pool.map(tasks.array_sum, chunks, timeout=T))
+    assert got == [(100_000.0 * i, True) for i in range(6)]
+
+
+def test_the_result_of_a_task_cancelled_while_running_leaves_no_segment(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    fut = pool.submit(tasks.gated_array, started.path, gate.path, 1_000_000)
+    started.take()
+    pool.cancel(fut, kill=False)  # it runs on; its result will be dropped
+    gate.post()
+    assert pool.submit(tasks.square, 3).result(timeout=T) == 9  # ran after the dropped result
+    assert wait_until(lambda: segments(pool) == [], T), segments(pool)
+
+
+def test_a_dead_letter_with_a_large_argument_can_be_retried(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.db"
+    data = np.ones(200_000)
+    with make_pool(1, store=db) as pool, pytest.raises(ValueError, match="bad input"):
+        pool.options(key="k").submit(tasks.fail_with_array, data).result(timeout=T)
+    with make_pool(1, store=db) as pool:
+        (retried,) = pool.retry_failed()
+        with pytest.raises(ValueError, match="bad input of 200000 values"):
+            retried.result(timeout=T)  # it ran again, with its argument
+
+
+def test_a_key_finished_a_moment_ago_is_not_run_again(
+    make_pool: PoolTracker, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs"
+    with make_pool(1, store=tmp_path / "jobs.db") as pool:
+        for _ in range(3):  # within the journal's commit window of the first
+            assert pool.options(key="once").submit(tasks.counted, str(log), 7).result(T) == 7
+    assert log.read_text().count("ran") == 1

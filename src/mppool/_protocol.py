@@ -105,6 +105,7 @@ class Config(NamedTuple):
     env: dict[str, str]  # set by the dispatcher before it imports anything (thread limits)
     preload: list[str]  # modules it imports before forking; worker i runs on affinity[i]
     affinity: list[list[int]]
+    shm_prefix: str  # the start of every shared-memory segment name of this pool
 
 
 class Options(NamedTuple):

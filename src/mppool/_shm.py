@@ -1,27 +1,31 @@
 """Large payloads through shared memory: arguments and results that never cross a pipe.
 
 A task's arguments (or a result) are pickled with protocol 5. Every buffer of at least
-``OOB_MIN`` bytes (a numpy array, a bytearray, anything that exposes a ``PickleBuffer``) is
-taken out of band, and if what remains is still over ``INBAND_MAX`` bytes (a long ``bytes``, a
-huge list) it goes too: both are written into one *segment*, a file in ``/dev/shm``, and the
-payload that crosses the pipes becomes a small pickle naming it. The dispatcher forwards that
-small pickle like any other; it never sees the data.
+``OOB_MIN`` bytes (numpy arrays, and anything else that pickles its data as a
+``PickleBuffer``) is taken out of band, and if what remains is still over ``INBAND_MAX`` bytes
+(a long ``bytes``, a huge list) it goes too: both are written into one *segment*, a file in
+``/dev/shm``, and the payload that crosses the pipes becomes ``MAGIC`` and the segment's name.
+The dispatcher forwards it like any other payload; it never sees the data.
 
-On the other side ``pickle.loads`` of that small pickle maps the segment and rebuilds the
-object over the mapping: a numpy array is a view of the shared pages, not a copy.
+On the other side :func:`loads` maps the segment and rebuilds the object over the mapping: a
+numpy array is a view of the shared pages, not a copy.
 
 * Arguments are mapped copy-on-write in the worker (a task may write to its argument, as it
   could to a copy, and nobody else sees it); the user process removes the segment when the
   task's outcome arrives (a retry after a crash finds it still there).
 * Results are mapped copy-on-write in the user process, which removes the segment as it maps
-  it: the mapping lives as long as the result does.
+  it: the mapping lives as long as the result does. A result the dispatcher drops (stale, or
+  its task cancelled) has its segment removed there.
 * :class:`Shared` (``pool.share(array)``) is placed once and mapped read-only by every task
-  that uses it, each worker keeping it mapped between tasks; it is removed when the handle is
-  garbage collected (tasks that use it keep it alive until their outcome) or the pool ends.
+  that uses it, each worker keeping it mapped between tasks; the file is removed when the
+  handle is garbage collected (tasks that use it keep it alive until their outcome) or the
+  pool ends, and a worker lets go of its mapping when it next opens a shared object or exits.
 
-Every segment's name starts with ``mppool-<dispatcher pid>-``: whatever is left when a pool
-ends (a worker killed between writing its result and sending it, the user process killed) is
-removed by the dispatcher as it exits, or, if the dispatcher itself died, by the user process.
+Every segment's name starts with the pool's random prefix: whatever is left when a pool ends
+(a worker killed between writing its result and sending it, the user process killed) is
+removed by the user process, or by the dispatcher if the user process is gone. Where there is
+no ``/dev/shm`` (macOS), or a segment cannot be written (``/dev/shm`` full: 64 MB in a default
+Docker container), the payload goes through the pipes, as everything did before.
 
 The segments are plain files in ``/dev/shm`` (POSIX shared memory on Linux), opened with
 ``os.open`` and mapped with :mod:`mmap`. ``multiprocessing.shared_memory`` is not used: on
@@ -36,12 +40,15 @@ import itertools
 import mmap
 import os
 import pickle
+import re
+import secrets
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 SHM_DIR = "/dev/shm"
+AVAILABLE = os.path.isdir(SHM_DIR)  # POSIX shared memory as files (Linux); else the pipes
 OOB_MIN = 64 << 10  # a buffer at least this large travels out of band
 INBAND_MAX = 1 << 20  # a pickle still larger than this (once buffers are out) travels too
 OPEN_SHARED = 16  # shared objects each worker keeps mapped between tasks
@@ -52,9 +59,10 @@ POPULATE_MIN = 1 << 20  # smaller mappings are left to fault in
 _names = itertools.count()
 
 
-def prefix(dispatcher_pid: int) -> str:
-    """The start of the name of every segment of the pool whose dispatcher is this pid."""
-    return f"mppool-{dispatcher_pid}-"
+def new_prefix() -> str:
+    """The start of the name of every segment of a new pool: random, so pools in containers
+    that share ``/dev/shm`` but not process ids never touch each other's segments."""
+    return f"mppool-{secrets.token_hex(8)}-"
 
 
 def _new_name(pool_prefix: str) -> str:
@@ -134,21 +142,18 @@ def remove_all(pool_prefix: str) -> int:
 
 
 # --- packing -----------------------------------------------------------------------------------
-class _Segment:
-    """Pickles as a call that rebuilds the packed object from its segment."""
-
-    __slots__ = ("consume", "layout", "name")
-
-    def __init__(self, name: str, layout: list[int], consume: bool) -> None:
-        self.name, self.layout, self.consume = name, layout, consume
-
-    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        return _unpack, (self.name, self.layout, self.consume)
+# A payload that names a segment starts with MAGIC (no pickle does: a pickle starts with its
+# PROTO opcode, 0x80), then a pickle of (name, sizes, consume) made of a str, ints and a bool,
+# read by an unpickler that loads no class or function at all.
+MAGIC = b"mppool-segment\x00"
+_VALID_NAME = re.compile(r"mppool-[0-9a-f]+-[0-9]+-[0-9]+")
 
 
-def out_of_band(found: list[memoryview]) -> Callable[[pickle.PickleBuffer], bool]:
+def out_of_band(found: list[memoryview]) -> Callable[[pickle.PickleBuffer], bool] | None:
     """A ``buffer_callback`` for ``pickle.dumps``: buffers of ``OOB_MIN`` bytes or more are
-    left out of the pickle and appended to ``found``."""
+    left out of the pickle and appended to ``found`` (None where there is no shared memory)."""
+    if not AVAILABLE:
+        return None
 
     def callback(buffer: pickle.PickleBuffer) -> bool:
         raw = buffer.raw()
@@ -161,21 +166,72 @@ def out_of_band(found: list[memoryview]) -> Callable[[pickle.PickleBuffer], bool
 
 
 def place(
-    body: bytes, buffers: list[memoryview], pool_prefix: str, *, consume: bool
+    body: bytes,
+    buffers: list[memoryview],
+    pool_prefix: str,
+    inband: Callable[[], bytes],
+    *,
+    consume: bool,
 ) -> tuple[bytes, str | None]:
     """The payload for a pickle ``body`` whose large ``buffers`` were left out: the body
-    itself if there are none and it is small, else a small pickle naming a new segment that
-    holds them all. ``consume``: the reader removes the segment as it maps it (results)."""
-    if not buffers and len(body) <= INBAND_MAX:
+    itself if there are none and it is small, else MAGIC and the name of a new segment that
+    holds them all. ``consume``: the reader removes the segment as it maps it (results).
+
+    If the segment cannot be written (``/dev/shm`` full, or missing), the payload is
+    ``inband()``, the object pickled whole, and goes through the pipes as it always could.
+    """
+    if not buffers and (len(body) <= INBAND_MAX or not AVAILABLE):
         return body, None
     name = _new_name(pool_prefix)
-    layout = _write(name, [memoryview(body), *buffers])
-    return pickle.dumps(_Segment(name, layout, consume), 5), name
+    try:
+        layout = _write(name, [memoryview(body), *buffers])
+    except OSError:
+        return (inband() if buffers else body), None
+    return MAGIC + pickle.dumps((name, layout, consume), 5), name
 
 
 def names_segment(payload: bytes) -> bool:
-    """Whether ``payload`` may be a segment's small pickle (a cheap test, no false negative)."""
-    return len(payload) < 1024 and b"_unpack" in payload
+    return payload[: len(MAGIC)] == MAGIC
+
+
+class _Plain(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError("a segment header names no class")
+
+
+def _header(payload: bytes) -> tuple[str, list[int], bool]:
+    """(name, sizes, consume) of a segment payload, checked: the name is one of ours (no path
+    can be smuggled in), the sizes are non-negative ints."""
+    header = _Plain(io.BytesIO(payload[len(MAGIC) :])).load()
+    name, layout, consume = header
+    if not (isinstance(name, str) and _VALID_NAME.fullmatch(name)):
+        raise pickle.UnpicklingError(f"not a segment name: {name!r}")
+    if not (isinstance(layout, list) and layout and all(type(n) is int and n >= 0 for n in layout)):
+        raise pickle.UnpicklingError("bad segment layout")
+    return name, layout, bool(consume)
+
+
+def loads(payload: bytes) -> Any:
+    """Unpickle a payload: a plain pickle, or the object in the segment it names (mapped
+    copy-on-write; a result's segment is removed as it is mapped)."""
+    if not names_segment(payload):
+        return pickle.loads(payload)
+    name, layout, consume = _header(payload)
+    try:
+        mapping = _map(name, layout, writable=True)
+    finally:
+        if consume:
+            remove(name)
+    return _rebuild(mapping, layout)
+
+
+def discard(payload: bytes) -> None:
+    """A payload nobody will read (a stale or dropped result): remove its segment, if any."""
+    if names_segment(payload):
+        try:
+            remove(_header(payload)[0])
+        except Exception:
+            pass
 
 
 def _rebuild(mapping: mmap.mmap, layout: list[int]) -> Any:
@@ -186,40 +242,14 @@ def _rebuild(mapping: mmap.mmap, layout: list[int]) -> Any:
     return pickle.loads(parts[0], buffers=parts[1:])
 
 
-def _unpack(name: str, layout: list[int], consume: bool) -> Any:
-    """Map a segment copy-on-write and rebuild the object over it (run by ``pickle.loads``)."""
-    try:
-        mapping = _map(name, layout, writable=True)
-    finally:
-        if consume:
-            remove(name)
-    return _rebuild(mapping, layout)
-
-
 def inline(payload: bytes) -> bytes:
-    """The same value as one self-contained pickle (for keeping, in a job store), or the
-    payload itself if it names no segment. The segment is left in place."""
-    segment = _peek(payload) if names_segment(payload) else None
-    if segment is None:
+    """The same value as one self-contained pickle (to keep, in a job store), or the payload
+    itself if it names no segment. The segment is left in place. Pickled again whole: this is
+    the one place a result is."""
+    if not names_segment(payload):
         return payload
-    name, layout = segment
+    name, layout, _ = _header(payload)
     return pickle.dumps(_rebuild(_map(name, layout, writable=True), layout), 5)
-
-
-def _peek(payload: bytes) -> tuple[str, list[int]] | None:
-    """The (name, layout) a segment payload names, read without running anything."""
-
-    class Reader(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            if (module, name) == (__name__, "_unpack"):
-                return lambda name, layout, consume: (name, layout)
-            raise pickle.UnpicklingError("not a segment")
-
-    try:
-        found = Reader(io.BytesIO(payload)).load()
-    except Exception:
-        return None
-    return found if isinstance(found, tuple) else None
 
 
 # --- objects placed once -----------------------------------------------------------------------
@@ -276,6 +306,8 @@ _opened: dict[str, Any] = {}  # in a worker: shared objects mapped, oldest first
 
 def _open_shared(name: str, layout: list[int]) -> Any:
     """A shared object in a worker: mapped read-only once, then kept (run by ``pickle.loads``)."""
+    if not _VALID_NAME.fullmatch(name):
+        raise pickle.UnpicklingError(f"not a segment name: {name!r}")
     value = _opened.get(name)
     if value is None:
         # Let go of objects whose handles were released (their segments are gone) and,

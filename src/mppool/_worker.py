@@ -90,10 +90,10 @@ def dumps_result(obj: object) -> bytes:
     segment the user process removes as it reads it."""
     buffers: list[memoryview] = []
     body = dumps(obj, buffers)
-    return _shm.place(body, buffers, _segments, consume=True)[0]
+    return _shm.place(body, buffers, _segments, lambda: dumps(obj), consume=True)[0]
 
 
-_segments = ""  # the start of this pool's segment names (set as the worker starts)
+_segments = ""  # the start of this pool's segment names (set by the dispatcher, inherited)
 
 
 def _describe(exc: BaseException) -> str:
@@ -186,7 +186,7 @@ class _Runner:
         """Run one call; return (status, payload) for its result message."""
         try:
             fn = self.function(r.fn_id)
-            args, kwargs = pickle.loads(r.payload)
+            args, kwargs = _shm.loads(r.payload)
         except BaseException as exc:
             return _serial_error("could not unpickle the task in the worker", exc)
         if _shm.names_segment(r.payload):
@@ -215,7 +215,7 @@ class _Runner:
         cut = False
         try:
             fn = self.function(r.fn_id)
-            items = pickle.loads(r.payload)
+            items = _shm.loads(r.payload)
         except BaseException as exc:
             fn, items = None, None
             err = _serial_error("could not unpickle the chunk in the worker", exc)
@@ -320,8 +320,6 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the user process's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _set_parent_death_signal()
-    global _segments
-    _segments = _shm.prefix(os.getppid())  # the dispatcher's
     random.seed()  # forked siblings would otherwise share one random stream
     gc.set_threshold(*_GC_THRESHOLD)
     if initializer is not None:

@@ -99,6 +99,9 @@ class _Core:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         blob = None if initializer is None else dumps((initializer, initargs), "the initializer")
+        self.shm_prefix = _shm.new_prefix()
+        # task id -> (segment, Shared handles) its arguments use, released at its outcome
+        self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         config = p.Config(
             p.C_CONFIG,
             workers,
@@ -112,14 +115,12 @@ class _Core:
             init_timeout,
             _events.wanted_level(),
             *(setup or WorkerSetup({}, [], [])),
+            self.shm_prefix,
         )
         try:
             self.conn = Connection(self.lock, self.deliver, self.ended)
         except OSError as exc:
             raise BrokenPoolError(f"could not start the dispatcher process: {exc!r}") from exc
-        self.shm_prefix = _shm.prefix(self.conn.proc.pid)
-        # task id -> (segment, Shared handles) its arguments use, released at its outcome
-        self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         self._start(config)
 
     def _start(self, config: p.Config) -> None:
@@ -164,8 +165,9 @@ class _Core:
                 return len(self.conn.pending)
         status = p.BROKEN if self.state == _BROKEN else p.CLOSED
         payload = pickle.dumps(("the pool is broken", None))
-        for _, entry, _ in batch:
+        for task_id, entry, _ in batch:
             entry._mppool_resolve(status, 0, 0.0, payload)
+            self.release_segments(task_id)  # written after the pool's last clean-up
         return -1
 
     def register_entry(self, task_id: int, entry: Any, msg: Any) -> None:
@@ -285,7 +287,9 @@ class _Core:
             body = dumps(obj, what, buffers)
         finally:
             _shm.stop_collecting()
-        payload, segment = _shm.place(body, buffers, self.shm_prefix, consume=False)
+        payload, segment = _shm.place(
+            body, buffers, self.shm_prefix, lambda: dumps(obj, what), consume=False
+        )
         return payload, (segment, handles) if segment or handles else None
 
     def release_segments(self, task_id: int) -> None:

@@ -171,16 +171,29 @@ class Store:
         """Decide for each key: ``(DONE, payload)``, ``(ELSEWHERE, None)`` (a live owner runs
         it) or ``(RUN, None)`` (claimed now for this pool, committed before returning)."""
         unique = list(dict.fromkeys(keys))
+        out: dict[str, tuple[str, Any]] = {}
+        pending = self.journal.pending  # finished here, not yet committed: done all the same
+        if pending:
+            for key in unique:
+                payload = pending.get(key)
+                if payload is not None:
+                    out[key] = (DONE, payload)
+            unique = [key for key in unique if key not in out]
+            if not unique:
+                return out
         with self.lock:
             if self._rerun:  # the last block had stored rows: this one may need no write
                 rows = self._rows(unique)
                 if all(row is not None and row[0] == "done" for row in rows.values()):
-                    return {k: (DONE, self._payload(rows[k])) for k in unique}
+                    out.update((k, (DONE, self._payload(rows[k]))) for k in unique)
+                    return out
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._rows(unique)  # under the write lock: no one else claims now
                 self._rerun = any(row is not None for row in rows.values())
-                out, claims = self._decide(unique, rows)
+                decided, claims = self._decide(unique, rows)
+                out.update(decided)
+                self.journal.releasing.difference_update(claims)  # claimed again: keep it
                 owner = self.owner
                 _values(
                     self.db, _CLAIM, "(?, 'running', ?)", [v for k in claims for v in (k, owner)], 2
@@ -372,7 +385,8 @@ _DONE = (
 def _values(db: sqlite3.Connection, sql: str, row: str, flat: list[Any], width: int) -> None:
     """Run ``sql`` (an INSERT with a ``{}`` for its VALUES) over rows of ``width`` values laid
     end to end in ``flat``, many rows per step."""
-    step = ROWS_PER_STATEMENT * width
+    limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # 999 before SQLite 3.32
+    step = max(1, min(ROWS_PER_STATEMENT, limit // width)) * width
     for i in range(0, len(flat), step):
         part = flat[i : i + step]
         db.execute(sql.format(",".join([row] * (len(part) // width))), part)
@@ -425,11 +439,18 @@ class Journal:
         self._done: collections.deque[tuple[str, bytes, int, float, float]] = collections.deque()
         self._other: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
         self._stop = threading.Event()
+        # Keys finished here and not yet committed, with their results: a claim in this
+        # process answers them as done (the row still says running until the commit).
+        self.pending: dict[str, bytes] = {}
+        # Keys given back and not yet written; a new claim of one takes it off, so the delete
+        # to come does not remove the new claim (both happen under the store's lock).
+        self.releasing: set[str] = set()
         self._db = connect(store.path)
         self._thread = threading.Thread(target=self._run, name="mppool-journal", daemon=True)
         self._thread.start()
 
     def done(self, key: str, payload: bytes, attempts: int, duration: float, sub: float) -> None:
+        self.pending[key] = payload
         self._done.append((key, payload, attempts, duration, sub))
 
     def failed(self, key: str, fields: tuple[Any, ...]) -> None:
@@ -439,6 +460,7 @@ class Journal:
 
     def released(self, key: str) -> None:
         """A claimed key will not run here (cancelled, or the pool ended first)."""
+        self.releasing.add(key)
         self._other.append(("released", (key, self._store.owner)))
 
     def _run(self) -> None:
@@ -470,7 +492,18 @@ class Journal:
             else:
                 flat += (key, payload, None, attempts, duration, sub, now)
         failed = [row for kind, row in other if kind == "failed"]
-        released = [row for kind, row in other if kind == "released"]
+        with self._store.lock:
+            released = [
+                row for kind, row in other if kind == "released" and row[0] in self.releasing
+            ]
+            self.releasing.difference_update(row[0] for row in released)
+            self._commit(flat, failed, released)
+        pending = self.pending
+        for key, payload, *_ in done:
+            if pending.get(key) is payload:  # not finished again meanwhile
+                del pending[key]
+
+    def _commit(self, flat: list[Any], failed: list[Any], released: list[Any]) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -51,22 +51,31 @@ def record(fut: Future[Any], status: int, attempts: int, duration: float, payloa
     """A journaled task ended (called as its future resolves): keep what the store keeps."""
     store, key, fn, args, submitted = fut._stored
     fut._stored = None
-    if status == p.OK:
-        payload = inline(payload)  # a result in shared memory is kept whole, not by name
-        store.journal.done(key, payload, attempts, duration, submitted)
-    elif status in _FAILED:
-        exc = decode_error(status, attempts, payload)
-        cause = exc.__cause__
-        tb = cause.tb if isinstance(cause, RemoteTraceback) else None
-        try:
-            blob = cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL)
-        except Exception:
-            blob = None  # kept as a dead letter all the same, but it cannot be run again
-        name = type(exc).__qualname__
-        fields = (name, str(exc), tb, attempts, duration, submitted, blob, args)
-        store.journal.failed(key, fields)
-    else:  # cancelled, or the pool ended before it ran: not an outcome
-        store.journal.released(key)
+    try:
+        if status == p.OK:
+            payload = inline(payload)  # a result in shared memory is kept whole, not by name
+            store.journal.done(key, payload, attempts, duration, submitted)
+        elif status in _FAILED:
+            exc = decode_error(status, attempts, payload)
+            cause = exc.__cause__
+            tb = cause.tb if isinstance(cause, RemoteTraceback) else None
+            fields = (type(exc).__qualname__, str(exc), tb, attempts, duration, submitted)
+            store.journal.failed(key, (*fields, *_call(fn, args)))
+        else:  # cancelled, or the pool ended before it ran: not an outcome
+            store.journal.released(key)
+    except Exception as exc:  # the result does not rebuild here, its segment is gone, ...
+        note = f"the outcome could not be kept in the job store: {exc!r}"
+        row = (type(exc).__qualname__, note, None, attempts, duration, submitted, None, None)
+        store.journal.failed(key, row)  # a dead letter: the key runs again next time
+
+
+def _call(fn: Any, args: bytes) -> tuple[bytes | None, bytes | None]:
+    """The function and arguments of a dead letter, self-contained (arguments in shared
+    memory are copied out: their segment goes with the task); None if they cannot be kept."""
+    try:
+        return cloudpickle.dumps(fn, pickle.HIGHEST_PROTOCOL), inline(args)
+    except Exception:
+        return None, None  # kept as a dead letter all the same, but it cannot be run again
 
 
 class Waits:
@@ -102,7 +111,10 @@ class Waits:
                     return
                 keys = list(self._waiting)
             for key in keys:
-                self._look(key)
+                try:
+                    self._look(key)
+                except Exception as exc:  # the store cannot be read: say so to the waiters
+                    self._fail(key, exc)
             with self._cond:
                 if self._closed:
                     return
@@ -124,6 +136,13 @@ class Waits:
                     _chain(run_here(), fut)
                 except BaseException as exc:
                     fut._finish(None, exc)
+
+    def _fail(self, key: str, exc: BaseException) -> None:
+        with self._cond:
+            waiters = self._waiting.pop(key, [])
+        for fut, _ in waiters:
+            if not fut.done():
+                fut._finish(None, exc)
 
     def close(self) -> None:
         with self._cond:
@@ -204,9 +223,15 @@ def retry_failed(core: _Core, opts: Any, keys: Any) -> list[Future[Any]]:
     store = core.store
     if store is None:
         raise ValueError("this pool has no job store (Pool(store=...))")
-    futures = []
+    futures: list[Future[Any]] = []
     for key, fn_blob, args_blob in store.dead_letters(keys):
-        fn = cloudpickle.loads(fn_blob)
-        args, kwargs = pickle.loads(args_blob)
+        try:
+            fn = cloudpickle.loads(fn_blob)
+            args, kwargs = pickle.loads(args_blob)
+        except Exception as exc:  # this one cannot be rebuilt here: its future says why
+            failed: Future[Any] = Future()
+            failed._finish(None, exc)
+            futures.append(failed)
+            continue
         futures.append(core.submit(fn, args, kwargs or {}, opts, key=key))
     return futures

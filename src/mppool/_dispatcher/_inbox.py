@@ -7,9 +7,10 @@ the client, notes for the workers); none of them waits or writes itself.
 from __future__ import annotations
 
 import pickle
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
+from .. import _shm
 from ._tasks import Fail, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -125,6 +126,9 @@ def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None
             done = sched.outcomes.part_done(idx, p.PartResult.view(msg))
             if done is not None:
                 d.job_done(done, w.pid)
+            dropped = sched.outcomes.dropped
+            while dropped:
+                _shm.discard(dropped.pop())
         elif tag == p.R_CUT:
             sched.cut(idx, msg[1])
         elif tag == p.R_STARTED:
@@ -150,6 +154,8 @@ def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
                 max(0.0, task.started_at - task.submitted_at), r.duration, now - task.submitted_at
             )
             d.results.append(p.result(task.id, p.OK, task.failures + 1, r.duration, r.payload))
+        else:  # stale, or its task was cancelled while it ran: nobody will read it
+            _shm.discard(r.payload)
         return
     retryable = r.status == p.ERROR_RETRYABLE
     outcome = sched.outcomes.fail(w.index, r.run_id, r.attempt, r.duration, retryable)
@@ -158,3 +164,11 @@ def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
         d.table.finished(failed, "failed", d.clock(), r.duration, w.pid)
         status = p.ERROR if retryable else r.status
         d.results.append(p.result(failed.id, status, failed.failures, r.duration, r.payload))
+
+
+def discard_unsent(job: Any, sent: list[bytes]) -> None:
+    """Pieces of a chunk's results after its first error go nowhere: remove their segments."""
+    kept = set(sent)
+    for _, piece in job.pieces.values():
+        if piece not in kept:
+            _shm.discard(piece)

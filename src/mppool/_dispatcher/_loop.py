@@ -127,8 +127,7 @@ class Dispatcher:
             self.job_done(outcome, pid)
 
     def job_done(self, done: JobDone, pid: int) -> None:
-        job = done.job
-        now = self.clock()
+        job, now = done.job, self.clock()
         state = "done" if job.err is None else "failed"
         self.table.finished(done.task, state, now, job.duration, pid, job=job)
         if job.err is None:
@@ -136,7 +135,8 @@ class Dispatcher:
             self.latency.add(
                 max(0.0, task.started_at - task.submitted_at), job.duration, now - task.submitted_at
             )
-        self.results.append(job.message())
+        self.results.append(message := job.message())
+        _inbox.discard_unsent(job, p.ChunkResult.view(message).pieces)
 
     def forget(self, msg: p.Forget) -> None:
         """The client dropped functions and option sets; tasks still queued or running may
@@ -311,7 +311,7 @@ class Dispatcher:
                 handler()
             if self.client_gone:
                 self.workers.abandon()
-                _shm.remove_all(_shm.prefix(os.getpid()))  # nobody will read them now
+                _shm.remove_all(self.config.shm_prefix)  # nobody will read them now
                 return
             if self._step():
                 return
@@ -385,7 +385,9 @@ def main(rfd: int, wfd: int) -> None:
         pass
     set_title("mppool: dispatcher")
     os.environ.update(config.env)  # before any library reads it: workers inherit it
-    from .. import _worker  # noqa: F401  (imported before forking: each worker starts with it)
+    from .. import _worker  # imported before forking: each worker starts with it
+
+    _worker._segments = config.shm_prefix
 
     failed = preload(config.preload)
     dispatcher = Dispatcher(rfd, wfd, config, reader.buffer)

@@ -44,6 +44,7 @@ class Outcomes:
         self.s = sched
         self.forgotten: dict[int, Task] = {}  # cancelled while running: results dropped
         self.expired_parts: set[int] = set()  # chunk parts killed at a timeout
+        self.dropped: list[bytes] = []  # result payloads nobody will read (their segments go)
 
     def _take(self, w: int, run_id: int, attempt: int) -> Task | None:
         """The live task a result is about, or ``None`` if the result is stale."""
@@ -123,6 +124,8 @@ class Outcomes:
         """A run of chunk items reported. Returns the finished chunk, once no part is left."""
         task = self._take(w, msg.run_id, msg.attempt)
         if task is None:
+            if msg.results:
+                self.dropped.append(msg.results)
             return None
         s = self.s
         items = msg.n_done + (msg.err_status != p.OK)
