@@ -17,7 +17,6 @@ median with its range.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -59,28 +58,19 @@ def run_cell(backend: str, workload: str, workers: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", help="also write the raw figures to this file")
-    parser.add_argument("--cell", nargs=3, metavar=("BACKEND", "WORKLOAD", "WORKERS"))
+    parser = child.arguments(__doc__ or "", ("BACKEND", "WORKLOAD", "WORKERS"), rounds=5)
     args = parser.parse_args(argv)
     if args.cell:
         backend, workload, workers = args.cell
         print(json.dumps({"seconds": cell(backend, workload, int(workers))}))
         return 0
-    figures: dict[str, dict[str, list[float]]] = {w: {b: [] for b in BACKENDS} for w in WORKLOADS}
     print(
         f"joblib.Parallel on mppool vs loky: {args.workers} workers, {os.cpu_count()} cores, "
         f"{args.rounds} rounds, backends alternating"
     )
-    for r in range(args.rounds):
-        order = BACKENDS if r % 2 == 0 else BACKENDS[::-1]
-        for workload in WORKLOADS:
-            for backend in order:
-                figures[workload][backend].append(run_cell(backend, workload, args.workers))
-            line = ", ".join(f"{b} {figures[workload][b][-1]:.3f} s" for b in order)
-            print(f"round {r + 1}/{args.rounds}  {workload:5} {line}", flush=True)
+    figures = child.interleave(
+        args.rounds, list(WORKLOADS), BACKENDS, lambda w, b: run_cell(b, w, args.workers)
+    )
     print()
     ok = True
     report: dict[str, Any] = {"workers": args.workers, "rounds": args.rounds, "workloads": {}}

@@ -24,7 +24,6 @@ faster than multiprocessing.Pool, ``arg200`` no slower than multiprocessing.Pool
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -142,30 +141,21 @@ def _report(times: dict[str, dict[str, list[float]]]) -> tuple[bool, dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser = child.arguments(__doc__ or "", ("LIB", "WORKLOAD", "WORKERS"), rounds=3)
     parser.add_argument("--only", help="comma-separated workloads")
-    parser.add_argument("--json", help="also write the raw figures to this file")
-    parser.add_argument("--cell", nargs=3, metavar=("LIB", "WORKLOAD", "WORKERS"))
     args = parser.parse_args(argv)
     if args.cell:
         lib, workload, workers = args.cell
         print(json.dumps({"seconds": cell(lib, workload, int(workers))}))
         return 0
     workloads = args.only.split(",") if args.only else list(WORKLOADS)
-    times: dict[str, dict[str, list[float]]] = {w: {lib: [] for lib in LIBS} for w in workloads}
     print(
         f"numpy work: {args.workers} workers, {os.cpu_count()} cores, {args.rounds} rounds, "
         "libraries taking turns"
     )
-    for r in range(args.rounds):
-        order = LIBS if r % 2 == 0 else LIBS[::-1]
-        for workload in workloads:
-            for lib in order:
-                times[workload][lib].append(run_cell(lib, workload, args.workers))
-            line = ", ".join(f"{lib} {times[workload][lib][-1]:.3f}" for lib in order)
-            print(f"round {r + 1}/{args.rounds}  {workload:9} {line}", flush=True)
+    times = child.interleave(
+        args.rounds, workloads, LIBS, lambda w, lib: run_cell(lib, w, args.workers)
+    )
     print()
     ok, ratios = _report(times)
     if args.json:

@@ -20,7 +20,6 @@ reported as the median over rounds with its range. Targets: at most 1.15 on ``ti
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -83,32 +82,25 @@ def _spread(values: list[float]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--json", help="also write the raw figures to this file")
-    parser.add_argument("--cell", nargs=3, metavar=("WORKLOAD", "VARIANT", "WORKERS"))
+    parser = child.arguments(__doc__ or "", ("WORKLOAD", "VARIANT", "WORKERS"), rounds=5)
     args = parser.parse_args(argv)
     if args.cell:
         workload, variant, workers = args.cell
         print(json.dumps(cell(workload, variant, int(workers))))
         return 0
-    times: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in SIZES}
     reruns: list[float] = []
     print(
         f"keyed map with and without a job store: {args.workers} workers, "
         f"{os.cpu_count()} cores, {args.rounds} rounds, variants alternating"
     )
-    for r in range(args.rounds):
-        order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
-        for workload in SIZES:
-            for variant in order:
-                got = run_cell(workload, variant, args.workers)
-                times[workload][variant].append(got["seconds"])
-                if "rerun" in got:
-                    reruns.append(SIZES[workload] / got["rerun"])
-            line = ", ".join(f"{v} {times[workload][v][-1]:.3f} s" for v in order)
-            print(f"round {r + 1}/{args.rounds}  {workload:5} {line}", flush=True)
+
+    def run(workload: str, variant: str) -> float:
+        got = run_cell(workload, variant, args.workers)
+        if "rerun" in got:
+            reruns.append(SIZES[workload] / got["rerun"])
+        return got["seconds"]
+
+    times = child.interleave(args.rounds, list(SIZES), VARIANTS, run)
     print()
     ok = True
     report: dict[str, Any] = {"workers": args.workers, "rounds": args.rounds, "workloads": {}}
