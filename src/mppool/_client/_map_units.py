@@ -8,9 +8,11 @@ reader thread resolves a unit and wakes its map; the map's consumer turns it int
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
+from .._errors import SerializationError
 from .._shm import names_segment
 from ._serial import decode_error, decode_value
 
@@ -116,13 +118,16 @@ class Stored(Unit):
         self.ready = True
 
     def outcome(self) -> tuple[list[Any], BaseException | None]:
-        results: list[Any] = []
-        try:
+        try:  # kept whole in the store (never by segment): plain pickles
+            return [pickle.loads(payload) for payload in self.payloads], None
+        except (Exception, SystemExit):  # a stored result that no longer unpickles here
+            results: list[Any] = []
             for payload in self.payloads:
-                results.append(decode_value(payload))
-        except Exception as exc:
-            return results, exc
-        return results, None
+                try:
+                    results.append(decode_value(payload))
+                except SerializationError as exc:
+                    return results, exc
+            return results, None
 
 
 class Failed(Unit):

@@ -184,13 +184,14 @@ class Store:
         with self.lock:
             if self._rerun:  # the last block had stored rows: this one may need no write
                 rows = self._rows(unique)
-                if all(row is not None and row[0] == "done" for row in rows.values()):
-                    out.update((k, (DONE, self._payload(rows[k]))) for k in unique)
+                if len(rows) == len(unique) and all(r[0] == "done" for r in rows.values()):
+                    read = self._payload
+                    out.update((k, (DONE, read(r))) for k, r in rows.items())
                     return out
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._rows(unique)  # under the write lock: no one else claims now
-                self._rerun = any(row is not None for row in rows.values())
+                self._rerun = bool(rows)
                 decided, claims = self._decide(unique, rows)
                 out.update(decided)
                 self.journal.releasing.difference_update(claims)  # claimed again: keep it
@@ -228,27 +229,27 @@ class Store:
         return out, claims
 
     def _rows(self, keys: list[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {key: None for key in keys}
+        """The store's rows of those ``keys`` it has: key -> (key, state, owner, result, spill)."""
+        found: dict[str, Any] = {}
         for i in range(0, len(keys), MAX_PARAMS):
             part = keys[i : i + MAX_PARAMS]
             marks = ",".join("?" * len(part))
-            for key, *row in self.db.execute(
-                f"SELECT key, state, owner, result, spill FROM tasks WHERE key IN ({marks})", part
-            ):
-                found[key] = row
+            sql = f"SELECT key, state, owner, result, spill FROM tasks WHERE key IN ({marks})"
+            found.update({row[0]: row[1:] for row in self.db.execute(sql, part)})
         return found
 
     def _payload(self, row: Any) -> bytes:
         """A done row's result: ``row`` is (state, owner, result, spill)."""
-        if row[2] is not None:
-            return bytes(row[2])
+        result = row[2]
+        if result is not None:
+            return result if type(result) is bytes else bytes(result)
         with open(os.path.join(self.blobs, row[3]), "rb") as f:
             return f.read()
 
     def state(self, key: str) -> tuple[str, Any] | None:
         """``(state, payload or None)`` of a key, or None if the store has no row for it."""
         with self.lock:
-            row = self._rows([key])[key]
+            row = self._rows([key]).get(key)
         if row is None:
             return None
         return row[0], (self._payload(row) if row[0] == "done" else None)
@@ -256,7 +257,7 @@ class Store:
     def owner_alive(self, key: str) -> bool:
         """Whether the key is running under a live owner other than this pool."""
         with self.lock:
-            row = self._rows([key])[key]
+            row = self._rows([key]).get(key)
         return bool(
             row is not None
             and row[0] == "running"
