@@ -402,3 +402,28 @@ def test_the_store_command_counts_lists_and_shows_one_key(
     missing = _cli(tmp_path / "other.db")
     assert missing.returncode == 2 and "no job store" in missing.stderr
     assert not (tmp_path / "other.db").exists()  # looking never creates a file
+
+
+def test_a_stored_result_that_no_longer_unpickles_fails_in_its_place(
+    make_pool: PoolTracker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Results of a class from a module that is gone by the next run (renamed, uninstalled).
+    module = tmp_path / "vanishing.py"
+    module.write_text("class Box:\n    def __init__(self, v):\n        self.v = v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vanishing  # type: ignore[import-not-found]
+
+    db = tmp_path / "jobs.db"
+    with make_pool(1, store=db) as pool:
+        box = pool.options(key="box").submit(vanishing.Box, 5).result(timeout=T)
+        assert box.v == 5
+        assert pool.options(key="plain").submit(tasks.square, 3).result(timeout=T) == 9
+    module.unlink()
+    monkeypatch.delitem(sys.modules, "vanishing")
+    with make_pool(1, store=db) as pool:
+        keys = {"plain": "plain", 1: "box"}
+        got: list[Any] = []
+        with pytest.raises(mppool.SerializationError, match="vanishing"):
+            for value in pool.options(key=lambda k: keys[k]).map(tasks.square, ["plain", 1]):
+                got.append(value)
+        assert got == [9]  # the stored result before it came back, in order
