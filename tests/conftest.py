@@ -7,6 +7,8 @@ created may remain. Waits are bounded; nothing here sleeps to synchronise.
 from __future__ import annotations
 
 import os
+import select
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,34 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SETTLE_SECONDS) -
             return True
         time.sleep(0.005)
     return predicate()
+
+
+def read_line(proc: subprocess.Popen[Any], timeout: float = 60.0) -> bytes:
+    """One line of a child's stdout, read byte by byte (so ``communicate`` gets the rest),
+    within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise TimeoutError(f"child printed only {line!r} in {timeout} s")
+        byte = os.read(fd, 1)
+        if not byte:
+            _, err = proc.communicate(timeout=timeout)
+            text = err if isinstance(err, str) else (err or b"").decode()
+            raise AssertionError(f"child ended early; stderr:\n{text}")
+        line += byte
+    return line
+
+
+def _segments() -> set[str]:
+    """mppool's shared-memory segments in /dev/shm (every pool's names start so)."""
+    try:
+        return {name for name in os.listdir("/dev/shm") if name.startswith("mppool-")}
+    except OSError:
+        return set()
 
 
 class PoolTracker:
@@ -74,8 +104,10 @@ def worker_pids(pool: mppool.Pool) -> list[int]:
 
 @pytest.fixture
 def leak_check() -> Iterator[None]:
-    """Fail the test if it leaves threads, fds or child processes behind."""
+    """Fail the test if it leaves threads, fds, child processes or shared-memory segments
+    behind."""
     threads = set(threading.enumerate())
+    segments = _segments()
     fds = _fds()
     children = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
@@ -87,6 +119,9 @@ def leak_check() -> Iterator[None]:
         lambda: {p.pid for p in psutil.Process().children(recursive=True)} <= children
     ), "child processes left behind"
     assert _fds() <= fds, f"file descriptors left open: {sorted(_fds() - fds)}"
+    assert wait_until(lambda: _segments() <= segments), (
+        f"shared-memory segments left: {sorted(_segments() - segments)}"
+    )
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import concurrent.futures
 import json
 import linecache
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 from mppool import BrokenPoolError, CancelledByShutdownError, PoolClosedError
 
 from . import tasks
-from .conftest import Fifo, PoolTracker, wait_until, worker_pids
+from .conftest import Fifo, PoolTracker, read_line, wait_until, worker_pids
 
 N = 2
 RESULT_TIMEOUT = 30.0
@@ -68,24 +67,6 @@ def start_child(body: str, *, new_session: bool = False) -> subprocess.Popen[byt
         stderr=subprocess.PIPE,
         start_new_session=new_session,
     )
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float = CHILD_TIMEOUT) -> bytes:
-    """One line of the child's stdout, read byte by byte so ``communicate`` gets the rest."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise TimeoutError(f"child printed only {line!r} in {timeout} s")
-        byte = os.read(fd, 1)
-        if not byte:
-            _, err = proc.communicate(timeout=CHILD_TIMEOUT)
-            raise AssertionError(f"child ended early; stderr:\n{err.decode()}")
-        line += byte
-    return line
 
 
 def read_pids(proc: subprocess.Popen[bytes]) -> list[int]:

@@ -23,7 +23,7 @@ from mppool import _shm
 from mppool._client._setup import THREAD_VARIABLES
 
 from . import tasks
-from .conftest import PoolTracker, wait_until, worker_pids
+from .conftest import PoolTracker, read_line, wait_until, worker_pids
 
 T = 60.0
 CORES = sorted(os.sched_getaffinity(0))
@@ -211,7 +211,7 @@ def test_segments_are_removed_when_the_user_process_is_killed(
     )
     try:
         assert proc.stdout is not None
-        prefix = proc.stdout.readline().strip()
+        prefix = read_line(proc, T).decode().strip()
         mine = lambda: [n for n in os.listdir(_shm.SHM_DIR) if n.startswith(prefix)]  # noqa: E731
         assert len(mine()) == 2  # the shared array and the running task's argument
         proc.kill()

@@ -28,7 +28,7 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker, wait_until
+from .conftest import PoolTracker, read_line, wait_until
 
 T = 60.0  # seconds: every wait on a result
 RUN_TIMEOUT = 120.0  # seconds: a whole subprocess batch
@@ -259,7 +259,7 @@ def _start(tmp_path: Path, *args: Any, **env: str) -> subprocess.Popen[str]:
 
 def _dispatcher(proc: subprocess.Popen[str]) -> int:
     assert proc.stdout is not None
-    line = proc.stdout.readline()  # the script prints it first thing; a crash gives ""
+    line = read_line(proc, T).decode()  # the script prints it first thing
     assert line.startswith("dispatcher"), proc.stderr.read() if proc.stderr else line
     return int(line.split()[1])
 
