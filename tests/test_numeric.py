@@ -310,3 +310,21 @@ def test_a_key_finished_a_moment_ago_is_not_run_again(
         for _ in range(3):  # within the journal's commit window of the first
             assert pool.options(key="once").submit(tasks.counted, str(log), 7).result(T) == 7
     assert log.read_text().count("ran") == 1
+
+
+def test_a_shared_object_lives_while_a_task_that_uses_it_is_pending(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    holder = pool.submit(tasks.gated, started.path, gate.path, "held")  # the worker is busy
+    started.take()
+    data = np.arange(1_000_000, dtype=np.float64)
+    fut = pool.submit(tasks.array_sum, pool.share(data))  # no reference kept here
+    gc.collect()
+    assert len(segments(pool)) == 1  # the queued task keeps its handle, so the segment stays
+    gate.post()
+    assert holder.result(timeout=T) == "held"
+    assert fut.result(timeout=T) == (float(data.sum()), False)
+    gc.collect()
+    assert segments(pool) == []  # and goes once that task has its outcome

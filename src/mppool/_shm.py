@@ -191,7 +191,7 @@ def place(
 
 
 def names_segment(payload: bytes) -> bool:
-    return payload[: len(MAGIC)] == MAGIC
+    return payload.startswith(MAGIC)
 
 
 class _Plain(pickle.Unpickler):
@@ -290,15 +290,19 @@ class Shared:
         return f"<mppool.Shared {self.name} {_offsets(self.layout)[1]} bytes>"
 
 
-def pickling_handles() -> list[Shared]:
-    """Start collecting the :class:`Shared` handles pickled on this thread; returns the list."""
+SHARED = b"_open_shared"  # in every pickle that holds a Shared handle (and in few others)
+
+
+def handles_in(body: bytes, dumps: Callable[..., bytes], *args: Any) -> list[Shared]:
+    """The :class:`Shared` handles in a pickle ``body`` that names ``SHARED`` (tasks keep them
+    alive until their outcome): ``dumps(*args, [])`` pickles it again, collecting them."""
     handles: list[Shared] = []
     _keep.handles = handles
+    try:
+        dumps(*args, [])
+    finally:
+        _keep.handles = None
     return handles
-
-
-def stop_collecting() -> None:
-    _keep.handles = None
 
 
 _opened: dict[str, Any] = {}  # in a worker: shared objects mapped, oldest first

@@ -90,6 +90,8 @@ def dumps_result(obj: object) -> bytes:
     segment the user process removes as it reads it."""
     buffers: list[memoryview] = []
     body = dumps(obj, buffers)
+    if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
+        return body
     return _shm.place(body, buffers, _segments, lambda: dumps(obj), consume=True)[0]
 
 
@@ -186,7 +188,10 @@ class _Runner:
         """Run one call; return (status, payload) for its result message."""
         try:
             fn = self.function(r.fn_id)
-            args, kwargs = _shm.loads(r.payload)
+            payload = r.payload
+            args, kwargs = (
+                _shm.loads(payload) if payload.startswith(_shm.MAGIC) else pickle.loads(payload)
+            )
         except BaseException as exc:
             return _serial_error("could not unpickle the task in the worker", exc)
         if _shm.names_segment(r.payload):

@@ -282,11 +282,10 @@ class _Core:
         """A task's payload; large buffers go into a shared-memory segment. Also returns
         what must live until the task's outcome (the segment, ``Shared`` handles), or None."""
         buffers: list[memoryview] = []
-        handles = _shm.pickling_handles()
-        try:
-            body = dumps(obj, what, buffers)
-        finally:
-            _shm.stop_collecting()
+        body = dumps(obj, what, buffers)
+        handles = _shm.handles_in(body, dumps, obj, what) if _shm.SHARED in body else []
+        if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
+            return body, (None, handles) if handles else None
         payload, segment = _shm.place(
             body, buffers, self.shm_prefix, lambda: dumps(obj, what), consume=False
         )

@@ -19,7 +19,7 @@ from .._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
-from .._shm import loads, out_of_band
+from .._shm import MAGIC, loads, out_of_band
 
 
 def dumps(obj: object, what: str, buffers: list[memoryview] | None = None) -> bytes:
@@ -139,6 +139,6 @@ def decode_value(payload: bytes) -> Any:
         SerializationError: if it does not unpickle in this process.
     """
     try:
-        return loads(payload)
+        return loads(payload) if payload.startswith(MAGIC) else pickle.loads(payload)
     except (Exception, SystemExit) as exc:  # even SystemExit from a __reduce__: contained
         raise SerializationError(f"the task's result could not be unpickled: {exc!r}") from exc
