@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,14 @@ def test_leaving_a_loop_over_an_endless_input_stays_bounded_and_cancels_the_rest
     for x in pool.map(tasks.square, endless(), timeout=T):
         if x >= 10_000:
             break  # the generator is closed here: the rest is cancelled
+    at_close = pulled
+    # The input's reader thread ends; it may finish the one ``next()`` it was in (and drop
+    # that item), never more.
+    for thread in threading.enumerate():
+        if thread.name == "mppool-map-input":
+            thread.join(timeout=T)
+            assert not thread.is_alive()
+    assert pulled - at_close <= 1
     after = pulled
     # Nothing more is read, and the pool has nothing left to do.
     assert pool.submit(tasks.square, 3).result(timeout=T) == 9
