@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     )
     from ._ratelimit import RateLimit
     from ._retry import RetryPolicy
+    from ._scaling import Autoscale, ScalingEvent
     from ._shm import Shared
     from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
     from ._web._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
@@ -71,6 +72,8 @@ _WHERE = {
     "metrics_registry": "_web._prometheus",
     "serve_metrics": "_web._prometheus",
     "RateLimit": "_ratelimit",
+    "Autoscale": "_scaling",
+    "ScalingEvent": "_scaling",
     "Registry": "_web._registry",
     "register": "_web._registry",
     "RetryPolicy": "_retry",
@@ -101,6 +104,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Autoscale",
     "BrokenPoolError",
     "CancelledByShutdownError",
     "Future",
@@ -120,6 +124,7 @@ __all__ = [
     "RemoteTraceback",
     "RetryPolicy",
     "Run",
+    "ScalingEvent",
     "Schedule",
     "SerializationError",
     "Server",

@@ -42,6 +42,7 @@ C_LIST = 8
 C_SCHEDULE = 9
 C_UNSCHEDULE = 10
 C_FORGET = 11
+C_RESIZE = 12
 # dispatcher -> client
 D_READY = 20
 D_RESULT = 21
@@ -52,6 +53,7 @@ D_LIST = 25
 D_FIRED = 26
 D_CHUNK = 27
 D_EVENT = 28
+D_RESIZED = 29
 LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR = 10, 20, 30, 40  # ``logging``'s levels
 # dispatcher -> worker
 W_FUNCTION = 40
@@ -106,6 +108,7 @@ class Config(NamedTuple):
     preload: list[str]  # modules it imports before forking; worker i runs on affinity[i]
     affinity: list[list[int]]
     shm_prefix: str  # the start of every shared-memory segment name of this pool
+    autoscale: tuple[Any, ...] | None  # Autoscale.knobs(), or None for a fixed size
 
 
 class Options(NamedTuple):
@@ -210,6 +213,16 @@ class Unschedule(NamedTuple):
 class StatsRequest(NamedTuple):
     tag: int
     request_id: int
+
+
+class Resize(NamedTuple):
+    """From now on, ``workers`` workers (``reason``: "resize" or "policy"); answered by
+    ``Resized`` with the same ``request_id`` once the workers are forked or retired."""
+
+    tag: int
+    request_id: int
+    workers: int
+    reason: str
 
 
 class Shutdown(NamedTuple):
@@ -320,6 +333,15 @@ class Event(NamedTuple):
     name: str  # e.g. "worker_died": the record's ``event`` field
     message: str
     fields: dict[str, Any]  # the record's other fields: pid, worker, task_id, ...
+
+
+class Resized(NamedTuple):
+    """The pool's target size changed (the client's maps plan for it); ``request_id`` 0
+    when the dispatcher's autoscaler changed it."""
+
+    tag: int
+    request_id: int
+    workers: int
 
 
 class Bye(NamedTuple):
@@ -498,6 +520,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     C_SCHEDULE: Schedule,
     C_UNSCHEDULE: Unschedule,
     C_FORGET: Forget,
+    C_RESIZE: Resize,
     D_READY: Ready,
     D_RESULT: Result,
     D_STATS: StatsReply,
@@ -507,6 +530,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     D_FIRED: Fired,
     D_CHUNK: ChunkResult,
     D_EVENT: Event,
+    D_RESIZED: Resized,
     W_FUNCTION: WorkerFunction,
     W_RUN: Run,
     W_RETRY_ON: WorkerRetryOn,

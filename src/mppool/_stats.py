@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._scaling import ScalingEvent
+
 __all__ = ["LatencyStats", "Percentiles", "PoolStats", "TaskInfo", "WorkerStats"]
 
 
@@ -40,7 +42,8 @@ class WorkerStats:
     Attributes:
         index: slot number, 0 to workers - 1 (a replacement keeps the slot).
         pid: process id of the worker now in the slot (0 while none is alive).
-        state: ``"starting"``, ``"idle"`` or ``"busy"``.
+        state: ``"starting"``, ``"idle"``, ``"busy"`` or ``"leaving"`` (the pool shrinks:
+            it finishes its current task, then exits).
         current_task: id of the task it is running, or None.
         started_at: wall-clock time (``time.time()``) the current process was forked.
         ready_at: wall-clock time it reported ready (0 while starting).
@@ -95,7 +98,14 @@ class PoolStats:
         queue_by_kind: waiting tasks per kind ("" for tasks without one).
         uptime: seconds since the pool started.
         latency: percentiles of queue wait, run time and end-to-end time of recent tasks.
-        workers: one entry per worker slot.
+        workers: one entry per worker (those leaving a shrinking pool included).
+        target_workers: the number of workers the pool is meant to have now.
+        live_workers: worker processes alive (more than the target while leaving ones
+            finish their task; fewer for the milliseconds of a fork).
+        worker_seconds: seconds lived by all worker processes so far, summed (what an
+            elastic pool saves over a fixed one).
+        resizes: changes of the target so far.
+        scaling_events: the latest changes of the target (at most 32), oldest first.
     """
 
     submitted: int
@@ -118,6 +128,11 @@ class PoolStats:
     uptime: float
     latency: LatencyStats
     workers: tuple[WorkerStats, ...]
+    target_workers: int
+    live_workers: int
+    worker_seconds: float
+    resizes: int
+    scaling_events: tuple[ScalingEvent, ...]
 
     @property
     def succeeded(self) -> int:
@@ -129,9 +144,10 @@ class PoolStats:
         """Build from the dispatcher's snapshot dictionary."""
         workers = tuple(WorkerStats(**w) for w in snap["workers"])
         latency = LatencyStats(**{k: Percentiles(*v) for k, v in snap["latency"].items()})
-        skip = ("workers", "latency")
+        events = tuple(ScalingEvent(*row) for row in snap["scaling_events"])
+        skip = ("workers", "latency", "scaling_events")
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
-        return cls(workers=workers, latency=latency, **fields)
+        return cls(workers=workers, latency=latency, scaling_events=events, **fields)
 
     def __str__(self) -> str:
         """A readable summary: counters, latency percentiles and one row per worker.
@@ -153,6 +169,9 @@ class PoolStats:
             ("respawns", self.respawns),
         ]
         lines = [f"pool stats (uptime {self.uptime:.2f}s; a map chunk counts as one task)"]
+        if self.resizes:
+            counters.append(("workers", self.target_workers))
+            counters.append(("resizes", self.resizes))
         width = max(len(name) for name, _ in counters)
         lines += [f"  {name:<{width}}  {value:>10,}" for name, value in counters]
         lines += ["", f"  {'latency':<12}{'p50':>12}{'p95':>12}{'p99':>12}{'tasks':>8}"]

@@ -73,8 +73,11 @@ class _Core:
         init_timeout: float,
         store: Store | None = None,
         setup: WorkerSetup | None = None,
+        autoscale: tuple[Any, ...] | None = None,
+        slots: int = 0,
     ) -> None:
-        self.workers = workers
+        self.workers = workers  # the current target (an elastic pool changes it)
+        self.policy: Any = None  # the thread of a user's autoscale policy, if any
         self.store = store
         self.waits = None
         if store is not None:
@@ -95,7 +98,7 @@ class _Core:
         self.ready = threading.Event()
         self.finished = threading.Event()
         self.pids: list[int] = []
-        self.slots = Slots(max_queue, workers) if max_queue else None
+        self.slots = Slots(max_queue, slots or workers) if max_queue else None
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         blob = None if initializer is None else dumps((initializer, initargs), "the initializer")
@@ -116,6 +119,7 @@ class _Core:
             _events.wanted_level(),
             *(setup or WorkerSetup({}, [], [])),
             self.shm_prefix,
+            autoscale,
         )
         try:
             self.conn = Connection(self.lock, self.deliver, self.ended)
@@ -320,6 +324,18 @@ class _Core:
         """The reader thread is ending (the pipe closed): settle everything still open."""
         _delivery.ended(self)
         _live_cores.discard(self)
+        if self.policy is not None:
+            self.policy.close()
+
+    def resized(self, workers: int) -> None:
+        """The pool's size is now ``workers``: maps plan their chunks and window for it."""
+        self.workers = workers
+        for planner in list(self.catalog.planners.values()):
+            planner.workers = workers
+        with self.lock:
+            maps = self.maps.all()
+        for mapping in maps:
+            mapping.resized(workers)
 
     # --- ending --------------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
@@ -329,6 +345,8 @@ class _Core:
         whole input first (the dispatcher is told to end only once they are fed). With
         ``cancel_futures`` they are cancelled; with a deadline they stop reading.
         """
+        if self.policy is not None:
+            self.policy.stop.set()  # a closing pool keeps its size
         with self.lock:
             first = self.state == _RUNNING
             if first:

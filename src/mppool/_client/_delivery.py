@@ -56,6 +56,10 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
             err = BrokenPoolError(msg[1])
             err.__cause__ = RemoteTraceback(msg[2]) if msg[2] else None
             go_broken(core, err)
+        elif tag == p.D_RESIZED:
+            core.resized(msg[2])
+            if msg[1]:
+                core.requests.answer(msg[1], msg[2])
         elif tag == p.D_EVENT:
             _events.log(p.Event(*msg))
         elif tag == p.D_BYE:

@@ -214,6 +214,14 @@ class MapIterator:
             or self.outstanding < self.core.workers
         )
 
+    def resized(self, workers: int) -> None:
+        """The pool has ``workers`` workers now: the window follows."""
+        with self.cond:
+            self.window = WINDOW_PER_WORKER * workers
+            self.work_window = WINDOW_SECONDS_PER_WORKER * workers
+            self.planner.workers = workers
+            self.cond.notify_all()  # a larger window has room now
+
     def track(self, unit: Unit) -> None:
         """A unit was submitted: it takes its place in the window (``cond`` held)."""
         if self.ordered:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._backoff import CRASH_RETRIES
 from .._ratelimit import RateLimit
 from .._retry import RetryPolicy
+from .._scaling import Autoscale
 from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
@@ -24,6 +25,7 @@ from ._future import Future
 from ._options import UNSET, _Options
 from ._schedule import Schedule, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
+from ._sizing import PolicyThread, check_size, send_resize
 
 if TYPE_CHECKING:
     from .._web._registry import Registry
@@ -268,9 +270,12 @@ class Pool(_Submitter, concurrent.futures.Executor):
     """A process pool for CPU-bound work: exactly ``workers`` worker processes.
 
     Args:
-        workers: number of worker processes (default ``os.cpu_count()``).
-        max_queue: tasks that may wait besides the running ones (one per worker) before
-            ``submit`` waits for room (0: unbounded).
+        workers: number of worker processes (default ``os.cpu_count()``), or an
+            ``mppool.Autoscale(min=, max=, ...)`` for a pool that grows and shrinks with
+            its queue (it starts with ``min``). ``resize(n)`` changes either kind.
+        max_queue: tasks that may wait besides the running ones (one per worker; for an
+            autoscaled pool, one per ``max`` worker) before ``submit`` waits for room
+            (0: unbounded).
         retry: default ``RetryPolicy`` for tasks that raise (default: no retry).
         timeout: default per-task timeout in seconds (default: none).
         crash_retries: default number of retries for a task whose worker dies running it.
@@ -303,7 +308,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
 
     def __init__(
         self,
-        workers: int | None = None,
+        workers: int | Autoscale | None = None,
         *,
         max_queue: int = 0,
         retry: RetryPolicy | None = None,
@@ -323,8 +328,13 @@ class Pool(_Submitter, concurrent.futures.Executor):
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
-        if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+        if isinstance(workers, Autoscale):
+            autoscale: Autoscale | None = workers
+            most = workers.max
+            workers = workers.min
+        else:
+            autoscale = None
+            workers = most = check_size(workers, None)
         if max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         if max_tasks_per_child is not None and max_tasks_per_child < 1:
@@ -339,14 +349,14 @@ class Pool(_Submitter, concurrent.futures.Executor):
             str(kind): (lim.rate, lim.per, lim.burst)
             for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())
         }
-        self._workers = workers
+        self._autoscale = autoscale
         self._opts = _Options(
             0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
         )
         setup = WorkerSetup(
-            thread_environment(threads_per_worker, workers),
+            thread_environment(threads_per_worker, most),
             preload_modules(preload),
-            core_placement(cpu_affinity, workers),
+            core_placement(cpu_affinity, most),
         )
         journal = _open_store(store)  # a bad store fails here, before any process starts
         try:
@@ -363,12 +373,16 @@ class Pool(_Submitter, concurrent.futures.Executor):
                 init_timeout=_init_timeout(init_timeout),
                 store=journal,
                 setup=setup,
+                autoscale=None if autoscale is None else autoscale.knobs(),
+                slots=most,
             )
         except BaseException:
             if journal is not None:
                 journal.close()
             raise
         _live_cores.add(self._core)
+        if autoscale is not None and autoscale.policy is not None:
+            self._core.policy = PolicyThread(self._core, autoscale)
         self._finalizer = weakref.finalize(self, _finalize, self._core)
         # At exit, a pool still referenced is ended by mppool's own exit hook (at once), not
         # shut down gracefully like one the program dropped.
@@ -380,8 +394,22 @@ class Pool(_Submitter, concurrent.futures.Executor):
 
     @property
     def workers(self) -> int:
-        """The number of worker processes."""
-        return self._workers
+        """The number of worker processes (an elastic pool's current target)."""
+        return self._core.workers
+
+    def resize(self, workers: int) -> None:
+        """From now on, run ``workers`` worker processes.
+
+        Growing forks the new workers at once. Shrinking retires idle workers first; a busy
+        worker that must go finishes its current task (nothing is failed or run twice), and
+        what it had queued goes back to the pool's queue. An autoscaled pool accepts sizes
+        within its ``min`` and ``max`` and scales on from there.
+
+        Raises:
+            ValueError: for a size that is not an int >= 1 (or outside the bounds).
+            PoolClosedError: after ``shutdown()``.
+        """
+        send_resize(self._core, check_size(workers, self._autoscale), "resize")
 
     @property
     def state(self) -> str:
@@ -561,4 +589,4 @@ class Pool(_Submitter, concurrent.futures.Executor):
             self.shutdown(wait=True, cancel_futures=True)
 
     def __repr__(self) -> str:
-        return f"<mppool.Pool workers={self._workers} state={self._core.state}>"
+        return f"<mppool.Pool workers={self._core.workers} state={self._core.state}>"

@@ -32,7 +32,8 @@ class Requests:
         core = self._core
         if core.conn.on_reader_thread():
             raise RuntimeError(
-                "stats(), tasks() and task() cannot be called from a future's done callback"
+                "stats(), tasks(), task() and resize() cannot be called from a future's "
+                "done callback"
             )
         core.check_answering()
         request_id = next(core.ids)

@@ -44,6 +44,8 @@ def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
             d.results.append(p.StatsReply(p.D_STATS, msg[1], d.snapshot()))
         elif tag == p.C_SHUTDOWN:
             d.begin_shutdown(msg[1], msg[2])
+        elif tag == p.C_RESIZE:
+            d.sizing.resize(msg[2], msg[3], request_id=msg[1])
 
 
 def submit(d: Dispatcher, m: p.Submit) -> None:

@@ -40,6 +40,7 @@ from ._latency import LatencyWindow
 from ._poller import Poller
 from ._procs import Outbox, set_nonblocking, set_title
 from ._recurring import Recurring
+from ._sizing import Sizing
 from ._snapshot import ProcessUsage, snapshot
 from ._stealing import RECHECK_SECONDS
 from ._tasklist import TaskTable
@@ -84,6 +85,7 @@ class Dispatcher:
         self.started_at = self.clock()
         self.poller = Poller()
         self.workers = Workers(self, config.workers)
+        self.sizing = Sizing(self, config.workers, config.autoscale)
         self.schedules: dict[int, Recurring] = {}
         self.fired_ids = -1  # runs of schedules get negative ids: the client's are positive
         self.functions: dict[int, bytes] = {}
@@ -295,6 +297,9 @@ class Dispatcher:
             wait = CLOSING_POLL_SECONDS if wait is None else min(wait, CLOSING_POLL_SECONDS)
         if self.sched.recheck:  # a worker waits to see whether a peer starts its next task
             wait = RECHECK_SECONDS if wait is None else min(wait, RECHECK_SECONDS)
+        scale = self.sizing.wait()
+        if scale is not None:
+            wait = scale if wait is None else min(wait, scale)
         if wait is not None and not wait <= MAX_WAIT_SECONDS:  # far (or infinite) timers
             wait = MAX_WAIT_SECONDS
         return wait
@@ -333,6 +338,7 @@ class Dispatcher:
                 None,
             )
         if self.broken is None:
+            self.sizing.check(now)
             self.sched.tick()
             self.workers.send_work()
             self.workers.finish_draining()

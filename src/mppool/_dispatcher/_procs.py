@@ -78,6 +78,7 @@ class WorkerSlot:
         "frames",
         "index",
         "kill_reason",
+        "leaving",
         "opts",
         "outbox",
         "pid",
@@ -113,7 +114,13 @@ class WorkerSlot:
         self.draining = False  # max_tasks_per_child reached: no new work, leave when empty
         self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
         self.retired = False
+        self.leaving = False  # the pool shrinks: finish the current task, then leave for good
         self.closing_since = 0.0
+
+    @property
+    def vacant(self) -> bool:
+        """A slot whose worker left as the pool shrank (reused when it grows)."""
+        return not self.pid and self.leaving
 
 
 def fork_worker(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 
 from ._tasks import QUEUED, Task
 
@@ -85,6 +86,15 @@ class RunQueue:
                 self._drop_level(task)
                 return task
         return None
+
+    def sample(self, k: int, rng: random.Random) -> list[Task]:
+        """Up to ``k`` queued tasks picked at random (to estimate the queue's work cheaply)."""
+        heap = self._heap
+        if len(heap) <= k:
+            picked = [entry[3] for entry in heap]
+        else:
+            picked = [heap[i][3] for i in rng.sample(range(len(heap)), k)]
+        return [task for task in picked if task.state == QUEUED]
 
     def level(self, priority: float) -> int:
         """Queued tasks of this priority."""

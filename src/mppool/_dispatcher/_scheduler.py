@@ -46,7 +46,7 @@ from ._estimates import Estimates
 from ._outcomes import Outcomes
 from ._pipes import Pipes
 from ._runqueue import RunQueue, rank
-from ._stealing import Stealing
+from ._stealing import UNKNOWN_COST, Stealing
 from ._tasks import (
     CANCELLED,
     DELAYED,
@@ -139,6 +139,37 @@ class Scheduler:
     def worker_down(self, w: int) -> None:
         """Worker ``w`` takes no new work (it is leaving, or not yet there)."""
         self._up[w] = False
+
+    def add_worker(self) -> int:
+        """One more worker slot (down until ``worker_up``); its index."""
+        self.workers += 1
+        self.pipes.add_worker()
+        self._up.append(False)
+        self.done_by.append(0)
+        self.busy_by.append(0.0)
+        self.ran.append(((-math.inf, 0), 0))
+        return self.workers - 1
+
+    def retire(self, w: int) -> None:
+        """Worker ``w`` is leaving (the pool shrinks): it takes no new work, and what it
+        holds and has not started goes back to the heap. What it runs, it finishes."""
+        self.worker_down(w)
+        now = self.clock()
+        for task in self.stealing.take_all(w):
+            self.requeue(task, now)
+
+    def backlog_seconds(self, sample: int = 64) -> float:
+        """Estimated run time of the queued work, from a sample of the heap; a task of a
+        function never measured counts as ``unknown`` seconds."""
+        queued = self.queue.live
+        if not queued:
+            return 0.0
+        tasks = self.queue.sample(sample, self.rng)
+        if not tasks:
+            return 0.0
+        known = [self.estimates.of(t) for t in tasks]
+        total = sum(UNKNOWN_COST if est is None else est for est in known)
+        return total * queued / len(tasks)
 
     def is_up(self, w: int) -> bool:
         return self._up[w]

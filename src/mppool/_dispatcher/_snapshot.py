@@ -79,9 +79,13 @@ def _workers(d: Dispatcher, uptime: float) -> list[dict[str, Any]]:
     d.usage.forget_except({w.pid for w in d.workers.slots})
     out = []
     for w in d.workers.slots:
+        if w.vacant:
+            continue
         current = sched.pipes.first_live(w.index)
         rss, cpu = d.usage.usage(w.pid, d.wall())
-        if not w.pid or not w.ready:
+        if w.leaving:
+            state = "leaving"
+        elif not w.pid or not w.ready:
             state = "starting"
         elif current is not None:
             state = "busy"
@@ -127,4 +131,5 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
         latency=d.latency.snapshot(),
         workers=_workers(d, uptime),
     )
+    snap.update(d.sizing.snapshot())
     return snap

@@ -149,6 +149,10 @@ class Stealing:
                     if not moved or moved[0] is not back:
                         break  # the worker had started it
 
+    def take_all(self, v: int) -> list[Task]:
+        """Everything ``v`` holds and has not started (it is leaving), in order."""
+        return self._take_tail(v)
+
     # --- helpers -------------------------------------------------------------------------------
     def _take_tail(self, v: int, first: Batch | None = None) -> list[Task]:
         """Take back all unstarted work of ``v`` from batch ``first`` on (``None``: all)."""

@@ -1,8 +1,14 @@
 """The worker processes of a dispatcher: starting, feeding, watching, killing, replacing.
 
-There are always exactly ``workers`` slots. A slot whose process dies is refilled by a fork
-(milliseconds), unless the pool is broken or ending. What a dead worker held goes back to
-the scheduler, which decides about the unit it was running (see ``Scheduler.worker_lost``).
+There is one slot per worker. A slot whose process dies is refilled by a fork (milliseconds),
+unless the pool is broken or ending, or the worker was leaving because the pool shrank. What a
+dead worker held goes back to the scheduler, which decides about the unit it was running (see
+``Scheduler.worker_lost``).
+
+Resizing (``grow`` and ``retire``): growing first keeps workers that were leaving but have
+not yet closed their pipe, then refills vacant slots, then adds slots. A retired worker takes
+no new work, gives back what it has not started, finishes its current task and then finds
+its task pipe closed, and leaves; its slot stays vacant until the pool grows again.
 """
 
 from __future__ import annotations
@@ -61,6 +67,54 @@ class Workers:
             d.poller.watch(pidfd, lambda: self.died(w) if w.pidfd == pidfd else None)
         return True
 
+    # --- resizing ------------------------------------------------------------------------------
+    def staying(self) -> list[WorkerSlot]:
+        """Slots with a worker that is not leaving (the pool's current size)."""
+        return [w for w in self.slots if w.pid and not w.leaving]
+
+    def grow(self, count: int) -> None:
+        """``count`` more workers: keep leaving ones, refill vacant slots, add slots."""
+        d = self.d
+        for w in self.slots:
+            if count and w.leaving and w.pid and w.task_fd >= 0 and not w.kill_reason:
+                w.leaving = False
+                if w.ready:
+                    d.sched.worker_up(w.index)
+                count -= 1
+        for w in self.slots:
+            if count and w.vacant:
+                if not self.spawn(w):
+                    return
+                count -= 1
+        while count:
+            d.claims.add_worker()
+            w = WorkerSlot(d.sched.add_worker())
+            self.slots.append(w)
+            if not self.spawn(w):
+                return
+            count -= 1
+
+    def shrink(self, count: int, prefer: tuple[int, ...] = ()) -> None:
+        """Retire ``count`` workers: those in ``prefer``, then idle ones, starting ones, busy
+        ones (a busy worker finishes its current task first)."""
+        sched = self.d.sched
+
+        def order(w: WorkerSlot) -> tuple[int, int]:
+            if w.index in prefer:
+                return (0, prefer.index(w.index))
+            if w.ready and not sched.pipes.busy(w.index):
+                return (1, -w.index)
+            return (2 if not w.ready else 3, -w.index)
+
+        for w in sorted(self.staying(), key=order)[:count]:
+            self.retire(w)
+
+    def retire(self, w: WorkerSlot) -> None:
+        w.leaving = True
+        self.draining = True  # finish_draining closes its pipe once it holds nothing
+        self.d.sched.retire(w.index)
+        self.finish_draining()
+
     def start_all(self) -> list[int]:
         for w in self.slots:
             if not self.spawn(w):
@@ -79,7 +133,7 @@ class Workers:
             startup=w.ready_at - w.started_at,
         )
         self.early_deaths = 0
-        if not w.kill_reason:
+        if not w.kill_reason and not w.leaving:
             self.d.sched.worker_up(w.index)
 
     def init_deadline(self) -> float | None:
@@ -180,7 +234,8 @@ class Workers:
         if not self.draining:
             return
         for w in self.slots:
-            if w.draining and w.pid and not self.d.sched.pipes.busy(w.index) and w.task_fd >= 0:
+            leaves = w.draining or w.leaving
+            if leaves and w.pid and not self.d.sched.pipes.busy(w.index) and w.task_fd >= 0:
                 if w.outbox.registered:
                     continue
                 self._close_task_pipe(w)
@@ -209,10 +264,12 @@ class Workers:
         self._forget_fds(w)
         pid, w.pid = w.pid, 0
         blame = not (w.retired or w.draining or w.kill_reason) and w.ready
-        if not w.ready and not w.kill_reason and not d.closing:
+        if not w.ready and not w.kill_reason and not w.leaving and not d.closing:
             self.early_deaths += 1
         crash = pickle.dumps((pid, exitcode, signame))
         why = w.kill_reason or ("retired" if w.retired or w.draining else "")
+        if not why and w.leaving:
+            why = "resized"  # the pool shrank: the worker left once its work was done
         if not why and w.closing_since and exitcode == 0:
             why = "exit"  # the pool is ending: it closed the task pipe and the worker left
         how = f"signal {signame}" if signame else f"exit code {exitcode}"
@@ -237,6 +294,9 @@ class Workers:
                 f"(last: exit code {exitcode}, signal {signame})",
                 None,
             )
+        d.sizing.worker_gone(w, self.d.clock())
+        if w.leaving:
+            return  # the pool shrank: the slot stays vacant
         if d.broken is None and not d.client_gone and not (d.closing and d.done()):
             self.respawns += 1
             if self.spawn(w):

@@ -1,0 +1,116 @@
+"""The pool's size in the dispatcher: the target, resizes, autoscaling, and their record.
+
+A resize (``pool.resize(n)``, a user policy's decision, or the dispatcher's own
+:class:`~mppool._dispatcher._autoscale.Autoscaler`) sets the target and at once forks or
+retires workers to meet it (see ``Workers.grow`` and ``Workers.shrink``). Each change is kept
+as a scaling event for ``stats()``, logged as a ``pool_resized`` event, and sent to the
+client (``Resized``) so that its maps plan their chunks for the new size.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import _protocol as p
+from ._autoscale import CHECK_SECONDS, MAX_EVENTS, Autoscaler, Knobs
+
+if TYPE_CHECKING:
+    from ._loop import Dispatcher
+    from ._procs import WorkerSlot
+
+
+class Sizing:
+    """The target size of one dispatcher's pool, and how it got there."""
+
+    def __init__(self, d: Dispatcher, workers: int, knobs: tuple[Any, ...] | None) -> None:
+        self.d = d
+        self.target = workers
+        self.events: deque[tuple[float, int, int, str]] = deque(maxlen=MAX_EVENTS)
+        self.changes = 0
+        self.autoscaler = Autoscaler(Knobs(*knobs)) if knobs is not None else None
+        self.next_check = 0.0
+        self.gone_seconds = 0.0  # lifetimes of the worker processes that have ended
+        self._cores = os.cpu_count() or 1
+
+    def resize(
+        self, target: int, reason: str, prefer: tuple[int, ...] = (), request_id: int = 0
+    ) -> None:
+        """Make the pool ``target`` workers now (a no-op while it is ending or broken)."""
+        d = self.d
+        old = self.target
+        if target >= 1 and not d.closing and d.broken is None:
+            self.target = target
+            live = len(d.workers.staying())
+            if target > live:
+                d.workers.grow(target - live)
+            elif target < live:
+                d.workers.shrink(live - target, prefer)
+        if self.target != old or request_id:
+            d.results.append(p.Resized(p.D_RESIZED, request_id, self.target))
+        if self.target == old:
+            return
+        self.changes += 1
+        self.events.append((d.wall(), old, target, reason))
+        d.event(
+            p.LOG_INFO,
+            "pool_resized",
+            f"the pool goes from {old} to {target} workers ({reason})",
+            from_workers=old,
+            to_workers=target,
+            reason=reason,
+        )
+
+    def worker_gone(self, w: WorkerSlot, now: float) -> None:
+        self.gone_seconds += max(0.0, now - w.forked_at)
+
+    def worker_seconds(self, now: float) -> float:
+        """Seconds lived by every worker process so far (what an elastic pool saves)."""
+        alive = sum(now - w.forked_at for w in self.d.workers.slots if w.pid)
+        return self.gone_seconds + alive
+
+    # --- autoscaling ---------------------------------------------------------------------------
+    def wait(self) -> float | None:
+        """How soon the loop must look again (None: no autoscaling to do)."""
+        a, d = self.autoscaler, self.d
+        if a is None or d.closing or d.broken is not None:
+            return None
+        if not a.active(self.target, d.sched.queue.live):
+            return None
+        return max(0.0, self.next_check - d.clock())
+
+    def check(self, now: float) -> None:
+        """Apply the autoscaler's rules, at most every ``CHECK_SECONDS``."""
+        a = self.autoscaler
+        d = self.d
+        if a is None or now < self.next_check or d.closing or d.broken is not None:
+            return
+        if not a.active(self.target, d.sched.queue.live):
+            a.backlog_since = None
+            a.idle_since.clear()
+            return
+        self.next_check = now + CHECK_SECONDS
+        sched = d.sched
+        idle = [w.index for w in d.workers.staying() if sched.idle(w.index)]
+        decision = a.decide(now, self.target, sched.backlog_seconds(), idle, self._load())
+        if decision is not None:
+            self.resize(decision.target, decision.reason, decision.retire)
+
+    def _load(self) -> float | None:
+        if not self.autoscaler or not self.autoscaler.k.max_load:
+            return None
+        try:
+            return os.getloadavg()[0] / self._cores
+        except OSError:
+            return None
+
+    def snapshot(self) -> dict[str, Any]:
+        now = self.d.clock()
+        return {
+            "target_workers": self.target,
+            "live_workers": sum(1 for w in self.d.workers.slots if w.pid),
+            "worker_seconds": self.worker_seconds(now),
+            "resizes": self.changes,
+            "scaling_events": list(self.events),
+        }

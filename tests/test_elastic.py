@@ -1,0 +1,275 @@
+"""An elastic pool: ``resize(n)`` under load, and ``Autoscale`` (rules on a fake clock, then
+on a real pool)."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import pytest
+
+import mppool
+from mppool._dispatcher._autoscale import Autoscaler, Knobs
+
+from . import tasks
+from .conftest import PoolTracker, wait_until, worker_pids
+
+T = 60
+
+
+def knobs(**kw: Any) -> Knobs:
+    values = dict(
+        min=1, max=8, backlog=0.5, grow_after=0.2, idle_after=10.0, max_load=0.0, rules=True
+    )
+    values.update(kw)
+    return Knobs(**values)
+
+
+# --- the rules, on a fake clock ----------------------------------------------------------------
+def test_a_burst_grows_the_pool_once_its_backlog_has_lasted_grow_after() -> None:
+    a = Autoscaler(knobs(max=6))
+    # 3 s of queued work for 1 worker: above 0.5 s per worker, but not yet for 0.2 s.
+    assert a.decide(0.0, 1, 3.0, (), None) is None
+    assert a.decide(0.1, 1, 3.0, (), None) is None
+    decision = a.decide(0.2, 1, 3.0, (), None)
+    # As many workers as the backlog needs at 0.5 s each, at once.
+    assert decision is not None and decision.target == 6 and decision.reason == "backlog"
+    # Capped at max.
+    b = Autoscaler(knobs(max=4))
+    b.decide(0.0, 1, 30.0, (), None)
+    grown = b.decide(0.3, 1, 30.0, (), None)
+    assert grown is not None and grown.target == 4
+    assert b.decide(1.0, 4, 30.0, (), None) is None  # at max: nothing more
+
+
+def test_a_backlog_that_comes_and_goes_does_not_grow_the_pool() -> None:
+    a = Autoscaler(knobs())
+    for step in range(100):
+        now = step * 0.05
+        backlog = 3.0 if step % 3 else 0.0  # never above the threshold for 0.2 s in a row
+        assert a.decide(now, 2, backlog, (), None) is None
+
+
+def test_idle_workers_retire_after_idle_after_down_to_min() -> None:
+    a = Autoscaler(knobs(min=2, idle_after=10.0))
+    assert a.decide(0.0, 5, 0.0, (0, 1, 2), None) is None  # idle from 0.0
+    assert a.decide(4.0, 5, 0.0, (0, 1, 2, 3, 4), None) is None  # 3 and 4 idle from 4.0
+    assert a.decide(9.9, 5, 0.0, (0, 1, 2, 3, 4), None) is None
+    first = a.decide(10.0, 5, 0.0, (0, 1, 2, 3, 4), None)
+    # The three idle since 0.0 may go, but only down to min.
+    assert first is not None and first.target == 2 and first.reason == "idle"
+    assert len(first.retire) == 3 and set(first.retire) <= {0, 1, 2}
+    assert a.decide(20.0, 2, 0.0, (3, 4), None) is None  # at min
+
+
+def test_a_worker_that_gets_work_starts_its_idle_time_again() -> None:
+    a = Autoscaler(knobs(idle_after=10.0))
+    a.decide(0.0, 2, 0.0, (1,), None)
+    a.decide(9.0, 2, 0.0, (), None)  # worker 1 ran something
+    assert a.decide(12.0, 2, 0.0, (1,), None) is None
+    later = a.decide(22.0, 2, 0.0, (1,), None)
+    assert later is not None and later.retire == (1,)
+
+
+def test_a_loaded_machine_holds_growth_back() -> None:
+    a = Autoscaler(knobs(max_load=1.5))
+    a.decide(0.0, 1, 5.0, (), 3.0)
+    assert a.decide(1.0, 1, 5.0, (), 3.0) is None  # 3 per core > 1.5
+    grown = a.decide(1.05, 1, 5.0, (), 1.0)
+    assert grown is not None and grown.target > 1
+
+
+def _steady_load(a: Autoscaler, minutes: float, seed: int) -> list[tuple[float, int, int]]:
+    """A fluid model of a load just past what 2 workers do: 1.7 to 2.7 workers' worth of
+    work arrives per second (2.2 on average), the pool runs it with ``target`` workers, and
+    the autoscaler looks every 50 ms. Two workers fall behind; three keep up with a worker
+    idle now and then. Returns the size changes."""
+    rng = random.Random(seed)
+    dt, target, backlog, changes = 0.05, 2, 0.0, []
+    for step in range(int(minutes * 60 / dt)):
+        now = step * dt
+        demand = rng.uniform(1.7, 2.7)  # workers' worth of work arriving
+        backlog = max(0.0, backlog + (demand - target) * dt)
+        busy = target if backlog > 0 else min(target, int(-(-demand // 1)))
+        idle = tuple(range(busy, target))
+        decision = a.decide(now, target, backlog, idle, None)
+        if decision is not None:
+            changes.append((now, target, decision.target))
+            target = decision.target
+    return changes
+
+
+def test_a_steady_load_at_the_threshold_does_not_flap() -> None:
+    changes = _steady_load(Autoscaler(knobs(min=1, max=8)), minutes=10, seed=1)
+    assert [(old, new) for _, old, new in changes] == [(2, 3)]  # grows once and stays
+    # The same load without the waits flaps: the hysteresis is what holds it.
+    eager = _steady_load(
+        Autoscaler(knobs(min=1, max=8, grow_after=0.0, idle_after=0.0)), minutes=10, seed=1
+    )
+    assert len(eager) > 100
+
+
+# --- resize ------------------------------------------------------------------------------------
+def test_resize_up_and_down_under_load_loses_and_repeats_nothing(
+    make_pool: PoolTracker, tmp_path: Any
+) -> None:
+    log = str(tmp_path / "ran.log")
+    pool = make_pool(2)
+    futures = [pool.submit(tasks.spin_and_append, 0.004, log, str(i)) for i in range(600)]
+    for n in (4, 1, 3, 2, 5, 1):
+        pool.resize(n)
+        assert pool.workers == n
+        make_pool.note(pool)
+        # Leaving workers finish their current task, then exit; none is replaced.
+        assert wait_until(lambda n=n: len(worker_pids(pool)) == n, T), worker_pids(pool)
+        assert pool.stats().target_workers == n
+    assert sorted(f.result(timeout=T) for f in futures) == sorted(str(i) for i in range(600))
+    with open(log) as f:
+        ran = f.read().split()
+    assert sorted(ran, key=int) == [str(i) for i in range(600)]  # each exactly once
+    stats = pool.stats()
+    assert stats.crashed == stats.retried == stats.failed == 0
+    assert [(e.from_workers, e.to_workers) for e in stats.scaling_events] == [
+        (2, 4),
+        (4, 1),
+        (1, 3),
+        (3, 2),
+        (2, 5),
+        (5, 1),
+    ]
+    assert {e.reason for e in stats.scaling_events} == {"resize"}
+
+
+def test_shrinking_lets_busy_workers_finish_their_task(make_pool: PoolTracker, fifos: Any) -> None:
+    pool = make_pool(3)
+    started, gate = fifos("started"), fifos("gate")
+    running = [pool.submit(tasks.gated, started.path, gate.path, i) for i in range(3)]
+    started.take(3)
+    queued = [pool.submit(tasks.square, i) for i in range(20)]
+    before = set(worker_pids(pool))
+    pool.resize(1)  # every worker is busy: two of them must leave after their task
+    leaving = [w for w in pool.stats().workers if w.state == "leaving"]
+    assert len(leaving) == 2 and all(w.current_task is not None for w in leaving)
+    assert set(worker_pids(pool)) == before  # nobody was killed
+    gate.post(3)
+    assert [f.result(timeout=T) for f in running] == [0, 1, 2]
+    assert [f.result(timeout=T) for f in queued] == [i * i for i in range(20)]
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    assert set(worker_pids(pool)) <= before  # the one left was there all along
+    stats = pool.stats()
+    assert stats.crashed == stats.retried == stats.respawns == 0
+
+
+def test_growing_again_keeps_a_leaving_worker_instead_of_forking(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(2)
+    started, gate = fifos("started"), fifos("gate")
+    running = [pool.submit(tasks.gated, started.path, gate.path, i) for i in range(2)]
+    started.take(2)
+    before = set(worker_pids(pool))
+    pool.resize(1)
+    pool.resize(2)
+    assert set(worker_pids(pool)) == before
+    assert [w.state for w in pool.stats().workers].count("leaving") == 0
+    gate.post(2)
+    assert [f.result(timeout=T) for f in running] == [0, 1]
+    assert pool.stats().live_workers == 2
+
+
+def test_a_crash_during_a_resize_is_retried_and_replaced(
+    make_pool: PoolTracker, tmp_path: Any, fifos: Any
+) -> None:
+    pool = make_pool(2)
+    started, gate = fifos("started"), fifos("gate")
+    holders = [pool.submit(tasks.gated, started.path, gate.path, i) for i in range(2)]
+    started.take(2)
+    marker = str(tmp_path / "crashed")
+    crash = pool.submit(tasks.crash_first_time, marker, "survived")
+    pool.resize(4)  # the crashing task starts on a new worker, which dies
+    pool.resize(3)
+    gate.post(2)
+    assert crash.result(timeout=T) == "survived"
+    assert [f.result(timeout=T) for f in holders] == [0, 1]
+    assert wait_until(lambda: len(worker_pids(pool)) == 3, T)
+    stats = pool.stats()
+    assert stats.crashed == 1 and stats.respawns == 1 and stats.target_workers == 3
+
+
+def test_resize_refuses_bad_sizes_and_keeps_serving(make_pool: PoolTracker) -> None:
+    pool = make_pool(2)
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(ValueError):
+            pool.resize(bad)  # type: ignore[arg-type]
+    assert pool.submit(tasks.square, 4).result(timeout=T) == 16
+    assert pool.workers == 2
+    pool.shutdown()
+    with pytest.raises(mppool.PoolClosedError):
+        pool.resize(3)
+
+
+def test_a_map_plans_for_the_new_size(make_pool: PoolTracker) -> None:
+    pool = make_pool(1)
+    results = pool.imap_unordered(tasks.square, range(3000))
+    first = next(results)
+    pool.resize(3)
+    rest = list(results)
+    assert sorted([first, *rest]) == [i * i for i in range(3000)]
+    planners = pool._core.catalog.planners.values()
+    assert planners and all(planner.workers == 3 for planner in planners)
+
+
+# --- autoscale on a real pool -------------------------------------------------------------------
+def test_an_autoscaled_pool_grows_for_a_burst_and_shrinks_back_to_min(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(mppool.Autoscale(min=1, max=3, grow_after=0.0, idle_after=0.3))
+    assert pool.workers == 1 and len(worker_pids(pool)) == 1
+    started, gate = fifos("started"), fifos("gate")
+    # Never measured: each queued task counts as a second of work, so the pool grows to 3.
+    burst = [pool.submit(tasks.gated, started.path, gate.path, i) for i in range(6)]
+    started.take(3)  # three run at once: the pool has grown
+    make_pool.note(pool)
+    assert pool.stats().target_workers == 3
+    gate.post(6)
+    assert [f.result(timeout=T) for f in burst] == list(range(6))
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    stats = pool.stats()
+    assert stats.target_workers == 1 == pool.workers
+    reasons = [(e.from_workers, e.to_workers, e.reason) for e in stats.scaling_events]
+    grown = [new for old, new, why in reasons if why == "backlog" and new > old]
+    assert grown and max(grown) == 3 and reasons[0][2] == "backlog"
+    assert reasons[-1][1:] == (1, "idle")
+
+
+def test_a_user_policy_decides_the_size(make_pool: PoolTracker) -> None:
+    seen: list[int] = []
+
+    def policy(stats: mppool.PoolStats) -> int:
+        seen.append(stats.target_workers)
+        return 3  # clamped to max=2
+
+    pool = make_pool(mppool.Autoscale(min=1, max=2, policy=policy, interval=0.01))
+    assert wait_until(lambda: pool.workers == 2, T)
+    assert wait_until(lambda: len(worker_pids(pool)) == 2, T)
+    assert pool.stats().scaling_events[-1].reason == "policy"
+    assert seen and seen[0] == 1
+    with pytest.raises(ValueError, match="max=2"):
+        pool.resize(5)
+
+
+def test_autoscale_rejects_bad_knobs() -> None:
+    for kw in (
+        {"min": 0},
+        {"min": 3, "max": 2},
+        {"backlog": 0},
+        {"idle_after": -1},
+        {"grow_after": float("inf")},
+        {"max_load": 0},
+    ):
+        with pytest.raises(ValueError):
+            mppool.Autoscale(**kw)
+    with pytest.raises(TypeError):
+        mppool.Autoscale(policy=3)  # type: ignore[arg-type]
+    assert mppool.Autoscale(min=2).max == max(2, os.cpu_count() or 1)
