@@ -179,6 +179,27 @@ def test_dashboard_updates_live(
         no_console_errors(browser)
 
 
+def test_dashboard_shows_resizes(make_pool: PoolTracker, browser: WebDriver) -> None:
+    pool = make_pool(1)
+    with serve(pool) as server:
+        browser.get(server.url)
+        wait(browser, lambda d: len(worker_cells(d, ".pid")) == 1, "no worker row")
+        assert texts(browser, "#scaling td") == ["no resize yet"]
+        pool.resize(3)
+        wait(browser, lambda d: len(worker_cells(d, ".pid")) == 3, "grown workers not shown")
+        wait(browser, lambda d: texts(d, "#meta")[0].startswith("3 workers"), "no new size")
+        assert texts(browser, "#scaling .scaling-change") == ["1 → 3"]
+        pool.resize(2)
+        wait(
+            browser,
+            lambda d: texts(d, "#scaling .scaling-change") == ["3 → 2", "1 → 3"],
+            "shrink not listed",
+        )
+        assert texts(browser, "#scaling .scaling-reason") == ["resize", "resize"]
+        assert pool.submit(tasks.square, 3).result(TASK_TIMEOUT) == 9
+        no_console_errors(browser)
+
+
 def test_a_page_opened_late_shows_the_past(
     make_pool: PoolTracker, browser: WebDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

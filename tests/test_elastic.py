@@ -273,3 +273,50 @@ def test_autoscale_rejects_bad_knobs() -> None:
     with pytest.raises(TypeError):
         mppool.Autoscale(policy=3)  # type: ignore[arg-type]
     assert mppool.Autoscale(min=2).max == max(2, os.cpu_count() or 1)
+
+
+def test_a_task_that_hangs_on_a_leaving_worker_still_times_out(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(2)
+    started, gate = fifos("started"), fifos("gate")
+    hung = pool.options(timeout=1.0).submit(tasks.gated, started.path, gate.path, "never")
+    held = pool.submit(tasks.gated, started.path, gate.path, "held")
+    started.take(2)
+    pool.resize(1)  # one of the two busy workers leaves after its task
+    with pytest.raises(mppool.TaskTimeoutError):
+        hung.result(timeout=T)
+    gate.post(1)
+    assert held.result(timeout=T) == "held"
+    # The timed-out worker was killed; whether it was the leaving one or not, one is left.
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    assert pool.submit(tasks.square, 5).result(timeout=T) == 25
+    assert pool.stats().live_workers == 1
+
+
+def test_recycling_and_resizing_together_keep_the_size(make_pool: PoolTracker) -> None:
+    pool = make_pool(2, max_tasks_per_child=5)
+    first = [pool.submit(tasks.square, i) for i in range(40)]
+    pool.resize(3)
+    second = [pool.submit(tasks.square, i) for i in range(40)]
+    pool.resize(1)
+    third = [pool.submit(tasks.square, i) for i in range(40)]
+    assert [f.result(timeout=T) for f in first + second + third] == [i * i for i in range(40)] * 3
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    stats = pool.stats()
+    assert stats.crashed == stats.failed == 0 and stats.target_workers == 1
+
+
+def test_priorities_hold_after_the_pool_grows(make_pool: PoolTracker, fifos: Any) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    blocker = pool.submit(tasks.gated, started.path, gate.path, "blocker")
+    started.take(1)
+    order = [
+        pool.options(priority=p).submit(tasks.started_at, p, i) for i, p in enumerate([0, 5, 1, 9])
+    ]
+    pool.resize(2)  # the new worker takes the most urgent task first
+    gate.post(1)
+    assert blocker.result(timeout=T) == "blocker"
+    starts = sorted((f.result(timeout=T) for f in order), key=lambda s: s[1])
+    assert starts[0][0][0] == 9

@@ -114,3 +114,18 @@ def test_registries_are_per_pool(make_pool: PoolTracker) -> None:
     first.submit(tasks.square, 1).result(TIMEOUT)
     assert value(scrape(first), "mppool_tasks_submitted") == 1
     assert value(scrape(second), "mppool_tasks_submitted") == 0
+
+
+def test_size_metrics_follow_a_resize(make_pool: PoolTracker) -> None:
+    pool = make_pool(2)
+    before = scrape(pool)
+    assert value(before, "mppool_resizes") == 0
+    pool.resize(3)
+    families = scrape(pool)
+    assert value(families, "mppool_workers") == 3
+    assert value(families, "mppool_workers_live") == 3
+    assert value(families, "mppool_resizes") == 1
+    assert families["mppool_worker_process_seconds"].type == "counter"
+    assert value(families, "mppool_worker_process_seconds") > value(
+        before, "mppool_worker_process_seconds"
+    )

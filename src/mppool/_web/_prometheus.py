@@ -56,7 +56,7 @@ _COUNTERS = (
 
 _STAGES = ("queue_wait", "run_time", "end_to_end")
 _QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
-_WORKER_STATES = ("starting", "idle", "busy")
+_WORKER_STATES = ("starting", "idle", "busy", "leaving")
 
 
 def _name(suffix: str) -> str:
@@ -123,9 +123,22 @@ def _queue(stats: PoolStats) -> Iterator[Metric]:
     for kind, count in sorted(stats.queue_by_kind.items()):
         by_kind.add_metric([kind or ""], float(count))
     yield by_kind
-    workers = GaugeMetricFamily(_name("workers"), "Worker slots in the pool.")
-    workers.add_metric([], float(len(stats.workers)))
+    workers = GaugeMetricFamily(_name("workers"), "Workers the pool is meant to have now.")
+    workers.add_metric([], float(stats.target_workers))
     yield workers
+    live = GaugeMetricFamily(
+        _name("workers_live"), "Worker processes alive (leaving ones included)."
+    )
+    live.add_metric([], float(stats.live_workers))
+    yield live
+    resizes = CounterMetricFamily(_name("resizes"), "Changes of the pool's target size.")
+    resizes.add_metric([], float(stats.resizes))
+    yield resizes
+    lived = CounterMetricFamily(
+        _name("worker_process_seconds"), "Seconds lived by all worker processes, summed."
+    )
+    lived.add_metric([], float(stats.worker_seconds))
+    yield lived
     uptime = GaugeMetricFamily(_name("uptime_seconds"), "Seconds since the pool started.")
     uptime.add_metric([], float(stats.uptime))
     yield uptime
