@@ -19,16 +19,14 @@ T = 60
 
 
 def knobs(**kw: Any) -> Knobs:
-    values = dict(
-        min=1, max=8, backlog=0.5, grow_after=0.2, idle_after=10.0, max_load=0.0, rules=True
-    )
-    values.update(kw)
-    return Knobs(**values)
+    """The dispatcher's knobs for ``Autoscale(max=8)`` (its defaults otherwise), changed by
+    ``kw``."""
+    return Knobs(*mppool.Autoscale(max=8).knobs())._replace(**kw)
 
 
 # --- the rules, on a fake clock ----------------------------------------------------------------
 def test_a_burst_grows_the_pool_once_its_backlog_has_lasted_grow_after() -> None:
-    a = Autoscaler(knobs(max=6))
+    a = Autoscaler(knobs(max=6, grow_after=0.2))
     # 3 s of queued work for 1 worker: above 0.5 s per worker, but not yet for 0.2 s.
     assert a.decide(0.0, 1, 3.0, (), None) is None
     assert a.decide(0.1, 1, 3.0, (), None) is None
@@ -36,7 +34,7 @@ def test_a_burst_grows_the_pool_once_its_backlog_has_lasted_grow_after() -> None
     # As many workers as the backlog needs at 0.5 s each, at once.
     assert decision is not None and decision.target == 6 and decision.reason == "backlog"
     # Capped at max.
-    b = Autoscaler(knobs(max=4))
+    b = Autoscaler(knobs(max=4, grow_after=0.2))
     b.decide(0.0, 1, 30.0, (), None)
     grown = b.decide(0.3, 1, 30.0, (), None)
     assert grown is not None and grown.target == 4
@@ -44,7 +42,7 @@ def test_a_burst_grows_the_pool_once_its_backlog_has_lasted_grow_after() -> None
 
 
 def test_a_backlog_that_comes_and_goes_does_not_grow_the_pool() -> None:
-    a = Autoscaler(knobs())
+    a = Autoscaler(knobs(grow_after=0.2))
     for step in range(100):
         now = step * 0.05
         backlog = 3.0 if step % 3 else 0.0  # never above the threshold for 0.2 s in a row

@@ -108,3 +108,18 @@ def test_a_clean_shutdown_logs_no_warning(
     assert len(ended) == 2  # each worker's end is still recorded, at INFO, with its reason
     assert {(r.levelno, r.reason) for r in ended} == {(logging.INFO, "exit")}
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_resize_is_logged_and_its_leaving_workers_are_no_crash(
+    make_pool: PoolTracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mppool")
+    pool = make_pool(3)
+    pool.resize(1)
+    assert wait_until(lambda: len(events(caplog, "worker_died")) == 2, T)
+    (resized,) = events(caplog, "pool_resized")
+    assert (resized.name, resized.levelno) == ("mppool.workers", logging.INFO)
+    assert (resized.from_workers, resized.to_workers, resized.reason) == (3, 1, "resize")
+    for died in events(caplog, "worker_died"):
+        assert (died.levelno, died.exitcode, died.reason) == (logging.INFO, 0, "resized")
+    assert not events(caplog, "worker_respawned")

@@ -54,7 +54,7 @@ class Autoscale:
     min: int = 1
     max: int = 0  # 0: os.cpu_count()
     backlog: float = 0.5
-    grow_after: float = 0.2
+    grow_after: float = 0.1
     idle_after: float = 10.0
     max_load: float | None = None
     policy: Callable[[PoolStats], int] | None = None

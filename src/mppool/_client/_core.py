@@ -55,6 +55,19 @@ def release(kept: tuple[str | None, list[Any]] | None) -> None:
         _shm.remove(kept[0])
 
 
+def pack(obj: Any, what: str, prefix: str) -> tuple[bytes, Any]:
+    """A task's payload; large buffers go into a shared-memory segment named from ``prefix``.
+    Also returns what must live until the task's outcome (the segment, ``Shared`` handles),
+    or None."""
+    buffers: list[memoryview] = []
+    body = dumps(obj, what, buffers)
+    handles = _shm.handles_in(body, dumps, obj, what) if _shm.SHARED in body else []
+    if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
+        return body, (None, handles) if handles else None
+    payload, segment = _shm.place(body, buffers, prefix, lambda: dumps(obj, what), consume=False)
+    return payload, (segment, handles) if segment or handles else None
+
+
 class _Core:
     """Everything a pool's threads share: futures in flight, keys, slots, maps, state."""
 
@@ -252,7 +265,7 @@ class _Core:
         kept = None
         try:
             what = f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
-            payload, kept = self.pack((args, kwargs or None), what)
+            payload, kept = pack((args, kwargs or None), what, self.shm_prefix)
             if self.slots is not None:
                 self.slots.acquire(block, timeout)
         except BaseException:
@@ -281,19 +294,6 @@ class _Core:
         msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, opts.not_before(), payload, key or "")
         self.register_entry(task_id, fut, msg)
         return fut
-
-    def pack(self, obj: Any, what: str) -> tuple[bytes, Any]:
-        """A task's payload; large buffers go into a shared-memory segment. Also returns
-        what must live until the task's outcome (the segment, ``Shared`` handles), or None."""
-        buffers: list[memoryview] = []
-        body = dumps(obj, what, buffers)
-        handles = _shm.handles_in(body, dumps, obj, what) if _shm.SHARED in body else []
-        if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
-            return body, (None, handles) if handles else None
-        payload, segment = _shm.place(
-            body, buffers, self.shm_prefix, lambda: dumps(obj, what), consume=False
-        )
-        return payload, (segment, handles) if segment or handles else None
 
     def release_segments(self, task_id: int) -> None:
         """The task has its outcome: remove its argument segment, drop its handles."""
@@ -326,16 +326,6 @@ class _Core:
         _live_cores.discard(self)
         if self.policy is not None:
             self.policy.close()
-
-    def resized(self, workers: int) -> None:
-        """The pool's size is now ``workers``: maps plan their chunks and window for it."""
-        self.workers = workers
-        for planner in list(self.catalog.planners.values()):
-            planner.workers = workers
-        with self.lock:
-            maps = self.maps.all()
-        for mapping in maps:
-            mapping.resized(workers)
 
     # --- ending --------------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:

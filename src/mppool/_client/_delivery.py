@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as p
 from .. import _shm
 from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
-from . import _events
+from . import _events, _sizing
 from ._future import report_resolve_failure
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
             err.__cause__ = RemoteTraceback(msg[2]) if msg[2] else None
             go_broken(core, err)
         elif tag == p.D_RESIZED:
-            core.resized(msg[2])
+            _sizing.follow(core, msg[2])
             if msg[1]:
                 core.requests.answer(msg[1], msg[2])
         elif tag == p.D_EVENT:

@@ -14,8 +14,9 @@ event                     logger            level    fields
 ``worker_started``        mppool.workers    DEBUG    worker, pid, startup (seconds)
 ``worker_died``           mppool.workers    WARNING  worker, pid, exitcode, signal, reason;
                                             or INFO  when the pool ended it (timeout, cancel,
-                                                     retired, exit)
+                                                     retired, exit, resized)
 ``worker_respawned``      mppool.workers    INFO     worker, old_pid, pid
+``pool_resized``          mppool.workers    INFO     from_workers, to_workers, reason
 ``task_timed_out``        mppool.tasks      WARNING  task_id, timeout, pid, worker
 ``task_retried``          mppool.tasks      INFO     task_id, attempt, delay, cause (error,
                                                      crash or timeout)
@@ -39,6 +40,7 @@ _LOGGER = {
     "worker_started": "mppool.workers",
     "worker_died": "mppool.workers",
     "worker_respawned": "mppool.workers",
+    "pool_resized": "mppool.workers",
     "task_timed_out": "mppool.tasks",
     "task_retried": "mppool.tasks",
     "rate_limited": "mppool.tasks",

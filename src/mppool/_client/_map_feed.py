@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .._errors import SerializationError
+from ._core import pack
 from ._map_units import Chunk, Failed, Keyed, Stored, Unit
 from ._planner import MAX_CHUNK_ITEMS
 from ._serial import dumps
@@ -243,7 +244,7 @@ class Feeder:
         what = f"an input item of map({m.fn_name})"
         core = m.core
         try:
-            payload, kept = core.pack(items, what)
+            payload, kept = pack(items, what, core.shm_prefix)
         except SerializationError as exc:
             # Send the items before the one that does not pickle, then stop there: the caller
             # gets every result up to the bad item, as with the built-in map.
@@ -254,7 +255,7 @@ class Feeder:
                 return
             items = items[:good]
             chunk.n_items = good
-            payload, kept = core.pack(items, what)
+            payload, kept = pack(items, what, core.shm_prefix)
         if kept is not None:
             core.segments[chunk.task_id] = kept
         msg = p.submit(chunk.task_id, m.fn_id, m.opts_id, len(items), m.flags, 0.0, payload, "")

@@ -25,7 +25,7 @@ from ._future import Future
 from ._options import UNSET, _Options
 from ._schedule import Schedule, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
-from ._sizing import PolicyThread, check_size, send_resize
+from ._sizing import PolicyThread, check_size, send_resize, sizes
 
 if TYPE_CHECKING:
     from .._web._registry import Registry
@@ -51,6 +51,26 @@ def _init_timeout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ValueError(f"init_timeout must be a number of seconds > 0 or None, not {value!r}")
     return 0.0 if value == float("inf") else float(value)
+
+
+def _check(
+    max_queue: int,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    aging_rate: float,
+    retry: RetryPolicy | None,
+) -> None:
+    """Raise ``ValueError`` (``TypeError``) for an out-of-range ``Pool`` argument."""
+    if max_queue < 0:
+        raise ValueError("max_queue must be >= 0")
+    if max_tasks_per_child is not None and max_tasks_per_child < 1:
+        raise ValueError("max_tasks_per_child must be >= 1")
+    if max_memory_per_child is not None and max_memory_per_child < 1:
+        raise ValueError("max_memory_per_child must be >= 1 byte")
+    if aging_rate < 0:
+        raise ValueError("aging_rate must be >= 0")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError("retry must be a mppool.RetryPolicy")
 
 
 class _Submitter:
@@ -326,25 +346,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
         preload: Iterable[str] = (),
         cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
     ) -> None:
-        if workers is None:
-            workers = os.cpu_count() or 1
-        if isinstance(workers, Autoscale):
-            autoscale: Autoscale | None = workers
-            most = workers.max
-            workers = workers.min
-        else:
-            autoscale = None
-            workers = most = check_size(workers, None)
-        if max_queue < 0:
-            raise ValueError("max_queue must be >= 0")
-        if max_tasks_per_child is not None and max_tasks_per_child < 1:
-            raise ValueError("max_tasks_per_child must be >= 1")
-        if max_memory_per_child is not None and max_memory_per_child < 1:
-            raise ValueError("max_memory_per_child must be >= 1 byte")
-        if aging_rate < 0:
-            raise ValueError("aging_rate must be >= 0")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError("retry must be a mppool.RetryPolicy")
+        autoscale, workers, most = sizes(workers)
+        _check(max_queue, max_tasks_per_child, max_memory_per_child, aging_rate, retry)
         limits = {
             str(kind): (lim.rate, lim.per, lim.burst)
             for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())

@@ -10,6 +10,7 @@ pool, with ``pool.stats()``, and its answer is sent as a resize.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -39,12 +40,37 @@ def check_size(workers: int, autoscale: Autoscale | None) -> int:
     return workers
 
 
+def sizes(workers: int | Autoscale | None) -> tuple[Autoscale | None, int, int]:
+    """``Pool(workers=...)`` read: ``(autoscale or None, workers at start, most workers)``.
+
+    Raises:
+        ValueError: for a count that is not an int >= 1.
+    """
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if isinstance(workers, Autoscale):
+        return workers, workers.min, workers.max
+    workers = check_size(workers, None)
+    return None, workers, workers
+
+
 def send_resize(core: _Core, workers: int, reason: str) -> None:
     """Ask the dispatcher for ``workers`` workers; return once it has forked or retired
     them (the reader thread has already passed the new size to the maps)."""
     with core.lock:
         core.check_open()
     core.requests.ask(lambda request_id: p.Resize(p.C_RESIZE, request_id, workers, reason))
+
+
+def follow(core: _Core, workers: int) -> None:
+    """The pool's size is now ``workers``: maps plan their chunks and window for it."""
+    core.workers = workers
+    for planner in list(core.catalog.planners.values()):
+        planner.workers = workers
+    with core.lock:
+        maps = core.maps.all()
+    for mapping in maps:
+        mapping.resized(workers)
 
 
 class PolicyThread:

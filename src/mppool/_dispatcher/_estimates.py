@@ -8,14 +8,20 @@ of a function never measured has no estimate (``None``): the scheduler treats it
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .. import _protocol as p
 from ._tasks import Task
 
+if TYPE_CHECKING:
+    from ._runqueue import RunQueue
+
 EWMA_ALPHA = 0.3  # weight of the newest duration in a function's estimate
 BLOCKS_PER_CHUNK = 64  # claim tokens a chunk is cut into at most
 MIN_BLOCK_SECONDS = 0.0001  # ... but a block is at least this much estimated work
+UNKNOWN_SECONDS = 1.0  # what a task of a function never measured counts as in a backlog
 
 
 class Estimates:
@@ -40,6 +46,16 @@ class Estimates:
                 return None
             total += est
         return total
+
+    def backlog(self, queue: RunQueue, rng: random.Random, sample: int = 64) -> float:
+        """Estimated run time of the tasks in ``queue``, from a random sample of them; a task
+        of a function never measured counts as ``UNKNOWN_SECONDS``."""
+        tasks = queue.sample(sample, rng)
+        if not tasks:
+            return 0.0
+        known = [self.of(task) for task in tasks]
+        total = sum(UNKNOWN_SECONDS if est is None else est for est in known)
+        return total * queue.live / len(tasks)
 
     def learn(self, task: Task, duration: float, items: int) -> None:
         per_item = duration / max(1, items)

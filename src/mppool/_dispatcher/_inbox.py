@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .. import _shm
+from ._snapshot import snapshot
 from ._tasks import Fail, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
         elif tag == p.C_UNSCHEDULE:
             d.schedules.pop(msg[1], None)
         elif tag == p.C_STATS:
-            d.results.append(p.StatsReply(p.D_STATS, msg[1], d.snapshot()))
+            d.results.append(p.StatsReply(p.D_STATS, msg[1], snapshot(d)))
         elif tag == p.C_SHUTDOWN:
             d.begin_shutdown(msg[1], msg[2])
         elif tag == p.C_RESIZE:

@@ -41,7 +41,7 @@ from ._poller import Poller
 from ._procs import Outbox, set_nonblocking, set_title
 from ._recurring import Recurring
 from ._sizing import Sizing
-from ._snapshot import ProcessUsage, snapshot
+from ._snapshot import ProcessUsage
 from ._stealing import RECHECK_SECONDS
 from ._tasklist import TaskTable
 from ._tasks import Fail, JobDone, Retry, Task, TaskOptions, Timeout
@@ -173,9 +173,6 @@ class Dispatcher:
                 w.opts.difference_update(opts_ids)
                 self.write(w.outbox, note)
 
-    def snapshot(self) -> dict[str, Any]:
-        return snapshot(self)
-
     # --- ending --------------------------------------------------------------------------------
     def event(self, level: int, name: str, message: str, **fields: Any) -> None:
         """Tell the client something for its logs, if it listens at ``level``."""
@@ -290,6 +287,7 @@ class Dispatcher:
             min((rec.next_at for rec in self.schedules.values()), default=None),
             self.kill_at,
             self.workers.init_deadline() if self.broken is None else None,
+            self.sizing.next_check_at(),
         ]
         at = min((t for t in deadlines if t is not None), default=None)
         wait = None if at is None else max(0.0, at - self.clock())
@@ -297,9 +295,6 @@ class Dispatcher:
             wait = CLOSING_POLL_SECONDS if wait is None else min(wait, CLOSING_POLL_SECONDS)
         if self.sched.recheck:  # a worker waits to see whether a peer starts its next task
             wait = RECHECK_SECONDS if wait is None else min(wait, RECHECK_SECONDS)
-        scale = self.sizing.wait()
-        if scale is not None:
-            wait = scale if wait is None else min(wait, scale)
         if wait is not None and not wait <= MAX_WAIT_SECONDS:  # far (or infinite) timers
             wait = MAX_WAIT_SECONDS
         return wait

@@ -33,10 +33,11 @@ All times are seconds on an injected clock, so tests drive it by hand.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .. import _protocol as p
@@ -46,7 +47,7 @@ from ._estimates import Estimates
 from ._outcomes import Outcomes
 from ._pipes import Pipes
 from ._runqueue import RunQueue, rank
-from ._stealing import UNKNOWN_COST, Stealing
+from ._stealing import Stealing
 from ._tasks import (
     CANCELLED,
     DELAYED,
@@ -100,7 +101,8 @@ class Scheduler:
         self.clock = clock
         self.rng = rng or random.Random()
         self.queue = RunQueue(aging_rate)
-        self._part_ids = itertools.count(PART_IDS_FROM)
+        # A new run id for a part split off a map chunk.
+        self.part_id: Callable[[], int] = functools.partial(next, itertools.count(PART_IDS_FROM))
         self.pipes = Pipes(workers, claims, self.part_id)
         self.waiting = Waiting(rate_limits or {}, clock())
         self.estimates = Estimates()
@@ -127,10 +129,6 @@ class Scheduler:
         if level >= self.note_level:
             self.notes.append((level, name, message, fields))
 
-    def part_id(self) -> int:
-        """A new run id for a part split off a map chunk."""
-        return next(self._part_ids)
-
     # --- workers -------------------------------------------------------------------------------
     def worker_up(self, w: int) -> None:
         """Worker ``w`` is ready for work."""
@@ -149,27 +147,6 @@ class Scheduler:
         self.busy_by.append(0.0)
         self.ran.append(((-math.inf, 0), 0))
         return self.workers - 1
-
-    def retire(self, w: int) -> None:
-        """Worker ``w`` is leaving (the pool shrinks): it takes no new work, and what it
-        holds and has not started goes back to the heap. What it runs, it finishes."""
-        self.worker_down(w)
-        now = self.clock()
-        for task in self.stealing.take_all(w):
-            self.requeue(task, now)
-
-    def backlog_seconds(self, sample: int = 64) -> float:
-        """Estimated run time of the queued work, from a sample of the heap; a task of a
-        function never measured counts as ``unknown`` seconds."""
-        queued = self.queue.live
-        if not queued:
-            return 0.0
-        tasks = self.queue.sample(sample, self.rng)
-        if not tasks:
-            return 0.0
-        known = [self.estimates.of(t) for t in tasks]
-        total = sum(UNKNOWN_COST if est is None else est for est in known)
-        return total * queued / len(tasks)
 
     def is_up(self, w: int) -> bool:
         return self._up[w]
@@ -388,9 +365,6 @@ class Scheduler:
     def queued(self) -> int:
         """Tasks waiting for a worker (heap, delays, backoffs, rate limits)."""
         return self.queue.live + self.waiting.delayed + self.waiting.limited
-
-    def live_tasks(self) -> Iterator[Task]:
-        return iter(list(self.tasks.values()))
 
     def empty(self) -> bool:
         """No task anywhere: nothing queued, delayed or running."""

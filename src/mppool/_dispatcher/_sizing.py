@@ -2,7 +2,10 @@
 
 A resize (``pool.resize(n)``, a user policy's decision, or the dispatcher's own
 :class:`~mppool._dispatcher._autoscale.Autoscaler`) sets the target and at once forks or
-retires workers to meet it (see ``Workers.grow`` and ``Workers.shrink``). Each change is kept
+retires workers to meet it. Growing first keeps workers that were leaving but have not yet
+closed their pipe, then refills vacant slots, then adds slots. A retired worker takes no new
+work and gives back what it has not started (``Stealing.give_back``); ``Workers`` closes its
+task pipe once it holds nothing, and does not refill its slot when it exits. Each change is kept
 as a scaling event for ``stats()``, logged as a ``pool_resized`` event, and sent to the
 client (``Resized``) so that its maps plan their chunks for the new size.
 """
@@ -15,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from ._autoscale import CHECK_SECONDS, MAX_EVENTS, Autoscaler, Knobs
+from ._procs import WorkerSlot
 
 if TYPE_CHECKING:
     from ._loop import Dispatcher
-    from ._procs import WorkerSlot
 
 
 class Sizing:
@@ -42,11 +45,11 @@ class Sizing:
         old = self.target
         if target >= 1 and not d.closing and d.broken is None:
             self.target = target
-            live = len(d.workers.staying())
+            live = len(self.staying())
             if target > live:
-                d.workers.grow(target - live)
+                self._grow(target - live)
             elif target < live:
-                d.workers.shrink(live - target, prefer)
+                self._shrink(live - target, prefer)
         if self.target != old or request_id:
             d.results.append(p.Resized(p.D_RESIZED, request_id, self.target))
         if self.target == old:
@@ -62,6 +65,53 @@ class Sizing:
             reason=reason,
         )
 
+    # --- the workers ---------------------------------------------------------------------------
+    def staying(self) -> list[WorkerSlot]:
+        """Slots with a worker that is not leaving (the pool's current size)."""
+        return [w for w in self.d.workers.slots if w.pid and not w.leaving]
+
+    def _grow(self, count: int) -> None:
+        """``count`` more workers: keep leaving ones, refill vacant slots, add slots."""
+        d = self.d
+        workers = d.workers
+        for w in workers.slots:
+            if count and w.leaving and w.pid and w.task_fd >= 0 and not w.kill_reason:
+                w.leaving = False  # its pipe is still open: it stays
+                if w.ready:
+                    d.sched.worker_up(w.index)
+                count -= 1
+        for w in workers.slots:
+            if count and w.vacant:
+                if not workers.spawn(w):
+                    return
+                count -= 1
+        while count:
+            d.claims.add_worker()
+            w = WorkerSlot(d.sched.add_worker())
+            workers.slots.append(w)
+            if not workers.spawn(w):
+                return
+            count -= 1
+
+    def _shrink(self, count: int, prefer: tuple[int, ...]) -> None:
+        """Retire ``count`` workers: those in ``prefer``, then idle ones, starting ones, busy
+        ones (a busy worker finishes its current task first)."""
+        d = self.d
+        pipes = d.sched.pipes
+
+        def order(w: WorkerSlot) -> tuple[int, int]:
+            if w.index in prefer:
+                return (0, prefer.index(w.index))
+            if w.ready and not pipes.busy(w.index):
+                return (1, -w.index)
+            return (2 if not w.ready else 3, -w.index)
+
+        for w in sorted(self.staying(), key=order)[:count]:
+            w.leaving = True
+            d.sched.stealing.give_back(w.index)
+        d.workers.draining = True  # its pipe is closed once it holds nothing
+        d.workers.finish_draining()
+
     def worker_gone(self, w: WorkerSlot, now: float) -> None:
         self.gone_seconds += max(0.0, now - w.forked_at)
 
@@ -71,14 +121,14 @@ class Sizing:
         return self.gone_seconds + alive
 
     # --- autoscaling ---------------------------------------------------------------------------
-    def wait(self) -> float | None:
-        """How soon the loop must look again (None: no autoscaling to do)."""
+    def next_check_at(self) -> float | None:
+        """When the loop must look again (None: no autoscaling to do)."""
         a, d = self.autoscaler, self.d
         if a is None or d.closing or d.broken is not None:
             return None
         if not a.active(self.target, d.sched.queue.live):
             return None
-        return max(0.0, self.next_check - d.clock())
+        return self.next_check
 
     def check(self, now: float) -> None:
         """Apply the autoscaler's rules, at most every ``CHECK_SECONDS``."""
@@ -92,8 +142,9 @@ class Sizing:
             return
         self.next_check = now + CHECK_SECONDS
         sched = d.sched
-        idle = [w.index for w in d.workers.staying() if sched.idle(w.index)]
-        decision = a.decide(now, self.target, sched.backlog_seconds(), idle, self._load())
+        idle = [w.index for w in self.staying() if sched.idle(w.index)]
+        backlog = sched.estimates.backlog(sched.queue, sched.rng)
+        decision = a.decide(now, self.target, backlog, idle, self._load())
         if decision is not None:
             self.resize(decision.target, decision.reason, decision.retire)
 

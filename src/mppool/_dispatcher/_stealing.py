@@ -149,9 +149,14 @@ class Stealing:
                     if not moved or moved[0] is not back:
                         break  # the worker had started it
 
-    def take_all(self, v: int) -> list[Task]:
-        """Everything ``v`` holds and has not started (it is leaving), in order."""
-        return self._take_tail(v)
+    def give_back(self, v: int) -> None:
+        """Worker ``v`` is leaving (the pool shrinks): it takes no new work, and what it holds
+        and has not started goes back to the heap. What it runs, it finishes."""
+        s = self.s
+        s.worker_down(v)
+        now = s.clock()
+        for task in self._take_tail(v):
+            s.requeue(task, now)
 
     # --- helpers -------------------------------------------------------------------------------
     def _take_tail(self, v: int, first: Batch | None = None) -> list[Task]:

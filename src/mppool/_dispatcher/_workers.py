@@ -5,10 +5,9 @@ unless the pool is broken or ending, or the worker was leaving because the pool 
 dead worker held goes back to the scheduler, which decides about the unit it was running (see
 ``Scheduler.worker_lost``).
 
-Resizing (``grow`` and ``retire``): growing first keeps workers that were leaving but have
-not yet closed their pipe, then refills vacant slots, then adds slots. A retired worker takes
-no new work, gives back what it has not started, finishes its current task and then finds
-its task pipe closed, and leaves; its slot stays vacant until the pool grows again.
+A worker retired as the pool shrinks (``leaving``, see ``_sizing``) finishes its current task,
+then finds its task pipe closed (``finish_draining``) and leaves; its slot stays vacant until
+the pool grows again.
 """
 
 from __future__ import annotations
@@ -66,54 +65,6 @@ class Workers:
             pidfd = w.pidfd
             d.poller.watch(pidfd, lambda: self.died(w) if w.pidfd == pidfd else None)
         return True
-
-    # --- resizing ------------------------------------------------------------------------------
-    def staying(self) -> list[WorkerSlot]:
-        """Slots with a worker that is not leaving (the pool's current size)."""
-        return [w for w in self.slots if w.pid and not w.leaving]
-
-    def grow(self, count: int) -> None:
-        """``count`` more workers: keep leaving ones, refill vacant slots, add slots."""
-        d = self.d
-        for w in self.slots:
-            if count and w.leaving and w.pid and w.task_fd >= 0 and not w.kill_reason:
-                w.leaving = False
-                if w.ready:
-                    d.sched.worker_up(w.index)
-                count -= 1
-        for w in self.slots:
-            if count and w.vacant:
-                if not self.spawn(w):
-                    return
-                count -= 1
-        while count:
-            d.claims.add_worker()
-            w = WorkerSlot(d.sched.add_worker())
-            self.slots.append(w)
-            if not self.spawn(w):
-                return
-            count -= 1
-
-    def shrink(self, count: int, prefer: tuple[int, ...] = ()) -> None:
-        """Retire ``count`` workers: those in ``prefer``, then idle ones, starting ones, busy
-        ones (a busy worker finishes its current task first)."""
-        sched = self.d.sched
-
-        def order(w: WorkerSlot) -> tuple[int, int]:
-            if w.index in prefer:
-                return (0, prefer.index(w.index))
-            if w.ready and not sched.pipes.busy(w.index):
-                return (1, -w.index)
-            return (2 if not w.ready else 3, -w.index)
-
-        for w in sorted(self.staying(), key=order)[:count]:
-            self.retire(w)
-
-    def retire(self, w: WorkerSlot) -> None:
-        w.leaving = True
-        self.draining = True  # finish_draining closes its pipe once it holds nothing
-        self.d.sched.retire(w.index)
-        self.finish_draining()
 
     def start_all(self) -> list[int]:
         for w in self.slots:
