@@ -318,3 +318,9 @@ def fail_with_array(a: Any) -> None:
 
 def array_len(a: Any) -> int:
     return len(a)
+
+
+def spin_pid(seconds: float) -> int:
+    """Busy CPU work for about ``seconds``; returns the worker's pid."""
+    spin(seconds)
+    return os.getpid()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from typing import Any
 
+import psutil
 import pytest
 
 import mppool
@@ -318,3 +320,95 @@ def test_priorities_hold_after_the_pool_grows(make_pool: PoolTracker, fifos: Any
     assert blocker.result(timeout=T) == "blocker"
     starts = sorted((f.result(timeout=T) for f in order), key=lambda s: s[1])
     assert starts[0][0][0] == 9
+
+
+# --- what the review of the first version found ----------------------------------------------
+def test_an_autoscaled_pool_grows_for_a_long_map(make_pool: PoolTracker) -> None:
+    pool = make_pool(mppool.Autoscale(min=1, max=2, grow_after=0.0, idle_after=60))
+    assert list(pool.map(tasks.spin, [0.005])) == [0.005]  # measured: 5 ms an item
+    assert pool.stats().resizes == 0
+    # 300 items of 5 ms: 1.5 s of work, far more than a map keeps in the queue at a time.
+    results = list(pool.map(tasks.spin, [0.005] * 300, timeout=T))
+    assert results == [0.005] * 300
+    events = pool.stats().scaling_events
+    assert [(e.from_workers, e.to_workers, e.reason) for e in events] == [(1, 2, "backlog")]
+
+
+def test_an_autoscaled_pool_still_grows_after_shutdown_is_called(make_pool: PoolTracker) -> None:
+    pool = make_pool(mppool.Autoscale(min=1, max=2, grow_after=0.0, idle_after=60))
+    futures = [pool.submit(tasks.spin_pid, 0.01) for _ in range(150)]
+    pool.shutdown(wait=False)  # as a with-block left at once: the work is still queued
+    pids = {f.result(timeout=T) for f in futures}
+    make_pool.pids.update(pids)
+    assert len(pids) == 2  # the pool grew for its backlog while shutting down
+    pool.shutdown(wait=True)
+    assert pool.state == "closed"
+
+
+def test_a_fork_that_fails_while_growing_leaves_the_pool_serving(
+    make_pool: PoolTracker,
+) -> None:
+    pool = make_pool(2)
+    dispatcher = psutil.Process(pool.dispatcher_pid)
+    soft, hard = dispatcher.rlimit(psutil.RLIMIT_NOFILE)
+    # No room for another worker's pipes in the dispatcher.
+    dispatcher.rlimit(psutil.RLIMIT_NOFILE, (dispatcher.num_fds(), hard))
+    try:
+        with pytest.raises(mppool.MppoolError, match="could not start a worker"):
+            pool.resize(4)
+        assert pool.workers == 2 and pool.state == "running"
+        assert pool.submit(tasks.square, 6).result(timeout=T) == 36
+    finally:
+        dispatcher.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+    pool.resize(4)  # with descriptors again, it grows
+    assert len(worker_pids(pool)) == 4
+    assert pool.submit(tasks.square, 7).result(timeout=T) == 49
+
+
+def test_max_queue_follows_a_resize(make_pool: PoolTracker, fifos: Any) -> None:
+    pool = make_pool(1, max_queue=1)
+    started, gate = fifos("started"), fifos("gate")
+    pool.resize(3)  # now 1 waiting + 3 running
+    held = [pool.submit(tasks.gated, started.path, gate.path, i) for i in range(3)]
+    started.take(3)  # all three run at once: the bound let them in
+    extra = pool.submit(tasks.square, 2)
+    with pytest.raises(mppool.QueueFullError):
+        pool.try_submit(tasks.square, 3)
+    gate.post(3)
+    assert [f.result(timeout=T) for f in held] == [0, 1, 2]
+    assert extra.result(timeout=T) == 4
+    pool.resize(1)  # back to 1 waiting + 1 running
+    blocker = pool.submit(tasks.gated, started.path, gate.path, "b")
+    started.take(1)
+    queued = pool.submit(tasks.square, 5)
+    with pytest.raises(mppool.QueueFullError):
+        pool.try_submit(tasks.square, 3)
+    gate.post(1)
+    assert blocker.result(timeout=T) == "b" and queued.result(timeout=T) == 25
+
+
+def test_pinned_workers_added_by_a_resize_take_free_cores(make_pool: PoolTracker) -> None:
+    cores = os.sched_getaffinity(0)
+    pool = make_pool(1, cpu_affinity=True)  # one core per worker, round robin
+    pool.resize(len(cores))
+    pinned = sorted(tuple(psutil.Process(pid).cpu_affinity()) for pid in worker_pids(pool))
+    assert pinned == [(core,) for core in sorted(cores)]
+
+
+def test_a_policy_that_fails_is_logged_and_the_pool_keeps_its_size(
+    make_pool: PoolTracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def policy(stats: mppool.PoolStats) -> int:
+        calls.append(stats.target_workers)
+        raise RuntimeError("policy bug")
+
+    pool = make_pool(mppool.Autoscale(min=1, max=2, policy=policy, interval=0.01))
+    assert wait_until(lambda: len(calls) >= 3, T)
+    assert pool.workers == 1
+    assert pool.submit(tasks.square, 3).result(timeout=T) == 9
+    pool.shutdown(wait=True)
+    left = [t for t in threading.enumerate() if t.name == "mppool-autoscale"]
+    assert not left  # stopped and joined by shutdown(wait=True)
+    assert any("policy bug" in r.getMessage() or r.exc_info for r in caplog.records)

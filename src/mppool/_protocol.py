@@ -43,6 +43,7 @@ C_SCHEDULE = 9
 C_UNSCHEDULE = 10
 C_FORGET = 11
 C_RESIZE = 12
+C_DEMAND = 13
 # dispatcher -> client
 D_READY = 20
 D_RESULT = 21
@@ -225,6 +226,15 @@ class Resize(NamedTuple):
     reason: str
 
 
+class Demand(NamedTuple):
+    """A map on an autoscaled pool: the estimated seconds of work in the input it has not
+    read yet (0: none left; the dispatcher forgets it)."""
+
+    tag: int
+    demand_id: int
+    seconds: float
+
+
 class Shutdown(NamedTuple):
     """Stop accepting work; optionally drop queued tasks and kill at a deadline."""
 
@@ -342,6 +352,7 @@ class Resized(NamedTuple):
     tag: int
     request_id: int
     workers: int
+    error: str  # why the size asked for was not reached: "closed", "broken", an OS error
 
 
 class Bye(NamedTuple):
@@ -521,6 +532,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     C_UNSCHEDULE: Unschedule,
     C_FORGET: Forget,
     C_RESIZE: Resize,
+    C_DEMAND: Demand,
     D_READY: Ready,
     D_RESULT: Result,
     D_STATS: StatsReply,

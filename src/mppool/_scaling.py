@@ -5,7 +5,7 @@ the pool when queued work would keep every worker busy for longer than ``backlog
 (for at least ``grow_after`` seconds in a row), and retires a worker that has been idle for
 ``idle_after`` seconds, never going below ``min`` or above ``max``. The two waits are the
 hysteresis: a pool grown for a burst does not shrink in the lull between two tasks, and a
-single queued task does not fork a worker it will not need.
+queue that empties within ``grow_after`` forks nothing.
 
 ``policy=`` replaces the built-in rule with a function of a stats snapshot: it is called in
 the user's process every ``interval`` seconds with ``pool.stats()`` and returns the number
@@ -18,7 +18,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._stats import PoolStats
@@ -113,7 +113,3 @@ class ScalingEvent:
     from_workers: int
     to_workers: int
     reason: str
-
-    @classmethod
-    def from_wire(cls, row: Any) -> ScalingEvent:
-        return cls(*row)

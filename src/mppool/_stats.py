@@ -40,7 +40,8 @@ class WorkerStats:
     """One worker slot.
 
     Attributes:
-        index: slot number, 0 to workers - 1 (a replacement keeps the slot).
+        index: slot number (a replacement keeps the slot; a pool that grew and shrank
+            may leave gaps).
         pid: process id of the worker now in the slot (0 while none is alive).
         state: ``"starting"``, ``"idle"``, ``"busy"`` or ``"leaving"`` (the pool shrinks:
             it finishes its current task, then exits).

@@ -54,14 +54,40 @@ class Keys:
 
 
 class Slots:
-    """The bounded queue: one slot per unfinished task, ``max_queue + workers`` in all."""
+    """The bounded queue: one slot per unfinished task, ``max_queue + workers`` in all.
+
+    ``set_workers`` follows a resize: a larger pool frees slots at once; a smaller one keeps
+    back slots as tasks finish (``owed``) until the count is right.
+    """
 
     def __init__(self, max_queue: int, workers: int) -> None:
-        self._free = threading.BoundedSemaphore(max_queue + workers)
+        self.max_queue = max_queue
+        self._capacity = max_queue + workers
+        self._free = threading.Semaphore(self._capacity)
+        self._lock = threading.Lock()
+        self._owed = 0  # slots to keep back as tasks finish (the pool shrank)
 
     def acquire(self, block: bool, timeout: float | None) -> None:
         if not self._free.acquire(block, timeout if block else None):
             raise QueueFullError("the pool's queue is full (max_queue tasks are waiting)")
 
     def release(self, _fut: concurrent.futures.Future[Any] | None = None) -> None:
+        if self._owed:  # rare: only after the pool shrank
+            with self._lock:
+                if self._owed:
+                    self._owed -= 1
+                    return
         self._free.release()
+
+    def set_workers(self, workers: int) -> None:
+        with self._lock:
+            change = self.max_queue + workers - self._capacity
+            self._capacity += change
+            while change > 0 and self._owed:
+                self._owed -= 1
+                change -= 1
+            if change > 0:
+                self._free.release(change)
+            for _ in range(-change):
+                if not self._free.acquire(blocking=False):
+                    self._owed += 1

@@ -91,6 +91,7 @@ class _Core:
     ) -> None:
         self.workers = workers  # the current target (an elastic pool changes it)
         self.policy: Any = None  # the thread of a user's autoscale policy, if any
+        self.autoscaled = autoscale is not None
         self.store = store
         self.waits = None
         if store is not None:
@@ -325,7 +326,7 @@ class _Core:
         _delivery.ended(self)
         _live_cores.discard(self)
         if self.policy is not None:
-            self.policy.close()
+            self.policy.close(wait=False)  # on the reader thread: never wait for user code
 
     # --- ending --------------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
@@ -336,7 +337,7 @@ class _Core:
         ``cancel_futures`` they are cancelled; with a deadline they stop reading.
         """
         if self.policy is not None:
-            self.policy.stop.set()  # a closing pool keeps its size
+            self.policy.close(wait=False)  # the user's policy decides no more
         with self.lock:
             first = self.state == _RUNNING
             if first:
@@ -355,6 +356,8 @@ class _Core:
             self.maps.shut_down_when_fed(bool(cancel_futures), deadline)
         if wait:
             self.join()
+            if self.policy is not None:
+                self.policy.close(wait=True)  # a call under way ends before shutdown does
 
     def join(self, timeout: float | None = None) -> bool:
         return self.conn.join(timeout)

@@ -59,7 +59,7 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
         elif tag == p.D_RESIZED:
             _sizing.follow(core, msg[2])
             if msg[1]:
-                core.requests.answer(msg[1], msg[2])
+                core.requests.answer(msg[1], (msg[2], msg[3]))
         elif tag == p.D_EVENT:
             _events.log(p.Event(*msg))
         elif tag == p.D_BYE:

@@ -17,6 +17,7 @@ event                     logger            level    fields
                                                      retired, exit, resized)
 ``worker_respawned``      mppool.workers    INFO     worker, old_pid, pid
 ``pool_resized``          mppool.workers    INFO     from_workers, to_workers, reason
+``pool_not_grown``        mppool.workers    WARNING  wanted, got (a fork failed)
 ``task_timed_out``        mppool.tasks      WARNING  task_id, timeout, pid, worker
 ``task_retried``          mppool.tasks      INFO     task_id, attempt, delay, cause (error,
                                                      crash or timeout)
@@ -41,6 +42,7 @@ _LOGGER = {
     "worker_died": "mppool.workers",
     "worker_respawned": "mppool.workers",
     "pool_resized": "mppool.workers",
+    "pool_not_grown": "mppool.workers",
     "task_timed_out": "mppool.tasks",
     "task_retried": "mppool.tasks",
     "rate_limited": "mppool.tasks",

@@ -30,6 +30,7 @@ from ._core import pack
 from ._map_units import Chunk, Failed, Keyed, Stored, Unit
 from ._planner import MAX_CHUNK_ITEMS
 from ._serial import dumps
+from ._sizing import Demand
 from ._store import DONE, RUN
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class Feeder:
         # An error from the input (it raised, or an item did not pickle) is raised after every
         # earlier item has been yielded, where the built-in map would raise it.
         self.input_error: BaseException | None = None
+        # An autoscaled pool learns how much work a sized input still holds back.
+        self.demand = Demand(m.core) if m.core.autoscaled and self.total is not None else None
 
     def start(self) -> None:
         if self.sized:
@@ -221,6 +224,14 @@ class Feeder:
         if self.feeding:
             self.feeding = False
             self.m.core.maps.fed(self.m)
+            if self.demand is not None:
+                self.demand.report(0.0)
+
+    def _report_demand(self) -> None:
+        """Tell an autoscaled pool the estimated work of the input not read yet."""
+        per_item = self.m.planner.per_item
+        if self.demand is not None and self.total is not None and per_item is not None:
+            self.demand.report(max(0, self.total - self.read) * per_item)
 
     # --- submitting ----------------------------------------------------------------------------
     def send(self, items: list[Any]) -> None:
@@ -233,6 +244,8 @@ class Feeder:
         chunk = Chunk(m, next(m.core.ids), len(items))
         chunk.estimate = (m.planner.per_item or 0.0) * len(items)
         m.track(chunk)
+        if self.demand is not None:
+            self._report_demand()
         m.cond.release()
         try:
             self._submit_chunk(chunk, items)

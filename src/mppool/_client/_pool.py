@@ -287,7 +287,8 @@ class PoolView(_Submitter):
 
 
 class Pool(_Submitter, concurrent.futures.Executor):
-    """A process pool for CPU-bound work: exactly ``workers`` worker processes.
+    """A process pool for CPU-bound work: exactly ``workers`` worker processes (or as many
+    as ``resize`` or an ``Autoscale`` policy sets from then on).
 
     Args:
         workers: number of worker processes (default ``os.cpu_count()``), or an

@@ -35,10 +35,16 @@ class Requests:
                 "stats(), tasks(), task() and resize() cannot be called from a future's "
                 "done callback"
             )
-        core.check_answering()
         request_id = next(core.ids)
         waiter: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._waiting[request_id] = waiter
+        # Checked after the waiter is in place: a pool that ends now either fails it
+        # (``fail_all``) or is seen ended here, never neither.
+        try:
+            core.check_answering()
+        except BaseException:
+            self._waiting.pop(request_id, None)
+            raise
         core.send(message(request_id))
         try:
             return waiter.result(TIMEOUT)

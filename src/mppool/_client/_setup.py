@@ -79,7 +79,9 @@ def core_placement(value: Any, workers: int) -> list[list[int]]:
         raise NotImplementedError("cpu_affinity needs os.sched_setaffinity (Linux)")
     usable = usable_cores()
     if value is True:
-        return [[usable[i % len(usable)]] for i in range(workers)]
+        # One set per core (or per worker, when there are more): a worker added by a resize
+        # takes a core no live worker has.
+        return [[usable[i % len(usable)]] for i in range(max(workers, len(usable)))]
     placement = [sorted({int(core) for core in cores}) for cores in value]
     if len(placement) != workers:
         raise ValueError(f"cpu_affinity has {len(placement)} core sets for {workers} workers")

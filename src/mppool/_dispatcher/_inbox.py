@@ -47,6 +47,8 @@ def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
             d.begin_shutdown(msg[1], msg[2])
         elif tag == p.C_RESIZE:
             d.sizing.resize(msg[2], msg[3], request_id=msg[1])
+        elif tag == p.C_DEMAND:
+            d.sizing.demand(msg[1], msg[2])
 
 
 def submit(d: Dispatcher, m: p.Submit) -> None:

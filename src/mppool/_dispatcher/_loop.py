@@ -333,10 +333,10 @@ class Dispatcher:
                 None,
             )
         if self.broken is None:
-            self.sizing.check(now)
             self.sched.tick()
             self.workers.send_work()
             self.workers.finish_draining()
+            self.sizing.check(now)  # after: what is still queued, no worker could take
         if (self.doomed_fns or self.doomed_opts) and self.sched.empty():
             self._forget_unused()
         if self.sched.notes:

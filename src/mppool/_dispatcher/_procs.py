@@ -83,6 +83,7 @@ class WorkerSlot:
         "outbox",
         "pid",
         "pidfd",
+        "pin",
         "ready",
         "ready_at",
         "result_fd",
@@ -115,6 +116,7 @@ class WorkerSlot:
         self.kill_reason = ""  # why the dispatcher killed it (timeout / shutdown), if it did
         self.retired = False
         self.leaving = False  # the pool shrinks: finish the current task, then leave for good
+        self.pin = -1  # which of the configured core sets it runs on (-1: none)
         self.closing_since = 0.0
 
     @property

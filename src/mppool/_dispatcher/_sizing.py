@@ -35,33 +35,43 @@ class Sizing:
         self.autoscaler = Autoscaler(Knobs(*knobs)) if knobs is not None else None
         self.next_check = 0.0
         self.gone_seconds = 0.0  # lifetimes of the worker processes that have ended
+        self.demands: dict[int, float] = {}  # open maps: seconds of input not yet sent
         self._cores = os.cpu_count() or 1
 
     def resize(
         self, target: int, reason: str, prefer: tuple[int, ...] = (), request_id: int = 0
     ) -> None:
-        """Make the pool ``target`` workers now (a no-op while it is ending or broken)."""
+        """Make the pool ``target`` workers now. A closing pool may still grow (its work is
+        not done) but not shrink; a broken one does neither. A fork that fails stops the
+        growth where it is (the pool keeps serving) and is reported to whoever asked."""
         d = self.d
         old = self.target
-        if target >= 1 and not d.closing and d.broken is None:
+        error = ""
+        if d.broken is not None:
+            error = "broken"
+        elif d.closing and target < old:
+            error = "closed"
+        elif target >= 1:
             self.target = target
             live = len(self.staying())
-            if target > live:
-                self._grow(target - live)
+            if target > live and not self._grow(target - live):
+                self.target = len(self.staying())
+                error = d.workers.spawn_error
+                d.event(p.LOG_WARNING, "pool_not_grown", error, wanted=target, got=self.target)
             elif target < live:
                 self._shrink(live - target, prefer)
         if self.target != old or request_id:
-            d.results.append(p.Resized(p.D_RESIZED, request_id, self.target))
+            d.results.append(p.Resized(p.D_RESIZED, request_id, self.target, error))
         if self.target == old:
             return
         self.changes += 1
-        self.events.append((d.wall(), old, target, reason))
+        self.events.append((d.wall(), old, self.target, reason))
         d.event(
             p.LOG_INFO,
             "pool_resized",
-            f"the pool goes from {old} to {target} workers ({reason})",
+            f"the pool goes from {old} to {self.target} workers ({reason})",
             from_workers=old,
-            to_workers=target,
+            to_workers=self.target,
             reason=reason,
         )
 
@@ -70,28 +80,37 @@ class Sizing:
         """Slots with a worker that is not leaving (the pool's current size)."""
         return [w for w in self.d.workers.slots if w.pid and not w.leaving]
 
-    def _grow(self, count: int) -> None:
-        """``count`` more workers: keep leaving ones, refill vacant slots, add slots."""
+    def _grow(self, count: int) -> bool:
+        """``count`` more workers: keep leaving ones, refill vacant slots, add slots. False if
+        a fork failed (``Workers.spawn_error`` says why)."""
         d = self.d
         workers = d.workers
         for w in workers.slots:
             if count and w.leaving and w.pid and w.task_fd >= 0 and not w.kill_reason:
+                if w.draining or w.retired:
+                    continue  # leaving anyway (max_tasks_per_child, memory): not revived
                 w.leaving = False  # its pipe is still open: it stays
                 if w.ready:
                     d.sched.worker_up(w.index)
                 count -= 1
         for w in workers.slots:
             if count and w.vacant:
-                if not workers.spawn(w):
-                    return
+                if not workers.spawn(w, fatal=False):
+                    return False
                 count -= 1
         while count:
-            d.claims.add_worker()
+            try:
+                d.claims.add_worker()
+            except OSError as exc:
+                workers.spawn_error = f"could not add a worker slot: {exc}"
+                return False
             w = WorkerSlot(d.sched.add_worker())
+            w.leaving = True  # vacant until its worker is forked
             workers.slots.append(w)
-            if not workers.spawn(w):
-                return
+            if not workers.spawn(w, fatal=False):
+                return False
             count -= 1
+        return True
 
     def _shrink(self, count: int, prefer: tuple[int, ...]) -> None:
         """Retire ``count`` workers: those in ``prefer``, then idle ones, starting ones, busy
@@ -108,6 +127,9 @@ class Sizing:
 
         for w in sorted(self.staying(), key=order)[:count]:
             w.leaving = True
+            if not w.ready:
+                d.workers.kill(w, "resized")  # still starting: it holds nothing to finish
+                continue
             d.sched.stealing.give_back(w.index)
         d.workers.draining = True  # its pipe is closed once it holds nothing
         d.workers.finish_draining()
@@ -121,12 +143,19 @@ class Sizing:
         return self.gone_seconds + alive
 
     # --- autoscaling ---------------------------------------------------------------------------
+    def demand(self, demand_id: int, seconds: float) -> None:
+        """A map's input not yet sent (a map keeps only a small window in the queue)."""
+        if seconds > 0:
+            self.demands[demand_id] = seconds
+        else:
+            self.demands.pop(demand_id, None)
+
     def next_check_at(self) -> float | None:
         """When the loop must look again (None: no autoscaling to do)."""
         a, d = self.autoscaler, self.d
-        if a is None or d.closing or d.broken is not None:
+        if a is None or d.broken is not None or (d.closing and d.done()):
             return None
-        if not a.active(self.target, d.sched.queue.live):
+        if not a.active(self.target, d.sched.queue.live + len(self.demands)):
             return None
         return self.next_check
 
@@ -134,18 +163,18 @@ class Sizing:
         """Apply the autoscaler's rules, at most every ``CHECK_SECONDS``."""
         a = self.autoscaler
         d = self.d
-        if a is None or now < self.next_check or d.closing or d.broken is not None:
+        if a is None or now < self.next_check or d.broken is not None:
             return
-        if not a.active(self.target, d.sched.queue.live):
+        if not a.active(self.target, d.sched.queue.live + len(self.demands)):
             a.backlog_since = None
             a.idle_since.clear()
             return
         self.next_check = now + CHECK_SECONDS
         sched = d.sched
         idle = [w.index for w in self.staying() if sched.idle(w.index)]
-        backlog = sched.estimates.backlog(sched.queue, sched.rng)
+        backlog = sched.estimates.backlog(sched.queue, sched.rng) + sum(self.demands.values())
         decision = a.decide(now, self.target, backlog, idle, self._load())
-        if decision is not None:
+        if decision is not None and not (d.closing and decision.target < self.target):
             self.resize(decision.target, decision.reason, decision.retire)
 
     def _load(self) -> float | None:

@@ -36,35 +36,52 @@ class Workers:
         self.slots = [WorkerSlot(i) for i in range(count)]
         self.early_deaths = 0
         self.respawns = 0
-        self.draining = False  # some slot reached max_tasks_per_child
+        self.draining = False  # some slot reached max_tasks_per_child, or is leaving
+        self.spawn_error = ""
 
     # --- starting ------------------------------------------------------------------------------
-    def spawn(self, w: WorkerSlot) -> bool:
-        """Fork a worker into slot ``w``; False (and the pool broken) if that fails."""
+    def spawn(self, w: WorkerSlot, fatal: bool = True) -> bool:
+        """Fork a worker into slot ``w``. False if that fails: the pool is broken if
+        ``fatal``, else (a pool growing) the error is left in ``spawn_error``."""
         d = self.d
         config = d.config
         title = f"mppool: worker {w.index}"
+        pin = self._pin(w)
         try:
-            cores = config.affinity[w.index % len(config.affinity)] if config.affinity else None
             pid, task_fd, result_fd = fork_worker(
                 config.initializer,
                 config.max_memory_per_child,
                 d.claims.rings[w.index],
                 title,
-                cores,
+                config.affinity[pin] if pin >= 0 else None,
             )
         except OSError as exc:  # out of descriptors, processes or memory
             import traceback
 
-            d.go_broken(f"could not start a worker process: {exc}", traceback.format_exc())
+            self.spawn_error = f"could not start a worker process: {exc}"
+            if fatal:
+                d.go_broken(self.spawn_error, traceback.format_exc())
             return False
         w.reset(pid, task_fd, result_fd, d.clock(), d.wall())
+        w.pin = pin
         d.poller.watch(result_fd, lambda: self.read(w, result_fd))
         w.pidfd = open_pidfd(pid)
         if w.pidfd >= 0:
             pidfd = w.pidfd
             d.poller.watch(pidfd, lambda: self.died(w) if w.pidfd == pidfd else None)
         return True
+
+    def _pin(self, w: WorkerSlot) -> int:
+        """Which of the configured core sets worker ``w`` runs on (-1: none configured): its
+        slot's own, unless a live worker has it (the pool was resized); then a free one."""
+        sets = len(self.d.config.affinity)
+        if not sets:
+            return -1
+        taken = {v.pin for v in self.slots if v.pid and v is not w}
+        own = w.index % sets
+        if own not in taken:
+            return own
+        return next((i for i in range(sets) if i not in taken), own)
 
     def start_all(self) -> list[int]:
         for w in self.slots:
@@ -181,7 +198,8 @@ class Workers:
                     break
 
     def finish_draining(self) -> None:
-        """Close the task pipe of workers that reached max_tasks_per_child and are empty."""
+        """Close the task pipe of workers that reached max_tasks_per_child, or are leaving a
+        shrinking pool, once they hold nothing: they read end-of-file and exit."""
         if not self.draining:
             return
         for w in self.slots:

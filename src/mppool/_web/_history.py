@@ -39,7 +39,7 @@ class History:
             "t": now,
             "queued": stats.queued,
             "running": stats.running,
-            "util": [],
+            "util": {},  # worker slot (as a JSON key) -> busy share
             "done": None,
             "failed": None,
             "p50": lat.p50,
@@ -56,7 +56,8 @@ class History:
                 delta = max(0.0, w.busy_seconds - busy_before.get(w.index, w.busy_seconds)) / dt
                 # busy_seconds grows only when a task ends: a worker busy right now counts as
                 # fully used, or a long task would show as idle until it finishes.
-                sample["util"].append(min(1.0, max(1.0 if w.state == "busy" else 0.0, delta)))
+                busy = min(1.0, max(1.0 if w.state == "busy" else 0.0, delta))
+                sample["util"][str(w.index)] = busy  # by slot: a resize adds and removes
         self._prev = (now, stats)
         self.samples.append(sample)
         return sample
