@@ -347,6 +347,8 @@ def test_two_processes_on_one_store_never_run_a_key_twice(leak_check: None, tmp_
     # in each FIFO for its process, which reads it once its pool is up.
     fds = [os.open(gate, os.O_RDWR) for gate in gates]
     try:
+        for proc in procs:  # both pools are up (a slow start must not let one do it all)
+            _dispatcher(proc)
         for fd in fds:  # let both go at once
             os.write(fd, b"x")
         outs = [proc.communicate(timeout=RUN_TIMEOUT) for proc in procs]
