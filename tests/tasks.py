@@ -324,3 +324,9 @@ def spin_pid(seconds: float) -> int:
     """Busy CPU work for about ``seconds``; returns the worker's pid."""
     spin(seconds)
     return os.getpid()
+
+
+def wait_if_marked(marker: str, gate: str) -> None:
+    """An initializer: a worker started once ``marker`` exists waits for ``gate`` (a FIFO)."""
+    if os.path.exists(marker):
+        fifo_take(gate, 60.0)

@@ -464,3 +464,18 @@ def test_close_is_idempotent_and_frees_the_port(pool: mppool.Pool) -> None:
     srv.close()
     with serve(pool, port=port) as again:  # the socket was released
         assert again.port == port
+
+
+def test_a_growing_pool_stays_ready(make_pool: Any, tmp_path: Any, fifos: Any) -> None:
+    marker, gate = str(tmp_path / "slow-start"), fifos("gate")
+    pool = make_pool(1, initializer=tasks.wait_if_marked, initargs=(marker, gate.path))
+    with serve(pool) as srv:
+        probe = Client(srv.url)
+        assert probe.get("/readyz") == (200, {"status": "ready", "workers": 1})
+        open(marker, "w").close()
+        pool.resize(2)  # the new worker waits in its initializer
+        assert [w.state for w in pool.stats().workers].count("starting") == 1
+        assert probe.get("/readyz") == (200, {"status": "ready", "workers": 1})
+        assert pool.submit(tasks.square, 4).result(TIMEOUT) == 16  # it serves meanwhile
+        gate.post()
+        assert wait_until(lambda: probe.get("/readyz")[1].get("workers") == 2, TIMEOUT)

@@ -180,7 +180,9 @@ class Api:
         return reply({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        """Readiness: the pool runs and every worker is ready; 503 otherwise."""
+        """Readiness: the pool runs and a worker is ready to take work; 503 otherwise. A
+        worker starting beside ready ones (a growing pool, a replacement) does not make the
+        pool unready: it serves meanwhile."""
         state = self._pool.state
         if state != "running":
             return reply({"status": state}, 503)
@@ -188,9 +190,9 @@ class Api:
             stats = await self._call(self._pool.stats)
         except (PoolClosedError, BrokenPoolError) as exc:
             return reply({"status": self._pool.state, "reason": str(exc)}, 503)
-        starting = sum(1 for w in stats.workers if w.state == "starting")
-        body = {"status": "starting" if starting else "ready", "workers": len(stats.workers)}
-        return reply(body, 503 if starting else 200)
+        ready = sum(1 for w in stats.workers if w.state in ("idle", "busy"))
+        body = {"status": "ready" if ready else "starting", "workers": ready}
+        return reply(body, 200 if ready else 503)
 
     async def _history_page(self, request: web.Request) -> web.Response:
         return reply(self._history.as_json())
