@@ -3,6 +3,7 @@
 Usage (from the repository root; not part of the normal test run)::
 
     python -m bench.soak --minutes 3 --workers 2 [--threads 4] [--seed 1] [--json PATH]
+    python -m bench.soak --minutes 3 --workers 2 --resize   # resized at random meanwhile
 
 Driver threads share one ``mppool.Pool`` and pick operations at random until the time is up:
 ``submit`` batches (tiny and small CPU tasks at several priorities; ~1% crash their worker by
@@ -43,8 +44,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import psutil
-
 if __package__ in (None, ""):
     # Run as a script (python bench/soak.py): make the ``bench`` package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,6 +52,7 @@ import mppool
 from bench import soak_tasks as st
 from bench import workloads as wl
 from bench.adapters import prepare_environment, reap_descendants
+from bench.soak_pool import LeftPids, Resizer, memory, rss
 
 TINY, SMALL, FLAKY, EXIT, KILL, SEGV, HANG = range(7)
 KIND_NAMES = ("tiny", "small", "flaky", "os._exit", "sigkill", "segfault", "hang")
@@ -423,35 +423,6 @@ class Driver(threading.Thread):
 # --- measuring, running, reporting ---------------------------------------------------------------
 
 
-def _rss(pid: int) -> int | None:
-    try:
-        return int(psutil.Process(pid).memory_info().rss)
-    except psutil.Error:
-        return None
-
-
-def rss(pool: mppool.Pool) -> dict[str, Any]:
-    """Resident bytes of the user process, the dispatcher and each current worker (by pid)."""
-    workers = {str(w.pid): _rss(w.pid) for w in pool.stats().workers if w.pid}
-    return {"user": _rss(os.getpid()), "dispatcher": _rss(pool.dispatcher_pid), "workers": workers}
-
-
-def memory(start: dict[str, Any], end: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """RSS in MiB at start and end, and the growth, per process kind (workers: their mean)."""
-    out: dict[str, dict[str, float | None]] = {}
-    for kind in ("user", "dispatcher", "workers"):
-        pair: list[float | None] = []
-        for value in (start[kind], end[kind]):
-            if kind == "workers":
-                known = [v for v in value.values() if v]
-                value = sum(known) / len(known) if known else None
-            pair.append(None if value is None else round(value / 2**20, 1))
-        a, b = pair
-        growth = None if a is None or b is None else round(b - a, 1)
-        out[kind] = {"start": a, "end": b, "growth": growth}
-    return out
-
-
 def warm_up(pool: mppool.Pool, timeout: float = 30.0) -> None:
     """Run pings until every worker has run one (and so imported this module)."""
     deadline, seen = time.monotonic() + timeout, set[int]()
@@ -527,6 +498,8 @@ def summarize(fig: dict[str, Any]) -> str:
         f"{c['map_items.undelivered_after_error']} after a map error",
         *(f"{t.upper() + ':':11} {fig[t]} ({group(t + '.') or '-'})" for t in TOTALS),
         f"re-run after their worker died (not errors): {group('rerun_after_worker_death.') or 0}",
+        f"resized:    {fig['resizes']} times at random (1 to {2 * fig['workers']} workers), "
+        f"errors: {fig['resize_errors'] or 'none'}",
         f"records:    {group('log.')}",
         "pool.stats(): " + ", ".join(f"{k} {s[k]}" for k in STATS) + " (a map chunk is one task)",
         f"RSS MiB start -> end (growth); workers: the mean of pids "
@@ -547,20 +520,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the drivers' choices")
     parser.add_argument("--json", metavar="PATH", help="write the figures to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the execution records")
+    parser.add_argument("--resize", action="store_true", help="resize at random meanwhile")
     return parser.parse_args(argv)
 
 
 def soak(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """Run the soak against a new pool, then judge the records in ``folder``; the figures."""
     ledger = Ledger(end=0.0)
-    pool = mppool.Pool(workers=args.workers)
-    try:
-        warm_up(pool)
-        fig = run_soak(pool, ledger, args)
-    finally:
-        for problem in shutdown(pool):
-            ledger.note("unexpected.shutdown", problem)
-    logs = st.read_logs(folder, len(ledger.expect), ledger.checks, set(fig["final_pids"]))
+    with LeftPids() as left:
+        pool = mppool.Pool(workers=args.workers)
+        try:
+            warm_up(pool)
+            resizer = Resizer(pool, 2 * args.workers, time.monotonic() + args.minutes * 60, 7)
+            if args.resize:
+                resizer.start()
+            fig = run_soak(pool, ledger, args)
+            fig.update(resizes=len(resizer.sizes), resize_errors=resizer.errors)
+        finally:
+            for problem in shutdown(pool):
+                ledger.note("unexpected.shutdown", problem)
+    exited = set(fig["final_pids"]) | left.pids  # left a shrinking pool: exited, not died
+    logs = st.read_logs(folder, len(ledger.expect), ledger.checks, exited)
     judged, mismatches = st.judge(ledger.expect, ledger.kinds, ledger.checks, logs)
     counts = ledger.counts + judged
     counts.update({f"log.{tag}": n for tag, n in logs.tags.items()})
