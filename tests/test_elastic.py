@@ -245,13 +245,17 @@ def test_an_autoscaled_pool_grows_for_a_burst_and_shrinks_back_to_min(
 
 def test_a_user_policy_decides_the_size(make_pool: PoolTracker) -> None:
     seen: list[int] = []
+    grown = threading.Event()
 
     def policy(stats: mppool.PoolStats) -> int:
         seen.append(stats.target_workers)
+        if stats.target_workers == 2:
+            grown.set()  # a later call sees the size the first one asked for
         return 3  # clamped to max=2
 
     pool = make_pool(mppool.Autoscale(min=1, max=2, policy=policy, interval=0.01))
-    assert wait_until(lambda: pool.workers == 2, T)
+    assert grown.wait(T)
+    assert pool.workers == 2
     assert wait_until(lambda: len(worker_pids(pool)) == 2, T)
     assert pool.stats().scaling_events[-1].reason == "policy"
     assert seen and seen[0] == 1
@@ -399,13 +403,16 @@ def test_a_policy_that_fails_is_logged_and_the_pool_keeps_its_size(
     make_pool: PoolTracker, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[int] = []
+    third = threading.Event()
 
     def policy(stats: mppool.PoolStats) -> int:
         calls.append(stats.target_workers)
+        if len(calls) == 3:
+            third.set()
         raise RuntimeError("policy bug")
 
     pool = make_pool(mppool.Autoscale(min=1, max=2, policy=policy, interval=0.01))
-    assert wait_until(lambda: len(calls) >= 3, T)
+    assert third.wait(T)  # it is called again after it raised
     assert pool.workers == 1
     assert pool.submit(tasks.square, 3).result(timeout=T) == 9
     pool.shutdown(wait=True)
