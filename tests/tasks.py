@@ -330,3 +330,16 @@ def wait_if_marked(marker: str, gate: str) -> None:
     """An initializer: a worker started once ``marker`` exists waits for ``gate`` (a FIFO)."""
     if os.path.exists(marker):
         fifo_take(gate, 60.0)
+
+
+def raise_if_marked(marker: str) -> None:
+    """An initializer: a worker started once ``marker`` exists fails to start."""
+    if os.path.exists(marker):
+        raise RuntimeError("this worker may not start")
+
+
+def gated_exit(started: str, gate: str, code: int = 9) -> None:
+    """Announce the start on FIFO ``started``, wait for ``gate``, then kill the worker."""
+    fifo_post(started)
+    fifo_take(gate, 30.0)
+    os._exit(code)

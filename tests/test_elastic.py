@@ -419,3 +419,65 @@ def test_a_policy_that_fails_is_logged_and_the_pool_keeps_its_size(
     left = [t for t in threading.enumerate() if t.name == "mppool-autoscale"]
     assert not left  # stopped and joined by shutdown(wait=True)
     assert any("policy bug" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+# --- what the second review found ---------------------------------------------------------------
+def test_work_held_back_by_maps_grows_the_pool_but_never_keeps_it_large() -> None:
+    a = Autoscaler(knobs(grow_after=0.0, idle_after=10.0))
+    grown = a.decide(0.0, 1, 0.0, (), None, held_back=5.0)
+    assert grown is not None and grown.target == 8  # ceil(5.0 / 0.5), capped at max
+    a.decide(1.0, 8, 0.0, (6, 7), None, held_back=5.0)  # two idle despite the held work
+    shrunk = a.decide(11.0, 8, 0.0, (6, 7), None, held_back=5.0)
+    assert shrunk is not None and set(shrunk.retire) == {6, 7}  # held work does not block it
+
+
+def test_a_grown_worker_that_fails_to_start_leaves_the_pool_serving(
+    make_pool: PoolTracker, tmp_path: Any
+) -> None:
+    marker = str(tmp_path / "no-more")
+    pool = make_pool(1, initializer=tasks.raise_if_marked, initargs=(marker,))
+    open(marker, "w").close()
+    pool.resize(2)  # the fork succeeds; the initializer then raises
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    assert pool.submit(tasks.square, 8).result(timeout=T) == 64
+    stats = pool.stats()
+    assert pool.state == "running" and stats.target_workers == 1 == pool.workers
+    assert stats.scaling_events[-1].reason == "start failed"
+
+
+def test_a_grown_worker_past_init_timeout_is_given_up(
+    make_pool: PoolTracker, tmp_path: Any, fifos: Any
+) -> None:
+    marker, gate = str(tmp_path / "slow"), fifos("gate")
+    pool = make_pool(
+        1, initializer=tasks.wait_if_marked, initargs=(marker, gate.path), init_timeout=0.5
+    )
+    open(marker, "w").close()
+    pool.resize(2)  # the new worker never finishes its initializer
+    assert pool.submit(tasks.square, 9).result(timeout=T) == 81
+    assert wait_until(lambda: len(worker_pids(pool)) == 1, T)
+    assert pool.state == "running"
+    assert pool.stats().target_workers == 1
+
+
+def test_a_leaving_worker_that_crashes_is_logged_as_a_crash(
+    make_pool: PoolTracker, fifos: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mppool")
+    pool = make_pool(2)
+    started, gate = fifos("started"), fifos("gate")
+    crashing = pool.options(crash_retries=0)
+    doomed = [crashing.submit(tasks.gated_exit, started.path, gate.path) for _ in range(2)]
+    started.take(2)
+    pool.resize(1)  # one of the two busy workers is leaving
+    gate.post(2)
+    for f in doomed:
+        with pytest.raises(mppool.WorkerCrashedError):
+            f.result(timeout=T)
+    assert wait_until(
+        lambda: len([r for r in caplog.records if r.__dict__.get("exitcode") == 9]) == 2, T
+    )
+    deaths = [r for r in caplog.records if r.__dict__.get("exitcode") == 9]
+    assert [(r.levelno, r.__dict__["reason"]) for r in deaths] == [(logging.WARNING, "crashed")] * 2

@@ -43,8 +43,10 @@ class WorkerStats:
         index: slot number (a replacement keeps the slot; a pool that grew and shrank
             may leave gaps).
         pid: process id of the worker now in the slot (0 while none is alive).
-        state: ``"starting"``, ``"idle"``, ``"busy"`` or ``"leaving"`` (the pool shrinks:
-            it finishes its current task, then exits).
+        state: ``"starting"``, ``"idle"``, ``"busy"`` or ``"leaving"`` (it takes no new
+            work and exits soon: the pool shrinks, it reached ``max_tasks_per_child`` or its
+            memory limit, or it is being killed; a replacement follows unless the pool
+            shrank).
         current_task: id of the task it is running, or None.
         started_at: wall-clock time (``time.time()``) the current process was forked.
         ready_at: wall-clock time it reported ready (0 while starting).

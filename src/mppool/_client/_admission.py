@@ -72,11 +72,10 @@ class Slots:
             raise QueueFullError("the pool's queue is full (max_queue tasks are waiting)")
 
     def release(self, _fut: concurrent.futures.Future[Any] | None = None) -> None:
-        if self._owed:  # rare: only after the pool shrank
-            with self._lock:
-                if self._owed:
-                    self._owed -= 1
-                    return
+        with self._lock:  # uncontended but for a resize: set_workers may owe this slot
+            if self._owed:
+                self._owed -= 1
+                return
         self._free.release()
 
     def set_workers(self, workers: int) -> None:

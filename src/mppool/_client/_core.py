@@ -92,6 +92,8 @@ class _Core:
         self.workers = workers  # the current target (an elastic pool changes it)
         self.policy: Any = None  # the thread of a user's autoscale policy, if any
         self.autoscaled = autoscale is not None
+        # The dispatcher's own rules decide (no user policy): maps report what they hold back.
+        self.autoscale_rules = autoscale is not None and bool(autoscale[6])
         self.store = store
         self.waits = None
         if store is not None:
@@ -356,7 +358,7 @@ class _Core:
             self.maps.shut_down_when_fed(bool(cancel_futures), deadline)
         if wait:
             self.join()
-            if self.policy is not None:
+            if self.policy is not None and not self.conn.on_reader_thread():
                 self.policy.close(wait=True)  # a call under way ends before shutdown does
 
     def join(self, timeout: float | None = None) -> bool:

@@ -17,7 +17,8 @@ event                     logger            level    fields
                                                      retired, exit, resized)
 ``worker_respawned``      mppool.workers    INFO     worker, old_pid, pid
 ``pool_resized``          mppool.workers    INFO     from_workers, to_workers, reason
-``pool_not_grown``        mppool.workers    WARNING  wanted, got (a fork failed)
+``pool_not_grown``        mppool.workers    WARNING  wanted, got (a fork failed, or a worker
+                                                     added by growth could not start)
 ``task_timed_out``        mppool.tasks      WARNING  task_id, timeout, pid, worker
 ``task_retried``          mppool.tasks      INFO     task_id, attempt, delay, cause (error,
                                                      crash or timeout)

@@ -99,7 +99,8 @@ class Feeder:
         # earlier item has been yielded, where the built-in map would raise it.
         self.input_error: BaseException | None = None
         # An autoscaled pool learns how much work a sized input still holds back.
-        self.demand = Demand(m.core) if m.core.autoscaled and self.total is not None else None
+        rules = m.core.autoscale_rules and self.total is not None
+        self.demand = Demand(m.core) if rules else None
 
     def start(self) -> None:
         if self.sized:
@@ -128,6 +129,8 @@ class Feeder:
                 except BaseException as exc:
                     self.failed(exc)
                 with m.cond:
+                    if m.mode == CLOSED:
+                        return  # closed from another thread meanwhile: these are not sent
                     self.read += len(items)
                     if len(items) < size:
                         self.exhausted = True
@@ -230,6 +233,8 @@ class Feeder:
     def _report_demand(self) -> None:
         """Tell an autoscaled pool the estimated work of the input not read yet."""
         per_item = self.m.planner.per_item
+        if not self.feeding:
+            return  # fed or closed: its last report (zero) is out
         if self.demand is not None and self.total is not None and per_item is not None:
             self.demand.report(max(0, self.total - self.read) * per_item)
 

@@ -309,7 +309,7 @@ class Pool(_Submitter, concurrent.futures.Executor):
             or ``mppool.RateLimit(...)`` values; tasks opt in with ``options(kind=...)``.
         init_timeout: seconds a new worker may take to start and run ``initializer``; one
             that takes longer breaks the pool, as a failing initializer does (``None``: wait
-            forever).
+            forever). A worker added by growth is given up instead, while others are ready.
         store: a job store file (SQLite; created if missing): tasks with a key are journaled,
             a key already done returns its stored result without running, failures are
             kept (see README, "Resumable batches").

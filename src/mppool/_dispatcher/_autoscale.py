@@ -62,6 +62,7 @@ class Autoscaler:
         backlog_seconds: float,
         idle: Collection[int],
         load_per_core: float | None,
+        held_back: float = 0.0,
     ) -> Decision | None:
         """The new size, or ``None`` to keep it.
 
@@ -71,19 +72,22 @@ class Autoscaler:
             backlog_seconds: estimated run time of the queued work.
             idle: the workers (indexes) that are up and hold nothing.
             load_per_core: the one-minute load average per core (None if unknown).
+            held_back: estimated work that waits outside the queue (maps' unread input):
+                it counts towards growing, never against shrinking.
         """
         k = self.k
         for w in [w for w in self.idle_since if w not in idle]:
             del self.idle_since[w]
         for w in idle:
             self.idle_since.setdefault(w, now)
-        if backlog_seconds > k.backlog * target and target < k.max:
+        wanted = backlog_seconds + held_back
+        if wanted > k.backlog * target and target < k.max:
             if self.backlog_since is None:
                 self.backlog_since = now
             loaded = bool(k.max_load) and load_per_core is not None and load_per_core > k.max_load
             if now - self.backlog_since >= k.grow_after and not loaded:
                 self.backlog_since = None
-                need = math.ceil(backlog_seconds / k.backlog)
+                need = math.ceil(wanted / k.backlog)
                 return Decision(min(k.max, max(target + 1, need)), "backlog", ())
             return None
         self.backlog_since = None

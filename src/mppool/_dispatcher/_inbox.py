@@ -141,8 +141,8 @@ def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None
         elif tag == p.R_HELLO:
             d.workers.hello(w)
         elif tag == p.R_INIT_FAILED:
-            if d.broken is None:
-                d.go_broken(f"the worker initializer raised {msg[1]}", msg[2])
+            if d.broken is None and not w.kill_reason and not w.leaving:
+                d.workers.start_failed(w, f"the worker initializer raised {msg[1]}", msg[2])
         elif tag == p.R_RETIRE:
             w.retired = True
             sched.worker_down(idx)

@@ -192,6 +192,7 @@ class Dispatcher:
     def begin_shutdown(self, cancel_queued: bool, deadline: float) -> None:
         self.closing = True
         self.schedules.clear()  # a closing pool starts no new runs
+        self.sizing.demands.clear()  # every map has been fed (or stopped) by now
         if cancel_queued:
             now = self.clock()
             for task_id in self.sched.drop_queued():
@@ -327,11 +328,7 @@ class Dispatcher:
             self._kill_at_deadline()
         deadline = self.workers.init_deadline()
         if deadline is not None and now >= deadline and self.broken is None:
-            self.go_broken(
-                f"a worker did not finish its initializer within init_timeout="
-                f"{self.config.init_timeout:g} s",
-                None,
-            )
+            self.workers.check_init(now)
         if self.broken is None:
             self.sched.tick()
             self.workers.send_work()

@@ -76,6 +76,7 @@ class WorkerSlot:
         "fns",
         "forked_at",
         "frames",
+        "grown",
         "index",
         "kill_reason",
         "leaving",
@@ -117,6 +118,7 @@ class WorkerSlot:
         self.retired = False
         self.leaving = False  # the pool shrinks: finish the current task, then leave for good
         self.pin = -1  # which of the configured core sets it runs on (-1: none)
+        self.grown = False  # forked to grow the pool (not to start or replace a worker)
         self.closing_since = 0.0
 
     @property

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from ._loop import Dispatcher
 
 
+GROW_BACKOFF_SECONDS = 5.0  # after a grow failed (a fork, an initializer), the autoscaler waits
+
+
 class Sizing:
     """The target size of one dispatcher's pool, and how it got there."""
 
@@ -36,6 +39,7 @@ class Sizing:
         self.next_check = 0.0
         self.gone_seconds = 0.0  # lifetimes of the worker processes that have ended
         self.demands: dict[int, float] = {}  # open maps: seconds of input not yet sent
+        self.grow_again_at = 0.0  # no autoscaled growth before then (a grow failed)
         self._cores = os.cpu_count() or 1
 
     def resize(
@@ -57,6 +61,7 @@ class Sizing:
             if target > live and not self._grow(target - live):
                 self.target = len(self.staying())
                 error = d.workers.spawn_error
+                self.grow_again_at = d.clock() + GROW_BACKOFF_SECONDS
                 d.event(p.LOG_WARNING, "pool_not_grown", error, wanted=target, got=self.target)
             elif target < live:
                 self._shrink(live - target, prefer)
@@ -97,6 +102,7 @@ class Sizing:
             if count and w.vacant:
                 if not workers.spawn(w, fatal=False):
                     return False
+                w.grown = True
                 count -= 1
         while count:
             try:
@@ -109,6 +115,7 @@ class Sizing:
             workers.slots.append(w)
             if not workers.spawn(w, fatal=False):
                 return False
+            w.grown = True
             count -= 1
         return True
 
@@ -133,6 +140,19 @@ class Sizing:
             d.sched.stealing.give_back(w.index)
         d.workers.draining = True  # its pipe is closed once it holds nothing
         d.workers.finish_draining()
+
+    def given_up(self, w: WorkerSlot, why: str) -> None:
+        """Worker ``w``, forked to grow the pool, could not start (it is being killed): the
+        pool stays one smaller."""
+        d = self.d
+        w.leaving = True  # not replaced
+        old, self.target = self.target, max(1, len(self.staying()))
+        self.grow_again_at = d.clock() + GROW_BACKOFF_SECONDS
+        d.event(p.LOG_WARNING, "pool_not_grown", why, wanted=old, got=self.target)
+        if self.target != old:
+            self.changes += 1
+            self.events.append((d.wall(), old, self.target, "start failed"))
+            d.results.append(p.Resized(p.D_RESIZED, 0, self.target, ""))
 
     def worker_gone(self, w: WorkerSlot, now: float) -> None:
         self.gone_seconds += max(0.0, now - w.forked_at)
@@ -160,10 +180,17 @@ class Sizing:
         return self.next_check
 
     def check(self, now: float) -> None:
-        """Apply the autoscaler's rules, at most every ``CHECK_SECONDS``."""
+        """Apply the autoscaler's rules, at most every ``CHECK_SECONDS``.
+
+        What maps hold back (``demands``) counts towards growing only while every worker
+        is busy: a map whose consumer is the bottleneck (its workers idle) needs none. It
+        never holds back shrinking. After a failed grow, none is tried for a while.
+        """
         a = self.autoscaler
         d = self.d
         if a is None or now < self.next_check or d.broken is not None:
+            return
+        if d.closing and d.done():
             return
         if not a.active(self.target, d.sched.queue.live + len(self.demands)):
             a.backlog_since = None
@@ -172,10 +199,16 @@ class Sizing:
         self.next_check = now + CHECK_SECONDS
         sched = d.sched
         idle = [w.index for w in self.staying() if sched.idle(w.index)]
-        backlog = sched.estimates.backlog(sched.queue, sched.rng) + sum(self.demands.values())
-        decision = a.decide(now, self.target, backlog, idle, self._load())
-        if decision is not None and not (d.closing and decision.target < self.target):
-            self.resize(decision.target, decision.reason, decision.retire)
+        queued = sched.estimates.backlog(sched.queue, sched.rng)
+        held = 0.0 if idle else sum(self.demands.values())
+        decision = a.decide(now, self.target, queued, idle, self._load(), held)
+        if decision is None:
+            return
+        if decision.target < self.target and d.closing:
+            return  # a closing pool only grows
+        if decision.target > self.target and now < self.grow_again_at:
+            return  # a grow failed lately
+        self.resize(decision.target, decision.reason, decision.retire)
 
     def _load(self) -> float | None:
         if not self.autoscaler or not self.autoscaler.k.max_load:

@@ -83,8 +83,8 @@ def _workers(d: Dispatcher, uptime: float) -> list[dict[str, Any]]:
             continue
         current = sched.pipes.first_live(w.index)
         rss, cpu = d.usage.usage(w.pid, d.wall())
-        if w.leaving:
-            state = "leaving"
+        if w.leaving or w.draining or w.retired or w.kill_reason:
+            state = "leaving"  # takes no new work and exits soon
         elif not w.pid or not w.ready:
             state = "starting"
         elif current is not None:

@@ -104,12 +104,39 @@ class Workers:
         if not w.kill_reason and not w.leaving:
             self.d.sched.worker_up(w.index)
 
+    def _starting(self) -> list[WorkerSlot]:
+        """Workers still starting that are meant to start (not killed, not leaving)."""
+        return [
+            w for w in self.slots if w.pid and not w.ready and not w.kill_reason and not w.leaving
+        ]
+
     def init_deadline(self) -> float | None:
         """When the slowest worker still starting runs out of ``init_timeout``."""
-        starting = [w.forked_at for w in self.slots if w.pid and not w.ready]
+        starting = [w.forked_at for w in self._starting()]
         if not starting or not self.d.config.init_timeout:  # 0.0: no limit
             return None
         return min(starting) + self.d.config.init_timeout
+
+    def check_init(self, now: float) -> None:
+        """Workers past ``init_timeout`` have failed to start (see ``start_failed``)."""
+        limit = self.d.config.init_timeout
+        if not limit:
+            return
+        for w in self._starting():
+            if now - w.forked_at >= limit and self.d.broken is None:
+                why = f"a worker did not finish its initializer within init_timeout={limit:g} s"
+                self.start_failed(w, why, None)
+
+    def start_failed(self, w: WorkerSlot, why: str, tb: str | None) -> None:
+        """Worker ``w`` could not start. One forked to grow a pool that has ready workers is
+        given up (the pool stays smaller); any other breaks the pool, which could not run."""
+        d = self.d
+        others = any(v.ready and not v.leaving for v in self.slots if v is not w)
+        if w.grown and others:
+            self.kill(w, "start failed")
+            d.sizing.given_up(w, why)
+        else:
+            d.go_broken(why, tb)
 
     # --- reading -------------------------------------------------------------------------------
     def read(self, w: WorkerSlot, fd: int) -> None:
@@ -202,12 +229,15 @@ class Workers:
         shrinking pool, once they hold nothing: they read end-of-file and exit."""
         if not self.draining:
             return
+        waiting = False  # a worker that must leave still holds work (or unsent bytes)
         for w in self.slots:
-            leaves = w.draining or w.leaving
-            if leaves and w.pid and not self.d.sched.pipes.busy(w.index) and w.task_fd >= 0:
-                if w.outbox.registered:
-                    continue
-                self._close_task_pipe(w)
+            if not (w.draining or w.leaving) or not w.pid or w.task_fd < 0:
+                continue
+            if self.d.sched.pipes.busy(w.index) or w.outbox.registered:
+                waiting = True
+                continue
+            self._close_task_pipe(w)
+        self.draining = waiting
 
     def _close_task_pipe(self, w: WorkerSlot) -> None:
         os.close(w.task_fd)
@@ -237,7 +267,7 @@ class Workers:
             self.early_deaths += 1
         crash = pickle.dumps((pid, exitcode, signame))
         why = w.kill_reason or ("retired" if w.retired or w.draining else "")
-        if not why and w.leaving:
+        if not why and w.leaving and exitcode == 0:
             why = "resized"  # the pool shrank: the worker left once its work was done
         if not why and w.closing_since and exitcode == 0:
             why = "exit"  # the pool is ending: it closed the task pipe and the worker left
