@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import select
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -41,6 +43,16 @@ def wait_until(predicate: Callable[[], bool], timeout: float = SETTLE_SECONDS) -
             return True
         time.sleep(0.005)
     return predicate()
+
+
+def run_python(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python *args`` in a child that imports this checkout's mppool (and ``tests``), its
+    output captured as text, within ``timeout`` seconds."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(root / "src"), str(root)))}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def read_line(proc: subprocess.Popen[Any], timeout: float = 60.0) -> bytes:

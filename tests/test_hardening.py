@@ -10,7 +10,6 @@ import functools
 import math
 import os
 import queue
-import subprocess
 import sys
 import threading
 import time
@@ -24,11 +23,10 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker, wait_until
+from .conftest import PoolTracker, run_python, wait_until
 
 T = 60
 MB = 1 << 20
-ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def _rss(pool: mppool.Pool) -> tuple[int, int, int]:
@@ -106,10 +104,7 @@ def test_a_forked_child_cannot_use_or_end_its_parents_pool(tmp_path: Any) -> Non
         "        assert squares == [i * i for i in range(2000)]\n"
         "        print('parent:', pool.submit(sq, 5).result(60), flush=True)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
-    )
+    done = run_python(str(script), timeout=T)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("child submit: the pool is broken: this pool belongs to process ")
@@ -179,14 +174,7 @@ def test_shutdown_without_waiting_then_exit_runs_every_task(tmp_path: Path) -> N
         "        pool.submit(tasks.spin_and_append, 0.01, sys.argv[1], str(i))\n"
         "    pool.shutdown(wait=False)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, str(script), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=T,
-        env=env,
-    )
+    done = run_python(str(script), str(out), timeout=T)
     assert done.returncode == 0, done.stderr
     assert sorted(int(x) for x in out.read_text().split()) == list(range(40))
 
@@ -365,10 +353,7 @@ def test_ctrl_c_while_a_pool_starts_leaves_nothing_behind(tmp_path: Path) -> Non
         "    assert me.num_fds() == fds, (me.num_fds(), fds)\n"
         "print(interrupted)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
-    )
+    done = run_python(str(script), timeout=T)
     assert done.returncode == 0, done.stdout + done.stderr
     assert int(done.stdout) >= 4  # most interrupts landed inside Pool()
 
@@ -411,10 +396,7 @@ def test_a_pool_that_cannot_get_its_pipes_fails_typed_and_leaks_nothing(tmp_path
         "with mppool.Pool(2) as pool:\n"
         "    print(pool.submit(pow, 2, 5).result(60))\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
-    )
+    done = run_python(str(script), timeout=T)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("the pool could not start: could not start a worker process:")

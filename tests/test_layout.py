@@ -4,14 +4,11 @@ machinery (the import contracts in pyproject.toml check the code; this checks a 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import mppool
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import run_python
+
 USER_SIDE = ["mppool._client", "mppool._web", "aiohttp", "prometheus_client", "tqdm", "croniter"]
 
 
@@ -21,10 +18,7 @@ def test_the_dispatcher_boots_without_the_user_side() -> None:
         "from mppool._dispatcher._loop import main\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-    )
+    done = run_python("-c", code)
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
     assert "mppool._dispatcher._loop" in loaded
@@ -39,10 +33,7 @@ def test_importing_mppool_loads_nothing_until_a_name_is_used() -> None:
         "after = sorted(m for m in sys.modules if m.startswith('mppool'))\n"
         "print(json.dumps([before, after]))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-    )
+    done = run_python("-c", code)
     assert done.returncode == 0, done.stderr
     before, after = json.loads(done.stdout)
     assert before == ["mppool"]

@@ -4,9 +4,6 @@ silence until logging is configured."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +12,9 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker, wait_until
+from .conftest import PoolTracker, run_python, wait_until
 
 T = 60
-ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[Any]:
@@ -88,10 +84,7 @@ def test_nothing_reaches_stderr_by_default(tmp_path: Path) -> None:
         "    fut.add_done_callback(lambda f: 1 / 0)\n"
         "    fut.result(60)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
-    )
+    done = run_python(str(script), timeout=T)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["WorkerCrashedError", "TaskTimeoutError"]
     assert "mppool" not in done.stderr

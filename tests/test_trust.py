@@ -23,10 +23,9 @@ import mppool
 from mppool._client import _map, _planner
 
 from . import tasks
-from .conftest import Fifo, PoolTracker
+from .conftest import Fifo, PoolTracker, run_python
 
 T = 60
-ROOT = str(Path(__file__).resolve().parent.parent)
 PRIORITIES = [0, 5, 1, 5, 9, 0, 1]
 
 
@@ -176,10 +175,7 @@ def test_rebinding_a_global_or_a_closure_variable_reaches_the_next_task(tmp_path
         "                pool.submit(below, 2).result(60)]\n"
         "    print(out)\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}/src:{ROOT}"}  # this checkout's mppool
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=T, env=env
-    )
+    done = run_python(str(script), timeout=T)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[True, 11, True, False, 101, False]"
 
