@@ -52,6 +52,16 @@ _COUNTERS = (
     ("steals", "steals", "Steal operations between workers' local queues."),
     ("stolen_tasks", "stolen_tasks", "Tasks moved by steals."),
     ("rate_limited_waits", "rate_limited_waits", "Times a kind found its rate bucket empty."),
+    ("resizes", "resizes", "Changes of the pool's target size."),
+    ("worker_seconds", "worker_process_seconds", "Seconds lived by all worker processes, summed."),
+)
+# (stats field, metric name without prefix, help text): one value each
+_GAUGES = (
+    ("queued", "tasks_queued", "Tasks waiting to run."),
+    ("running", "tasks_running", "Tasks sent to a worker, not finished."),
+    ("target_workers", "workers", "Workers the pool is meant to have now."),
+    ("live_workers", "workers_live", "Worker processes alive (leaving ones included)."),
+    ("uptime", "uptime_seconds", "Seconds since the pool started."),
 )
 
 _STAGES = ("queue_wait", "run_time", "end_to_end")
@@ -105,12 +115,10 @@ def _counters(stats: PoolStats) -> Iterator[Metric]:
 
 
 def _queue(stats: PoolStats) -> Iterator[Metric]:
-    queued = GaugeMetricFamily(_name("tasks_queued"), "Tasks waiting to run.")
-    queued.add_metric([], float(stats.queued))
-    yield queued
-    running = GaugeMetricFamily(_name("tasks_running"), "Tasks sent to a worker, not finished.")
-    running.add_metric([], float(stats.running))
-    yield running
+    for field, name, doc in _GAUGES:
+        gauge = GaugeMetricFamily(_name(name), doc)
+        gauge.add_metric([], float(getattr(stats, field)))
+        yield gauge
     by_priority = GaugeMetricFamily(
         _name("queue_depth_by_priority"), "Tasks waiting, by priority.", labels=["priority"]
     )
@@ -123,25 +131,6 @@ def _queue(stats: PoolStats) -> Iterator[Metric]:
     for kind, count in sorted(stats.queue_by_kind.items()):
         by_kind.add_metric([kind or ""], float(count))
     yield by_kind
-    workers = GaugeMetricFamily(_name("workers"), "Workers the pool is meant to have now.")
-    workers.add_metric([], float(stats.target_workers))
-    yield workers
-    live = GaugeMetricFamily(
-        _name("workers_live"), "Worker processes alive (leaving ones included)."
-    )
-    live.add_metric([], float(stats.live_workers))
-    yield live
-    resizes = CounterMetricFamily(_name("resizes"), "Changes of the pool's target size.")
-    resizes.add_metric([], float(stats.resizes))
-    yield resizes
-    lived = CounterMetricFamily(
-        _name("worker_process_seconds"), "Seconds lived by all worker processes, summed."
-    )
-    lived.add_metric([], float(stats.worker_seconds))
-    yield lived
-    uptime = GaugeMetricFamily(_name("uptime_seconds"), "Seconds since the pool started.")
-    uptime.add_metric([], float(stats.uptime))
-    yield uptime
 
 
 def _workers(stats: PoolStats) -> Iterator[Metric]:
