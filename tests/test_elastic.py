@@ -476,8 +476,6 @@ def test_a_leaving_worker_that_crashes_is_logged_as_a_crash(
     for f in doomed:
         with pytest.raises(mppool.WorkerCrashedError):
             f.result(timeout=T)
-    assert wait_until(
-        lambda: len([r for r in caplog.records if r.__dict__.get("exitcode") == 9]) == 2, T
-    )
+    # Each death is logged before the outcome of its task is delivered (one message stream).
     deaths = [r for r in caplog.records if r.__dict__.get("exitcode") == 9]
     assert [(r.levelno, r.__dict__["reason"]) for r in deaths] == [(logging.WARNING, "crashed")] * 2
