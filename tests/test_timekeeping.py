@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from mppool._dispatcher._buckets import MIN_WAIT_SECONDS, TokenBucket
 from mppool._dispatcher._recurring import Recurring
 from mppool._dispatcher._scheduler import Scheduler
 from mppool._dispatcher._tasklist import TaskTable
 from mppool._dispatcher._tasks import BACKOFF, DELAYED, QUEUED, SENT, Task, TaskOptions
 from mppool._dispatcher._waiting import BUCKET, RELEASE, TIMEOUT, Waiting
+from mppool._ratelimit import MIN_WAIT_SECONDS, TokenBucket
 
 from .test_scheduler import FakeClaims, FakeClock
 

@@ -1,4 +1,4 @@
-"""Rate limits per task kind: the public ``RateLimit`` and its parsing (user process).
+"""Rate limits per task kind: the public ``RateLimit``, its parsing, and the token bucket.
 
 A limit such as ``"50/s"`` or ``RateLimit(50, per=1.0, burst=10)`` is a token bucket that
 refills at ``rate / per`` tokens per second up to ``burst`` tokens. Starting a task of that
@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["RateLimit"]
+
+MIN_WAIT_SECONDS = 1e-4  # shortest wait for a token
 
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hour": 3600.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
@@ -60,3 +62,36 @@ class RateLimit:
         count = float(match.group(1))
         periods = float(match.group(2) or 1)
         return cls(count, per=periods * _UNITS[match.group(3)])
+
+
+class TokenBucket:
+    """Tokens refill continuously; ``take`` removes one if available (pure: the clock is
+    passed in). Used by the dispatcher, and by a cluster pool in the user process."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, per: float, burst: int, now: float) -> None:
+        self.rate = rate / per
+        self.burst = float(burst)
+        self.tokens = self.burst
+        self.stamp = now
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def take(self, now: float) -> bool:
+        """Take a token if one is available at ``now``."""
+        self._refill(now)
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def next_token_at(self, now: float) -> float:
+        """When the next whole token will be available."""
+        self._refill(now)
+        # Strictly in the future: a token a rounding error short would otherwise give "now",
+        # and a timer due now that finds no token would re-arm itself at now, forever.
+        return now + max(MIN_WAIT_SECONDS, (1.0 - self.tokens) / self.rate)

@@ -19,7 +19,7 @@ import heapq
 import itertools
 from collections.abc import Iterator
 
-from ._buckets import TokenBucket
+from .._ratelimit import TokenBucket
 from ._tasks import BACKOFF, DELAYED, RATE_LIMITED, SENT, Task
 
 RELEASE = 0  # a delayed or backing-off task becomes runnable
