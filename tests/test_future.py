@@ -95,3 +95,24 @@ def test_cancel_before_it_finishes() -> None:
 def test_it_is_the_public_type() -> None:
     assert mppool.Future is Future
     assert issubclass(Future, concurrent.futures.Future)
+
+
+def test_finishing_it_twice_raises_instead_of_deadlocking() -> None:
+    # The second outcome of a task (a stale delivery, a race with shutdown) must be refused
+    # with InvalidStateError; formatting that error once took the lock it was holding.
+    fut: Future[int] = Future()
+    fut._finish(1, None)
+    raised: list[BaseException] = []
+
+    def again() -> None:
+        try:
+            fut._finish(2, None)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=again, daemon=True)
+    thread.start()
+    thread.join(10.0)
+    assert not thread.is_alive(), "finishing a finished future deadlocked"
+    assert [type(e) for e in raised] == [concurrent.futures.InvalidStateError]
+    assert fut.result(0) == 1

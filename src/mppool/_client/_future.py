@@ -78,14 +78,17 @@ class Future(concurrent.futures.Future[T], Generic[T]):
 
     # Fast paths (see the module docstring).
     def _finish(self, result: Any, exception: BaseException | None) -> None:
+        ended = None
         with _CONDITION_LOCK:
             direct = "_lazy_condition" not in self.__dict__
             if direct:
-                if self._state in _ENDED:
-                    raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
-                self._result = result
-                self._exception = exception
-                self._state = _FINISHED
+                ended = self._state if self._state in _ENDED else None
+                if ended is None:
+                    self._result = result
+                    self._exception = exception
+                    self._state = _FINISHED
+        if ended is not None:  # repr() takes the lock: never under it
+            raise concurrent.futures.InvalidStateError(f"{ended}: {self!r}")
         if not direct:
             if exception is not None:
                 super().set_exception(exception)
