@@ -324,3 +324,18 @@ def init_fail_after(gate: str, timeout: float = 5.0) -> None:
     finally:
         os.close(fd)
     init_fail()
+
+
+def segfault_once(path: str, value: Any = "survived") -> Any:
+    """Segfault on the first attempt only; later attempts return ``value``."""
+    if _count_attempt(path) == 1:
+        segfault()
+    return value
+
+
+def fail_until_timed(path: str, failures: int, value: Any = "ok") -> Any:
+    """Like :func:`fail_until`, also appending each attempt's wall-clock time to
+    ``path + ".times"``."""
+    with open(path + ".times", "a") as f:
+        f.write(f"{time.time()}\n")
+    return fail_until(path, failures, value)

@@ -343,3 +343,11 @@ def gated_exit(started: str, gate: str, code: int = 9) -> None:
     fifo_post(started)
     fifo_take(gate, 30.0)
     os._exit(code)
+
+
+def stamp_then_hold(seconds: float, _: Any = None) -> tuple[float, int]:
+    """Hold the worker ``seconds`` without using CPU (a task waiting on I/O, say); return
+    when it started (wall clock) and the parent's pid (the dispatcher of this worker)."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, os.getppid()

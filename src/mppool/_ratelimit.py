@@ -83,11 +83,15 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Take a token if one is available at ``now``."""
-        self._refill(now)
-        if self.tokens >= 1.0 - 1e-9:
+        if self.tokens_now(now):
             self.tokens -= 1.0
             return True
         return False
+
+    def tokens_now(self, now: float) -> bool:
+        """Whether ``take`` would succeed at ``now`` (nothing is taken)."""
+        self._refill(now)
+        return self.tokens >= 1.0 - 1e-9
 
     def next_token_at(self, now: float) -> float:
         """When the next whole token will be available."""

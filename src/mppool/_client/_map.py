@@ -284,8 +284,9 @@ class MapIterator:
                 first,
             )
 
-    def close(self) -> None:
-        """Stop early: no more input; cancel what was sent and has not run."""
+    def close(self, kill: bool = False) -> None:
+        """Stop early: no more input; cancel what was sent and has not run (and, with
+        ``kill``, kill what runs)."""
         with self.cond:
             if self.mode == CLOSED:
                 return
@@ -303,5 +304,5 @@ class MapIterator:
                 if unit.task_id in self.mine:
                     unit.future.cancel()
             else:
-                core.cancel_task(unit.task_id, kill=False)
+                core.cancel_task(unit.task_id, kill=kill)
         core.maps.remove(self)

@@ -1,10 +1,10 @@
 """How big each chunk of a ``map`` is, and how its progress is shown (user process).
 
-:class:`ChunkPlanner` aims at ``CHUNK_TARGET_SECONDS`` of work per chunk from the run times
-the workers report, starts at one item, grows at most ``GROWTH`` times per step, and, when the
-input's length is known, never takes more than ``remaining / (TAIL_SPLIT * workers)`` items,
-so the last part of the input is spread over every worker instead of landing in one chunk
-behind a slow one. It is pure: no I/O, no clock.
+:class:`ChunkPlanner` aims at ``CHUNK_TARGET_SECONDS`` (or its ``target``) of work per chunk
+from the run times the workers report, starts at one item, grows at most ``GROWTH`` times per
+step, and, when the input's length is known, never takes more than
+``remaining / (TAIL_SPLIT * workers)`` items, so the last part of the input is spread over
+every worker instead of landing in one chunk behind a slow one. It is pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -65,13 +65,18 @@ class ChunkPlanner:
     Args:
         workers: number of workers sharing the work.
         fixed: a fixed chunk size, or ``None`` to adapt.
+        target: seconds of work per chunk to aim at (a cluster pool aims higher: each chunk
+            is a Dask task, which costs far more than a message on a pipe).
     """
 
-    def __init__(self, workers: int, fixed: int | None = None) -> None:
+    def __init__(
+        self, workers: int, fixed: int | None = None, target: float = CHUNK_TARGET_SECONDS
+    ) -> None:
         if fixed is not None and fixed < 1:
             raise ValueError(f"chunksize must be >= 1, not {fixed!r}")
         self.workers = workers
         self.fixed = fixed
+        self.target = target
         self._mean: float | None = None
         self._last = 0.0
         self._largest = 1
@@ -106,13 +111,13 @@ class ChunkPlanner:
         elif per_item <= 0:
             size = MAX_CHUNK_ITEMS
         else:
-            size = int(CHUNK_TARGET_SECONDS / per_item)
+            size = int(self.target / per_item)
         size = max(1, min(size, MAX_CHUNK_ITEMS, int(self._largest * GROWTH)))
         if remaining is not None and per_item is not None:
             # Spread the tail over every worker, but do not cut chunks below a quarter of the
             # target: splitting work that short only adds messages.
             tail = -(-remaining // (TAIL_SPLIT * self.workers))
-            floor = int(CHUNK_TARGET_SECONDS / 4 / per_item) if per_item > 0 else size
+            floor = int(self.target / 4 / per_item) if per_item > 0 else size
             size = min(size, max(1, tail, floor))
         self._largest = max(self._largest, size)
         return size

@@ -142,11 +142,10 @@ class _Submitter:
             An iterator of results. A task's exception is raised when its position is reached;
             iteration stops there and unfinished chunks are cancelled.
         """
-        from ._map import MapIterator
-
-        return MapIterator(
-            self._core, fn, iterables, self._opts, True, chunksize, timeout, progress, self._owner
+        results: Iterator[T] = self._mapping(
+            fn, iterables, True, chunksize, timeout, progress
         ).results()
+        return results
 
     def imap_unordered(
         self,
@@ -157,11 +156,10 @@ class _Submitter:
         progress: bool | Callable[[int, int | None], None] | None = None,
     ) -> Iterator[T]:
         """Like :meth:`map`, but yield results as they complete (in completion order)."""
-        from ._map import MapIterator
-
-        return MapIterator(
-            self._core, fn, iterables, self._opts, False, chunksize, timeout, progress, self._owner
+        results: Iterator[T] = self._mapping(
+            fn, iterables, False, chunksize, timeout, progress
         ).results()
+        return results
 
     async def asubmit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``await`` the result of ``fn(*args, **kwargs)`` without blocking the event loop.
@@ -186,12 +184,8 @@ class _Submitter:
         """:meth:`map` for ``async for``: results in input order, lazy and bounded, and the
         event loop never blocks. Leaving the loop early cancels what has not run."""
         from ._aio import AsyncResults
-        from ._map import MapIterator
 
-        mapping = MapIterator(
-            self._core, fn, iterables, self._opts, True, chunksize, timeout, None, self._owner
-        )
-        return AsyncResults(mapping)
+        return AsyncResults(self._mapping(fn, iterables, True, chunksize, timeout, None))
 
     def aimap_unordered(
         self,
@@ -202,12 +196,8 @@ class _Submitter:
     ) -> AsyncIterator[T]:
         """Like :meth:`amap`, in completion order."""
         from ._aio import AsyncResults
-        from ._map import MapIterator
 
-        mapping = MapIterator(
-            self._core, fn, iterables, self._opts, False, chunksize, timeout, None, self._owner
-        )
-        return AsyncResults(mapping)
+        return AsyncResults(self._mapping(fn, iterables, False, chunksize, timeout, None))
 
     def options(
         self,
@@ -270,7 +260,34 @@ class _Submitter:
                 at = at.timestamp()
             changes["at"] = at
             changes["delay"] = None
-        return PoolView(self._core, self._opts.replace(**changes), self._owner)
+        return self._view(self._opts.replace(**changes))
+
+    def _view(self, opts: _Options) -> PoolView:
+        return PoolView(self._core, opts, self._owner)
+
+    def _mapping(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        progress: bool | Callable[[int, int | None], None] | None,
+    ) -> Any:
+        """The machinery of one map (``results()``, ``close()``)."""
+        from ._map import MapIterator
+
+        return MapIterator(
+            self._core,
+            fn,
+            iterables,
+            self._opts,
+            ordered,
+            chunksize,
+            timeout,
+            progress,
+            self._owner,
+        )
 
 
 class PoolView(_Submitter):
@@ -321,16 +338,29 @@ class Pool(_Submitter, concurrent.futures.Executor):
             the pool at once).
         cpu_affinity: ``True`` pins worker i to core i; a list gives each worker its set of
             cores; a replacement keeps its slot's cores (Linux).
+        cluster: run the tasks on a Dask cluster instead: a ``dask.distributed`` ``Client``,
+            a ``Cluster`` (``LocalCluster(...)``) or a scheduler address
+            (``"tcp://host:8786"``). Each Dask worker runs a pool of its own (one worker
+            process per Dask thread); see README, "Beyond one machine". Needs the ``dask``
+            extra.
 
     Raises:
         ValueError: for out-of-range arguments.
         BrokenPoolError: if the dispatcher process cannot be started.
     """
 
+    def __new__(cls, *args: Any, cluster: Any = None, **kwargs: Any) -> Pool:
+        if cluster is not None and cls is Pool:
+            from ._cluster_pool import ClusterPool  # dask is imported only for a cluster
+
+            return super().__new__(ClusterPool)
+        return super().__new__(cls)
+
     def __init__(
         self,
         workers: int | Autoscale | None = None,
         *,
+        cluster: Any = None,
         max_queue: int = 0,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -347,6 +377,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
         preload: Iterable[str] = (),
         cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
     ) -> None:
+        if cluster is not None:
+            raise TypeError("cluster= is handled by mppool.Pool itself, not by a subclass")
         autoscale, workers, most = sizes(workers)
         _check(max_queue, max_tasks_per_child, max_memory_per_child, aging_rate, retry)
         limits = {

@@ -1,0 +1,230 @@
+"""A cluster pool's ``map`` and schedules (user process).
+
+``map`` cuts its input into chunks sized by the same :class:`ChunkPlanner` as a local pool,
+aiming at ``CLUSTER_CHUNK_SECONDS`` of work per chunk: each chunk is one Dask task, and a
+Dask task costs around a millisecond, so tiny items are carried many to a task. Each node
+runs its chunk through its own pool's ``map``. At most ``WINDOW_PER_THREAD`` chunks per Dask
+thread are in flight; the input is read as results are consumed (lazy, bounded).
+
+Schedules fire on the cluster pool's timer thread and submit like any call; a run never
+overlaps the previous one (a firing while it is unfinished is skipped).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ._cluster import ClusterCore, Task
+from ._options import _Options
+from ._planner import ChunkPlanner, Progress, Reporter
+from ._schedule import Run, Schedule, first_run
+from ._serial import dumps
+
+CLUSTER_CHUNK_SECONDS = 0.1  # work per Dask task a map aims at
+WINDOW_PER_THREAD = 2  # chunks in flight per Dask thread
+
+
+class ClusterMap:
+    """One ``map`` or ``imap_unordered`` over a cluster pool."""
+
+    def __init__(
+        self,
+        core: ClusterCore,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        opts: _Options,
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        progress: Progress,
+        owner: Any,
+    ) -> None:
+        if opts.key is not None:
+            raise ValueError("options(key=...) is not available for map on a cluster pool")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        core.check_open()
+        self.core, self.opts, self.ordered = core, opts, ordered
+        self.owner = owner  # keeps the pool alive while the map is used
+        self.name = getattr(fn, "__qualname__", repr(fn))
+        self.fn_blob = dumps(fn, f"the function of map({self.name})")
+        self.node_options = core.node_options(opts)
+        self.input: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
+        total = _length(iterables)
+        self.remaining = total
+        self.planner = ChunkPlanner(core.workers, chunksize, target=CLUSTER_CHUNK_SECONDS)
+        self.window = WINDOW_PER_THREAD * core.workers
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.inflight: deque[Task] = deque()
+        self.input_error: BaseException | None = None
+        self.exhausted = False
+        self.closed = threading.Event()
+        self.progress = Reporter(progress, total, self.name)
+
+    def results(self) -> Iterator[Any]:
+        return self._consume()
+
+    def _consume(self) -> Iterator[Any]:
+        try:
+            while not self.closed.is_set():
+                self._fill()
+                if not self.inflight:
+                    break
+                task = self._next_done()
+                try:
+                    results, error, seconds = task.future.result(0)
+                except concurrent.futures.CancelledError:
+                    if self.closed.is_set():
+                        return
+                    raise
+                self.planner.observe(max(1, task.items), seconds)
+                self.progress.advance(len(results))
+                yield from results
+                if error is not None:
+                    raise error
+            if self.input_error is not None and not self.closed.is_set():
+                raise self.input_error
+        finally:
+            self.progress.close()
+            self.close()
+
+    def _next_done(self) -> Task:
+        left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        if self.ordered:
+            task = self.inflight[0]
+            done: set[Any] = {task.future} if task.future.done() else set()
+            if not done:
+                done, _ = concurrent.futures.wait([task.future], left)
+        else:
+            futures = [t.future for t in self.inflight]
+            done, _ = concurrent.futures.wait(futures, left, "FIRST_COMPLETED")
+        if not done:
+            raise TimeoutError(f"map({self.name}) did not finish within its timeout")
+        for i, t in enumerate(self.inflight):
+            if t.future in done:
+                del self.inflight[i]
+                return t
+        raise AssertionError("a finished chunk is not in flight")  # pragma: no cover
+
+    def _fill(self) -> None:
+        """Send chunks until the window is full or the input is exhausted."""
+        from ._cluster_node import run_chunk
+
+        while not self.exhausted and len(self.inflight) < self.window:
+            size = self.planner.next_size(self.remaining)
+            items: list[tuple[Any, ...]] = []
+            try:
+                for item in self.input:
+                    items.append(item)
+                    if len(items) >= size:
+                        break
+                else:
+                    self.exhausted = True
+            except Exception as exc:
+                self.input_error, self.exhausted = exc, True
+            if not items:
+                return
+            if self.remaining is not None:
+                self.remaining -= len(items)
+            blob = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
+            if b"__main__" in blob:
+                blob = dumps(items, f"the items of map({self.name})")
+            task = Task(
+                self.core, run_chunk, (self.core.name, self.fn_blob, blob, self.node_options)
+            )
+            task.items = len(items)
+            self.inflight.append(self.core.add(task, self.opts, self.name))
+
+    def close(self) -> None:
+        """Stop early: cancel the chunks in flight (running ones finish on their node)."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        self.owner = None
+        for task in list(self.inflight):
+            task.future.cancel()
+        self.inflight.clear()
+
+
+def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+class ClusterSchedules:
+    """A cluster pool's schedules, fired by its timer thread."""
+
+    def __init__(self, core: ClusterCore) -> None:
+        self.core = core
+        self.lock = threading.Lock()
+        self.handles: dict[int, Schedule] = {}
+
+    def add(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: _Options,
+        interval: float,
+        cron: str,
+        description: str,
+    ) -> Schedule:
+        core = self.core
+        core.check_open()
+        dumps((fn, args, kwargs), "a scheduled call")  # a call that cannot be sent fails here
+        handle = Schedule(core, -next(core.ids), description)  # type: ignore[arg-type]
+        with self.lock:
+            self.handles[handle.id] = handle
+        run_opts = opts.replace(delay=None, at=None, key=None)
+        state: dict[str, Any] = {"last": None, "skipped": 0}
+
+        def fire() -> None:
+            with self.lock:
+                if handle.id not in self.handles or core.state != "running":
+                    return
+            now = time.time()
+            next_run = first_run(interval, cron, now)
+            last = state["last"]
+            if last is not None and not last.done():
+                state["skipped"] += 1
+                handle._skipped = state["skipped"]
+                handle._next_run = next_run
+            else:
+                future = core.submit(fn, args, kwargs, run_opts)
+                state["last"] = future
+                handle._fired(future.task_id, next_run, state["skipped"])
+                future.add_done_callback(lambda f: _record(handle, f))
+            core.timers.add(time.monotonic() + (next_run - time.time()), fire)
+
+        handle._next_run = first_run(interval, cron, time.time())
+        core.timers.add(time.monotonic() + (handle._next_run - time.time()), fire)
+        return handle
+
+    def cancel(self, schedule_id: int) -> None:
+        with self.lock:
+            self.handles.pop(schedule_id, None)
+
+    def stop(self) -> None:
+        with self.lock:
+            handles, self.handles = list(self.handles.values()), {}
+        for handle in handles:
+            handle._cancelled = True
+
+
+def _record(handle: Schedule, future: concurrent.futures.Future[Any]) -> None:
+    task_id = getattr(future, "task_id", 0)
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is None:
+        handle._record(Run(task_id, True, value=future.result()))
+    else:
+        handle._record(Run(task_id, False, error=error))

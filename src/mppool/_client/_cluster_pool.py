@@ -1,0 +1,282 @@
+"""``mppool.Pool(cluster=...)``: the same pool, its tasks run on a Dask cluster.
+
+:class:`ClusterPool` is what ``Pool(cluster=...)`` returns (a ``Pool``): the same methods,
+with a :class:`ClusterCore` in place of the local dispatcher. Options that configure worker
+processes go to each Dask worker's own pool; those that must hold across the cluster are
+kept in this process (see ``_cluster``). What cannot mean the same on a cluster is refused
+with a clear error (see README, "Beyond one machine", for the table).
+"""
+
+from __future__ import annotations
+
+import statistics
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from .._backoff import CRASH_RETRIES
+from .._errors import PoolClosedError
+from .._ratelimit import RateLimit
+from .._retry import RetryPolicy
+from .._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
+from ._cluster import ClusterCore
+from ._cluster_map import ClusterMap, ClusterSchedules
+from ._future import Future
+from ._options import _Options
+from ._pool import DEFAULT_AGING_RATE, DEFAULT_INIT_TIMEOUT, Pool, PoolView, _init_timeout
+
+_NOT_ON_A_CLUSTER = "is not available with cluster= (see README, 'Beyond one machine')"
+
+
+class _OnCluster:
+    """How a cluster pool and its views make maps and views."""
+
+    _core: Any
+    _opts: _Options
+    _owner: Any
+
+    def _view(self, opts: _Options) -> ClusterView:
+        return ClusterView(self._core, opts, self._owner)
+
+    def _mapping(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        ordered: bool,
+        chunksize: int | None,
+        timeout: float | None,
+        progress: Any,
+    ) -> ClusterMap:
+        return ClusterMap(
+            self._core,
+            fn,
+            iterables,
+            self._opts,
+            ordered,
+            chunksize,
+            timeout,
+            progress,
+            self._owner,
+        )
+
+
+class ClusterView(_OnCluster, PoolView):
+    """A cluster pool with other per-task options (from ``options()``)."""
+
+
+class ClusterPool(_OnCluster, Pool):
+    """A pool whose tasks run on a Dask cluster (made by ``mppool.Pool(cluster=...)``)."""
+
+    def __init__(
+        self,
+        workers: Any = None,
+        *,
+        cluster: Any = None,
+        max_queue: int = 0,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        crash_retries: int = CRASH_RETRIES,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        aging_rate: float = DEFAULT_AGING_RATE,
+        rate_limits: dict[str, str | RateLimit] | None = None,
+        init_timeout: float | None = DEFAULT_INIT_TIMEOUT,
+        store: Any = None,
+        threads_per_worker: int | str | None = "auto",
+        preload: Iterable[str] = (),
+        cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
+    ) -> None:
+        if cluster is None:
+            raise TypeError("ClusterPool needs cluster=")
+        if workers is not None:
+            raise ValueError(
+                "workers= " + _NOT_ON_A_CLUSTER + ": a cluster pool runs one worker process "
+                "per Dask thread; size the Dask cluster instead"
+            )
+        if max_queue:
+            raise ValueError("max_queue= " + _NOT_ON_A_CLUSTER)
+        if store is not None:
+            raise ValueError("store= " + _NOT_ON_A_CLUSTER)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError("retry must be a mppool.RetryPolicy")
+        limits = {
+            str(kind): (lim.rate, lim.per, lim.burst)
+            for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())
+        }
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable")
+        node: dict[str, Any] = {
+            "max_tasks_per_child": max_tasks_per_child,
+            "max_memory_per_child": max_memory_per_child,
+            "initializer": initializer,
+            "initargs": tuple(initargs),
+            "init_timeout": None if _init_timeout(init_timeout) == 0.0 else init_timeout,
+            "threads_per_worker": threads_per_worker,
+            "preload": tuple(preload),
+            "cpu_affinity": cpu_affinity,
+        }
+        self._autoscale = None
+        self._opts = _Options(
+            0.0, timeout, retry or RetryPolicy.none(), crash_retries, "", None, None
+        )
+        core = ClusterCore(cluster, node, self._opts, limits)
+        core.schedules = ClusterSchedules(core)
+        self._core = core
+        self._finalizer = weakref.finalize(self, _end, core)  # type: ignore[arg-type]
+
+    @property
+    def _owner(self) -> ClusterPool:
+        return self
+
+    @property
+    def client(self) -> Any:
+        """The ``dask.distributed.Client`` the pool submits through."""
+        return self._core.client
+
+    @property
+    def workers(self) -> int:
+        """Dask threads in the cluster now: one worker process each, in the node pools."""
+        return int(self._core.workers)
+
+    def resize(self, workers: int) -> None:
+        raise NotImplementedError(
+            "resize() " + _NOT_ON_A_CLUSTER + "; scale the Dask cluster (cluster.scale(n))"
+        )
+
+    @property
+    def state(self) -> str:
+        return str(self._core.state)
+
+    @property
+    def dispatcher_pid(self) -> int:
+        raise NotImplementedError("a cluster pool has a dispatcher on every Dask worker")
+
+    def share(self, obj: Any) -> Any:
+        raise NotImplementedError("share() " + _NOT_ON_A_CLUSTER + ": memory is per machine")
+
+    def cancel(self, future: Any, *, kill: bool = False) -> bool:
+        task = getattr(future, "_task", None)
+        if not isinstance(future, Future) or task is None or task.core is not self._core:
+            raise ValueError("not a future of this pool")
+        return future._cancel(kill=kill)
+
+    def stats(self) -> PoolStats:
+        """Counters of this process (submitted, completed, failed, ...) with those of every
+        node pool (crashes, timeouts, retries, workers); one round trip to each Dask worker."""
+        return cluster_stats(self._core)
+
+    def tasks(self, state: str | None = None) -> list[TaskInfo]:
+        rows = task_rows(self._core)
+        return rows if state is None else [r for r in rows if r.state == state]
+
+    def task(self, task_id: int) -> TaskInfo:
+        for row in task_rows(self._core):
+            if row.id == task_id:
+                return row
+        raise KeyError(task_id)
+
+    def retry_failed(self, keys: Iterable[str] | None = None) -> list[Future[Any]]:
+        raise ValueError("the pool has no job store (store= " + _NOT_ON_A_CLUSTER + ")")
+
+    def __repr__(self) -> str:
+        return f"<mppool.Pool cluster={self._core.client.scheduler.address} state={self.state}>"
+
+
+def _end(core: ClusterCore) -> None:
+    """A cluster pool dropped (or left at exit) ends at once, as a local one does."""
+    core.shutdown(True, True, 0.0)
+
+
+def _running_keys(core: ClusterCore) -> set[str]:
+    """Dask keys of this pool that a Dask worker is processing now."""
+    try:
+        processing = core.client.processing()
+    except Exception:
+        return set()
+    tag = core.tag
+    return {str(k) for keys in processing.values() for k in keys if tag in str(k)}
+
+
+def task_rows(core: ClusterCore) -> list[TaskInfo]:
+    running = _running_keys(core)
+    with core.lock:
+        live = list(core.live.values())
+        done = list(core.history)
+    return [t.info(t.dask_key in running) for t in live] + [t.info(False) for t in done]
+
+
+def cluster_stats(core: ClusterCore) -> PoolStats:
+    from ._cluster_node import node_stats
+
+    if core.state == "closed":
+        raise PoolClosedError("the pool has been shut down")
+    nodes = core.client.run(node_stats, core.name, on_error="return")
+    merged = [v for v in nodes.values() if isinstance(v, tuple)]
+    running = _running_keys(core)
+    with core.lock:
+        counts = dict(core.counts)
+        live = list(core.live.values())
+        waits = core.rate_limited_waits
+        end_to_end = list(core.end_to_end)
+    active = sum(1 for t in live if t.dask_key in running)
+    by_priority: dict[float, int] = {}
+    by_kind: dict[str, int] = {}
+    for t in live:
+        if t.dask_key not in running:
+            by_priority[t.priority] = by_priority.get(t.priority, 0) + 1
+            by_kind[t.kind] = by_kind.get(t.kind, 0) + 1
+    workers: list[WorkerStats] = []
+    for stats, _pid in merged:
+        for w in stats.workers:
+            workers.append(_reindexed(w, len(workers)))
+
+    def total(name: str) -> int:
+        return sum(int(getattr(s, name)) for s, _ in merged)
+
+    import time
+
+    return PoolStats(
+        submitted=counts["submitted"],
+        started=counts["started"],
+        queued=len(live) - active,
+        running=active,
+        completed=counts["completed"],
+        failed=counts["failed"],
+        retried=total("retried"),
+        crashed=total("crashed"),
+        timed_out=total("timed_out"),
+        cancelled=counts["cancelled"],
+        respawns=total("respawns"),
+        steals=total("steals"),
+        stolen_tasks=total("stolen_tasks"),
+        deduplicated=counts["deduplicated"],
+        rate_limited_waits=waits,
+        queue_by_priority=by_priority,
+        queue_by_kind=by_kind,
+        uptime=time.monotonic() - core.started,
+        latency=LatencyStats(_EMPTY, _EMPTY, _percentiles(end_to_end)),
+        workers=tuple(workers),
+        target_workers=total("target_workers"),
+        live_workers=total("live_workers"),
+        worker_seconds=sum(s.worker_seconds for s, _ in merged),
+        resizes=0,
+        scaling_events=(),
+    )
+
+
+_EMPTY = Percentiles(0, None, None, None)
+
+
+def _percentiles(values: list[float]) -> Percentiles:
+    if len(values) < 2:
+        return Percentiles(len(values), *(values * 3)) if values else _EMPTY
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return Percentiles(len(values), cuts[49], cuts[94], cuts[98])
+
+
+def _reindexed(w: WorkerStats, index: int) -> WorkerStats:
+    import dataclasses
+
+    return dataclasses.replace(w, index=index)
