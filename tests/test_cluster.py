@@ -352,7 +352,7 @@ def test_the_http_api_and_metrics_serve_a_cluster_pool(make_cluster_pool: Any) -
 
 
 def test_what_a_cluster_cannot_do_is_refused(make_cluster_pool: Any, cluster: Any) -> None:
-    for kwargs in ({"max_queue": 10}, {"store": "jobs.db"}):
+    for kwargs in ({"max_queue": 10}, {"store": "jobs.db"}, {"aging_rate": 1.0}):
         with pytest.raises(ValueError, match="not available with cluster="):
             mppool.Pool(cluster=cluster, **kwargs)
     with pytest.raises(ValueError, match="workers="):

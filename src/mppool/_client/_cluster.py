@@ -9,8 +9,9 @@ reaches Dask:
 * delays and ``at`` times, rate limits per kind and schedules: one timer thread
   (:class:`Timers`) releases a task to Dask when it is due and its kind's token bucket
   (``mppool._ratelimit``) has a token; tasks waiting for a token go by priority;
-* priorities order a heap here; at most ``WINDOW_PER_THREAD`` tasks per Dask thread are in
-  Dask at a time, so the order holds across the cluster (they also carry Dask priorities);
+* priorities order a heap here; only about ``WINDOW_SECONDS`` of work per Dask thread (at
+  least ``MIN_PER_THREAD`` tasks) is in Dask at a time, so the order holds across the cluster
+  (the tasks also carry Dask priorities);
 * keys and function names become Dask keys.
 
 Dask's futures are followed by one collector thread (``distributed.as_completed``, results
@@ -23,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import heapq
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -41,8 +43,10 @@ from ._serial import dumps
 HISTORY = 1000  # finished tasks kept for tasks()
 END_TO_END_SAMPLES = 2048  # recent end-to-end times kept for stats()
 COLLECT_IDLE_SECONDS = 0.5  # the collector's wait for new work when none is in Dask
-WINDOW_PER_THREAD = 2  # tasks in Dask at most, per Dask thread (one running, one next)
-THREADS_REFRESH_SECONDS = 1.0  # how often the Dask threads are counted again
+WINDOW_SECONDS = 0.05  # work per Dask thread kept in Dask (what an urgent task may wait behind)
+MIN_PER_THREAD = 2  # tasks per Dask thread in Dask at least (one running, one next)
+MAX_PER_THREAD = 64  # and at most
+REVIEW_SECONDS = 0.2  # how often the window and the Dask threads are looked at again
 
 QUEUED, DELAYED, RUNNING, DONE, FAILED, CANCELLED = (
     "queued",
@@ -250,7 +254,10 @@ class ClusterCore:
         self.ready: list[tuple[float, int, Task]] = []  # runnable, by priority, not in Dask
         self.threads = max(1, sum(self.client.nthreads().values()))
         self.timers = Timers(f"mppool-cluster-timers-{self.tag}")
-        self.timers.add(time.monotonic() + THREADS_REFRESH_SECONDS, self._count_threads)
+        self.per_thread = MIN_PER_THREAD  # tasks per Dask thread the window holds (_review)
+        self.collected = self.collected_then = 0
+        self.reviewed_at = time.monotonic()
+        self.timers.add(self.reviewed_at + REVIEW_SECONDS, self._review)
         self.collector = threading.Thread(
             target=self._collect, name=f"mppool-cluster-results-{self.tag}", daemon=True
         )
@@ -344,7 +351,7 @@ class ClusterCore:
         Dask then starts it at once, so starts on the nodes keep the rate, give or take the
         network's latency. A kind without a token wakes the pump when its next one is due.
         """
-        room = WINDOW_PER_THREAD * self.threads - self.in_dask
+        room = self.per_thread * self.threads - self.in_dask
         best: list[tuple[float, int, Task]] | None = self.ready if self.ready else None
         now = time.monotonic()
         for kind, held in self.held.items():
@@ -377,10 +384,10 @@ class ClusterCore:
         return due
 
     def pump(self) -> None:
-        """Hand the most urgent runnable tasks to Dask while fewer than ``WINDOW_PER_THREAD``
-        per Dask thread are there. Dask orders what it holds by priority too, but it assigns
-        a new task to an idle worker at once and queues only some kinds of tasks, so the
-        order across the cluster is kept here, as the dispatcher keeps it on one machine."""
+        """Hand the most urgent runnable tasks to Dask while its window has room. Dask orders
+        what it holds by priority too, but it assigns a new task to an idle worker at once and
+        queues only some kinds of tasks, so the order across the cluster is kept here, as the
+        dispatcher keeps it on one machine."""
         while True:
             with self.lock:
                 if self.state == "broken":
@@ -409,14 +416,32 @@ class ClusterCore:
                 self.all_done.notify_all()
             self.collecting.add(dask_future)
 
-    def _count_threads(self) -> None:
-        """Every ``THREADS_REFRESH_SECONDS`` (timer thread): the cluster may have grown."""
+    def _review(self) -> None:
+        """Every ``REVIEW_SECONDS`` (timer thread): count the Dask threads (the cluster may
+        have grown) and size the window.
+
+        The window holds about ``WINDOW_SECONDS`` of work per thread: enough tasks that a
+        thread never waits for the round trip to this process between two of them, few
+        enough that an urgent task waits behind little. A task's cost is measured by the
+        throughput while work is waiting here (threads x interval / tasks collected); while
+        the window is too small the throughput is held back by the round trip, the measured
+        cost looks larger than it is, and the window grows each review until it no longer
+        does."""
         try:
             self.threads = max(1, sum(self.client.nthreads().values()))
         except Exception:
             pass
+        now = time.monotonic()
+        with self.lock:
+            collected, self.collected_then = self.collected - self.collected_then, self.collected
+            waiting = bool(self.ready) or any(self.held.values())
+            if collected and waiting:
+                cost = self.threads * (now - self.reviewed_at) / collected
+                wanted = math.ceil(WINDOW_SECONDS / cost)
+                self.per_thread = max(MIN_PER_THREAD, min(MAX_PER_THREAD, wanted))
+            self.reviewed_at = now
         if self.state != "closed":
-            self.timers.add(time.monotonic() + THREADS_REFRESH_SECONDS, self._count_threads)
+            self.timers.add(now + REVIEW_SECONDS, self._review)
         self.pump()
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -441,6 +466,7 @@ class ClusterCore:
         with self.lock:
             task = self.by_key.pop(dask_future.key, None)
             self.in_dask -= 1
+            self.collected += 1
         self.pump()
         if task is None:
             return

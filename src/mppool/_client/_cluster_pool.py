@@ -99,6 +99,8 @@ class ClusterPool(_OnCluster, Pool):
             raise ValueError("max_queue= " + _NOT_ON_A_CLUSTER)
         if store is not None:
             raise ValueError("store= " + _NOT_ON_A_CLUSTER)
+        if aging_rate != DEFAULT_AGING_RATE:
+            raise ValueError("aging_rate= " + _NOT_ON_A_CLUSTER + ": nothing ages there")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError("retry must be a mppool.RetryPolicy")
         limits = {
