@@ -339,3 +339,23 @@ def fail_until_timed(path: str, failures: int, value: Any = "ok") -> Any:
     with open(path + ".times", "a") as f:
         f.write(f"{time.time()}\n")
     return fail_until(path, failures, value)
+
+
+# --- a result that unpickles in the workers but not in the test's own process ---------------
+
+REFUSE_HERE = False  # a test sets it in its own process only
+
+
+class RefusedHere:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refused_here, ())
+
+
+def _refused_here() -> RefusedHere:
+    if REFUSE_HERE:
+        raise ValueError("this object cannot be unpickled in this process")
+    return RefusedHere()
+
+
+def make_refused_here(_: Any = None) -> RefusedHere:
+    return RefusedHere()

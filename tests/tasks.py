@@ -351,3 +351,13 @@ def stamp_then_hold(seconds: float, _: Any = None) -> tuple[float, int]:
     start = time.time()
     time.sleep(seconds)
     return start, os.getppid()
+
+
+def call(fn: Any) -> Any:
+    """Call ``fn`` (a lambda, say, sent by value)."""
+    return fn()
+
+
+def spin_then_stamp_value(seconds: float, value: Any) -> Any:
+    spin(seconds)
+    return value

@@ -116,3 +116,10 @@ def test_finishing_it_twice_raises_instead_of_deadlocking() -> None:
     assert not thread.is_alive(), "finishing a finished future deadlocked"
     assert [type(e) for e in raised] == [concurrent.futures.InvalidStateError]
     assert fut.result(0) == 1
+
+
+def test_cancelling_twice_is_harmless() -> None:
+    fut: Future[int] = Future()
+    assert fut.cancel()
+    assert fut.cancel()  # once raised "Future in unexpected state" (a second notice)
+    assert fut.cancelled()

@@ -6,17 +6,20 @@ What must hold across the whole cluster is decided here, in the user process, be
 reaches Dask:
 
 * dedup keys: a key in flight returns its future (``keys``);
-* delays and ``at`` times, rate limits per kind and schedules: one timer thread
-  (:class:`Timers`) releases a task to Dask when it is due and its kind's token bucket
-  (``mppool._ratelimit``) has a token; tasks waiting for a token go by priority;
-* priorities order a heap here; only about ``WINDOW_SECONDS`` of work per Dask thread (at
-  least ``MIN_PER_THREAD`` tasks) is in Dask at a time, so the order holds across the cluster
-  (the tasks also carry Dask priorities);
+* delays, ``at`` times, token waits and schedules run on one timer thread (:class:`Timers`);
+* priorities order a heap of runnable tasks (one per rate-limited kind besides); only a
+  window of them is in Dask at a time: about ``WINDOW_SECONDS`` of work per Dask thread by
+  each function's measured cost (at least ``MIN_PER_THREAD`` tasks, at most
+  ``MAX_PER_THREAD``), so the order holds across the cluster (the tasks also carry Dask
+  priorities);
+* a task of a rate-limited kind spends its kind's token (``mppool._ratelimit``) as it
+  leaves for Dask, and leaves at once for an idle Dask thread, or into the window when it
+  outranks the other work;
 * keys and function names become Dask keys.
 
-Dask's futures are followed by one collector thread (``distributed.as_completed``, results
-gathered as they finish), which resolves mppool's futures. Two threads in all, both ended by
-``shutdown``, plus Dask's own client threads.
+One collector thread follows Dask's futures (``distributed.as_completed``), gathers the
+results of each finished batch in one call, and resolves mppool's futures. Two threads in
+all, both ended by ``shutdown``, besides Dask's own client threads.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures
 import heapq
 import itertools
-import math
 import threading
 import time
 import uuid
@@ -32,10 +34,27 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import BrokenPoolError, CancelledByShutdownError, PoolClosedError
+from .._errors import (
+    BrokenPoolError,
+    CancelledByShutdownError,
+    PoolClosedError,
+    SerializationError,
+)
 from .._ratelimit import TokenBucket
 from .._stats import TaskInfo
-from ._cluster_node import TRACEBACK_ATTR
+from ._cluster_tasks import (
+    CANCELLED,
+    DELAYED,
+    DONE,
+    FAILED,
+    QUEUED,
+    ClusterFuture,
+    Costs,
+    Task,
+    Timers,
+    connect,
+    with_node_traceback,
+)
 from ._future import Future
 from ._options import _Options
 from ._serial import dumps
@@ -46,156 +65,7 @@ COLLECT_IDLE_SECONDS = 0.5  # the collector's wait for new work when none is in 
 WINDOW_SECONDS = 0.05  # work per Dask thread kept in Dask (what an urgent task may wait behind)
 MIN_PER_THREAD = 2  # tasks per Dask thread in Dask at least (one running, one next)
 MAX_PER_THREAD = 64  # and at most
-REVIEW_SECONDS = 0.2  # how often the window and the Dask threads are looked at again
-
-QUEUED, DELAYED, RUNNING, DONE, FAILED, CANCELLED = (
-    "queued",
-    "delayed",
-    "running",
-    "done",
-    "failed",
-    "cancelled",
-)
-
-
-def connect(cluster: Any) -> tuple[Any, bool]:
-    """A Dask client for ``cluster`` (a Client, a Cluster object or a scheduler address), and
-    whether this pool made it (and must close it)."""
-    try:
-        from distributed import Client
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "Pool(cluster=...) needs Dask distributed: pip install 'mppool[dask]'"
-        ) from exc
-    if isinstance(cluster, Client):
-        return cluster, False
-    if isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
-        return Client(cluster, set_as_default=False), True
-    raise TypeError(
-        "cluster must be a dask.distributed Client, a Cluster (e.g. LocalCluster) or a "
-        f"scheduler address such as 'tcp://host:8786', not {cluster!r}"
-    )
-
-
-class ClusterFuture(Future[Any]):
-    """A cluster pool's future: cancelling it cancels its Dask task (and can kill it)."""
-
-    _task: Task
-
-    def _cancel(self, kill: bool) -> bool:
-        cancelled = concurrent.futures.Future.cancel(self)
-        if cancelled:
-            self.set_running_or_notify_cancel()
-            self._task.core.cancelled(self._task, kill)
-        return cancelled
-
-
-class Task:
-    """One call or map chunk of a cluster pool, from submission to its outcome."""
-
-    __slots__ = (
-        "args",
-        "core",
-        "dask",
-        "dask_key",
-        "ended",
-        "finished_at",
-        "fn",
-        "future",
-        "id",
-        "items",
-        "key",
-        "kind",
-        "priority",
-        "seconds",
-        "sent",
-        "state",
-        "submitted_at",
-    )
-
-    def __init__(self, core: ClusterCore, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self.core = core
-        self.fn = fn  # the node function Dask runs (run_call or run_chunk) and its arguments
-        self.args = args
-        self.id = 0
-        self.key: str | None = None
-        self.kind = ""
-        self.priority = 0.0
-        self.items = 0
-        self.state = QUEUED
-        self.ended = False  # an outcome was claimed (the first of several racing wins)
-        self.sent = False
-        self.dask: Any = None
-        self.dask_key = ""
-        self.future = ClusterFuture()
-        self.future._task = self
-        self.submitted_at = time.time()
-        self.finished_at: float | None = None
-        self.seconds: float | None = None
-
-    def info(self, running: bool) -> TaskInfo:
-        state = RUNNING if running and self.state == QUEUED and self.dask else self.state
-        return TaskInfo(
-            id=self.id,
-            key=self.key,
-            kind=self.kind or None,
-            priority=self.priority,
-            state=state,
-            attempts=1 if self.sent else 0,
-            items=self.items,
-            submitted_at=self.submitted_at,
-            started_at=None,
-            finished_at=self.finished_at,
-            duration=self.seconds,
-            pid=None,
-        )
-
-
-class Timers:
-    """One thread that runs callbacks when they are due (monotonic clock)."""
-
-    def __init__(self, name: str) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def add(self, due: float, action: Callable[[], None]) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (due, next(self._seq), action))
-            self._cond.notify()
-
-    def pending(self) -> int:
-        with self._cond:
-            return len(self._heap)
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped:
-                    now = time.monotonic()
-                    if self._heap and self._heap[0][0] <= now:
-                        action = heapq.heappop(self._heap)[2]
-                        break
-                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
-                else:
-                    return
-            try:
-                action()
-            except Exception:  # an action resolves its own futures; never kill the clock
-                import logging
-
-                logging.getLogger("mppool.cluster").exception("error in a cluster pool timer")
-
-    def stop(self, timeout: float | None) -> None:
-        with self._cond:
-            self._stopped = True
-            self._heap.clear()
-            self._cond.notify()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+THREADS_SECONDS = 1.0  # how often the Dask threads are counted again
 
 
 class ClusterCore:
@@ -215,20 +85,24 @@ class ClusterCore:
         defaults: _Options,
         rate_limits: dict[str, tuple[float, float, int]],
     ) -> None:
+        from distributed import as_completed
+
         from ._cluster_node import NodePlugin
 
         self.defaults = defaults
         self.client, self.owns_client = connect(cluster)
+        self.address = str(self.client.scheduler.address)
         self.tag = uuid.uuid4().hex[:8]
         self.name = f"mppool-{self.tag}"
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
         self.state = "running"
         self.started = time.monotonic()
         self.ids = itertools.count(1)
         self.live: dict[int, Task] = {}
         self.by_key: dict[str, Task] = {}  # Dask key -> task, while in Dask
         self.keys: dict[str, ClusterFuture] = {}
-        self.history: deque[Task] = deque(maxlen=HISTORY)
+        self.history: deque[TaskInfo] = deque(maxlen=HISTORY)
         self.end_to_end: deque[float] = deque(maxlen=END_TO_END_SAMPLES)
         self.counts = dict.fromkeys(
             ("submitted", "started", "completed", "failed", "cancelled", "deduplicated"), 0
@@ -236,28 +110,24 @@ class ClusterCore:
         self.rate_limited_waits = 0
         now = time.monotonic()
         self.buckets = {kind: TokenBucket(*spec, now) for kind, spec in rate_limits.items()}
-        # Runnable tasks of each rate-limited kind, by priority (the others are in ``ready``).
+        # Runnable tasks by priority: of each rate-limited kind, and of all the others.
         self.held: dict[str, list[tuple[float, int, Task]]] = {k: [] for k in self.buckets}
+        self.ready: list[tuple[float, int, Task]] = []
         self.token_timers: set[str] = set()  # kinds whose next token has a timer
-        self.all_done = threading.Condition(self.lock)
+        self.costs = Costs()
+        self.in_dask = 0  # tasks handed to Dask and not yet collected
+        self.in_dask_work = 0.0  # their estimated seconds
         self.schedules: Any = None
+        self.maps: set[Any] = set()  # open maps, fed to the end by a graceful shutdown
         try:
             self.client.register_plugin(NodePlugin(self.name, node), name=self.name)
+            self.threads = max(1, sum(self.client.nthreads().values()))
         except BaseException as exc:
-            if self.owns_client:
-                self.client.close()
+            self._disconnect()
             raise BrokenPoolError(f"the node pools could not start: {exc!r}") from exc
-        from distributed import as_completed
-
-        self.collecting = as_completed(with_results=True, raise_errors=False, loop=self.client.loop)
-        self.in_dask = 0  # tasks handed to Dask and not yet collected
-        self.ready: list[tuple[float, int, Task]] = []  # runnable, by priority, not in Dask
-        self.threads = max(1, sum(self.client.nthreads().values()))
+        self.collecting = as_completed(loop=self.client.loop)
         self.timers = Timers(f"mppool-cluster-timers-{self.tag}")
-        self.per_thread = MIN_PER_THREAD  # tasks per Dask thread the window holds (_review)
-        self.collected = self.collected_then = 0
-        self.reviewed_at = time.monotonic()
-        self.timers.add(self.reviewed_at + REVIEW_SECONDS, self._review)
+        self.timers.add(time.monotonic() + THREADS_SECONDS, self._count_threads)
         self.collector = threading.Thread(
             target=self._collect, name=f"mppool-cluster-results-{self.tag}", daemon=True
         )
@@ -272,15 +142,11 @@ class ClusterCore:
     def check_open(self) -> None:
         if self.state != "running":
             if self.state == "broken":
-                raise BrokenPoolError("the cluster pool is broken")
+                raise BrokenPoolError("the cluster pool is broken: its Dask client is gone")
             raise PoolClosedError("the pool has been shut down")
 
     def node_options(self, opts: _Options) -> dict[str, Any]:
-        return {
-            "timeout": opts.timeout,
-            "retries": opts.retry,
-            "crash_retries": opts.crash_retries,
-        }
+        return {"timeout": opts.timeout, "retries": opts.retry, "crash_retries": opts.crash_retries}
 
     def submit(
         self,
@@ -303,17 +169,19 @@ class ClusterCore:
             if known is not None and not known.done():
                 self.counts["deduplicated"] += 1
                 return known
-        blob = dumps((fn, args, kwargs), f"the call of {getattr(fn, '__qualname__', fn)!r}")
-        task = Task(self, run_call, (self.name, blob, self.node_options(opts)))
-        name = str(opts.key or getattr(fn, "__name__", "task"))
-        return self.add(task, opts, name).future
+        name = getattr(fn, "__name__", "task")
+        blob = dumps((fn, args, kwargs), f"the call of {name!r}")
+        task = Task(self, run_call, (self.name, blob, self.node_options(opts)), name)
+        return self.add(task, opts).future
 
-    def add(self, task: Task, opts: _Options, name: str) -> Task:
-        """Register ``task`` and release it to Dask now or when it is due."""
+    def add(self, task: Task, opts: _Options, fed: bool = False) -> Task:
+        """Register ``task`` and release it now or when it is due (``fed``: a map's chunk,
+        which a graceful shutdown still takes)."""
         task.kind, task.priority = opts.kind, opts.priority
         with self.lock:
-            self.check_open()
-            if opts.key is not None and isinstance(opts.key, str):
+            if not (fed and self.state == "closing"):
+                self.check_open()
+            if isinstance(opts.key, str):
                 known = self.keys.get(opts.key)
                 if known is not None and not known.done():
                     self.counts["deduplicated"] += 1
@@ -321,7 +189,7 @@ class ClusterCore:
                 self.keys[opts.key] = task.future
                 task.key = opts.key
             task.id = task.future._task_id = next(self.ids)
-            task.dask_key = f"{name}-{self.tag}{task.id}"
+            task.dask_key = f"{opts.key or task.name}-{self.tag}{task.id}"
             self.live[task.id] = task
             self.counts["submitted"] += 1
         wait = opts.delay or (opts.at - time.time() if opts.at is not None else 0.0)
@@ -333,8 +201,7 @@ class ClusterCore:
         return task
 
     def release(self, task: Task) -> None:
-        """The task is due: queue it by priority (with its kind's, if the kind is limited);
-        it goes to Dask when the window has room (and its kind a token)."""
+        """The task is due: queue it by priority (with its kind's, if the kind is limited)."""
         if task.future.done():
             return
         task.state = QUEUED
@@ -343,24 +210,32 @@ class ClusterCore:
             heapq.heappush(queue, (-task.priority, task.id, task))
         self.pump()
 
+    def _room(self, cost: float) -> bool:
+        """Under ``lock``: whether the window takes one more task of ``cost`` seconds."""
+        if self.in_dask < MIN_PER_THREAD * self.threads:
+            return True
+        if self.in_dask >= MAX_PER_THREAD * self.threads:
+            return False
+        return self.in_dask_work + cost <= WINDOW_SECONDS * self.threads
+
     def _next(self) -> Task | None:
         """Under ``lock``: the most urgent task that may go to Dask now, taken off its queue.
 
-        A task of a rate-limited kind takes its kind's token here, as it leaves, and leaves
-        only while a Dask thread is idle (fewer of this pool's tasks in Dask than threads):
-        Dask then starts it at once, so starts on the nodes keep the rate, give or take the
-        network's latency. A kind without a token wakes the pump when its next one is due.
+        A task of a rate-limited kind takes its kind's token as it leaves. It leaves at once
+        for an idle Dask thread (fewer of this pool's tasks in Dask than threads), so Dask
+        starts it within the network's latency of its token; or into the window when it
+        outranks every other runnable task. A kind without a token wakes the pump when its
+        next one is due.
         """
-        room = self.per_thread * self.threads - self.in_dask
-        best: list[tuple[float, int, Task]] | None = self.ready if self.ready else None
         now = time.monotonic()
+        best = self.ready if self.ready else None
         for kind, held in self.held.items():
             while held and held[0][2].ended:
                 heapq.heappop(held)
-            if not held or self.in_dask >= self.threads:
+            if not held or (best is not None and best[0] <= held[0]):
                 continue
-            if best is not None and best[0] <= held[0]:
-                continue
+            if not self.ready and self.in_dask >= self.threads:
+                continue  # nothing else waits: wait for an idle thread, for an exact start
             bucket = self.buckets[kind]
             if bucket.tokens_now(now):
                 best = held
@@ -368,11 +243,16 @@ class ClusterCore:
                 self.rate_limited_waits += 1  # the kind found its bucket empty
                 self.token_timers.add(kind)
                 self.timers.add(bucket.next_token_at(now), self._token_due(kind))
-        if best is None or room <= 0:
+        if best is None:
             return None
-        task = heapq.heappop(best)[2]
+        task = best[0][2]
+        cost = self.costs.of(task.name)
+        if not task.ended and not self._room(cost):
+            return None
+        heapq.heappop(best)
         if best is not self.ready:
             self.buckets[task.kind].take(now)
+        task.cost = cost
         return task
 
     def _token_due(self, kind: str) -> Callable[[], None]:
@@ -390,7 +270,7 @@ class ClusterCore:
         dispatcher keeps it on one machine."""
         while True:
             with self.lock:
-                if self.state == "broken":
+                if self.state in ("broken", "closed"):
                     return
                 task = self._next()
                 if task is None:
@@ -398,6 +278,7 @@ class ClusterCore:
                 if task.ended:
                     continue
                 self.in_dask += 1
+                self.in_dask_work += task.cost
                 task.sent = True
                 self.by_key[task.dask_key] = task
                 self.counts["started"] += 1
@@ -406,42 +287,35 @@ class ClusterCore:
                     task.fn, *task.args, key=task.dask_key, priority=task.priority, pure=False
                 )
             except Exception as exc:
-                with self.lock:
-                    self.in_dask -= 1
-                    del self.by_key[task.dask_key]
+                self._left_dask(task)
                 self.finish(task, None, exc)
                 continue
+            self.collecting.add(dask_future)
             with self.lock:
                 task.dask = dask_future
-                self.all_done.notify_all()
-            self.collecting.add(dask_future)
+                cancelled, kill = task.ended, task.kill  # cancelled while being submitted
+                self.changed.notify_all()  # the collector may be waiting for work
+            if cancelled:
+                self._cancel_in_dask(task, dask_future, kill)
 
-    def _review(self) -> None:
-        """Every ``REVIEW_SECONDS`` (timer thread): count the Dask threads (the cluster may
-        have grown) and size the window.
+    def _left_dask(self, task: Task) -> bool:
+        """The task is out of Dask: free its place in the window (once)."""
+        with self.lock:
+            if self.by_key.pop(task.dask_key, None) is None:
+                return False
+            self.in_dask -= 1
+            self.in_dask_work -= task.cost
+            self.changed.notify_all()
+        return True
 
-        The window holds about ``WINDOW_SECONDS`` of work per thread: enough tasks that a
-        thread never waits for the round trip to this process between two of them, few
-        enough that an urgent task waits behind little. A task's cost is measured by the
-        throughput while work is waiting here (threads x interval / tasks collected); while
-        the window is too small the throughput is held back by the round trip, the measured
-        cost looks larger than it is, and the window grows each review until it no longer
-        does."""
+    def _count_threads(self) -> None:
+        """Every ``THREADS_SECONDS`` (timer thread): the cluster may have grown or shrunk."""
         try:
             self.threads = max(1, sum(self.client.nthreads().values()))
         except Exception:
             pass
-        now = time.monotonic()
-        with self.lock:
-            collected, self.collected_then = self.collected - self.collected_then, self.collected
-            waiting = bool(self.ready) or any(self.held.values())
-            if collected and waiting:
-                cost = self.threads * (now - self.reviewed_at) / collected
-                wanted = math.ceil(WINDOW_SECONDS / cost)
-                self.per_thread = max(MIN_PER_THREAD, min(MAX_PER_THREAD, wanted))
-            self.reviewed_at = now
         if self.state != "closed":
-            self.timers.add(now + REVIEW_SECONDS, self._review)
+            self.timers.add(time.monotonic() + THREADS_SECONDS, self._count_threads)
         self.pump()
 
     # --- outcomes ---------------------------------------------------------------------------
@@ -452,34 +326,75 @@ class ClusterCore:
                 while self.in_dask == 0:
                     if self.state in ("closed", "broken"):
                         return
-                    self.all_done.wait(COLLECT_IDLE_SECONDS)
+                    self.changed.wait(COLLECT_IDLE_SECONDS)
             got = 0
             for batch in self.collecting.batches():
                 got += len(batch)
-                for dask_future, outcome in batch:
-                    self._outcome(dask_future, outcome)
+                self._outcomes(batch)
             if not got:  # counted, not yet handed to as_completed: a moment away
                 with self.lock:
-                    self.all_done.wait(0.01)
+                    self.changed.wait(0.01)
 
-    def _outcome(self, dask_future: Any, outcome: Any) -> None:
+    def _outcomes(self, batch: list[Any]) -> None:
+        """Resolve a batch of finished Dask futures; the results come in one gather."""
+        finished = [f for f in batch if f.status == "finished"]
+        values = self._gather(finished)
+        for dask_future in batch:
+            with self.lock:
+                task = self.by_key.get(dask_future.key)
+            if task is None or not self._left_dask(task):
+                continue
+            self.pump()
+            task.dask = None
+            status = dask_future.status
+            if dask_future.key in values:
+                ok, value = values[dask_future.key]
+                if ok:
+                    self._done(task, value)
+                else:
+                    self.finish(task, None, value)
+            elif status == "error":
+                self.finish(task, None, with_node_traceback(dask_future.exception()))
+            else:  # cancelled by Dask itself: the client or the cluster went away
+                self._lost(task, status)
+
+    def _gather(self, finished: list[Any]) -> dict[str, tuple[bool, Any]]:
+        if not finished:
+            return {}
+        try:
+            got = self.client.gather(finished)
+            return {f.key: (True, v) for f, v in zip(finished, got, strict=True)}
+        except Exception:
+            pass
+        values: dict[str, tuple[bool, Any]] = {}
+        for f in finished:  # one by one: only the ones that fail here fail
+            try:
+                values[f.key] = (True, self.client.gather([f])[0])
+            except Exception as exc:
+                err = SerializationError(f"the task's result could not be received: {exc!r}")
+                err.__cause__ = exc
+                values[f.key] = (False, err)
+        return values
+
+    def _done(self, task: Task, value: Any) -> None:
+        """A node's answer: a call's ``(value, seconds)``, a chunk's ``(results, error,
+        seconds)``; the seconds teach the window what the function costs."""
+        self.costs.observe(task.name, value[-1])
+        self.finish(task, value if task.items else value[0], None)
+
+    def _lost(self, task: Task, status: str) -> None:
+        """Dask ended a task we did not cancel: its client or the cluster is gone. The pool is
+        then broken, and every task it holds fails (none is left waiting)."""
+        client_status = getattr(self.client, "status", "running")
+        error = BrokenPoolError(f"Dask dropped the task ({status}; client {client_status})")
+        broken = client_status not in ("running", "connecting", "newly-created")
         with self.lock:
-            task = self.by_key.pop(dask_future.key, None)
-            self.in_dask -= 1
-            self.collected += 1
-        self.pump()
-        if task is None:
-            return
-        task.dask = None
-        status = dask_future.status
-        if status == "finished":
-            self.finish(task, outcome, None)
-        elif status == "error" and isinstance(outcome, tuple):  # (type, exception, traceback)
-            self.finish(task, None, with_node_traceback(outcome[1]))
-        elif isinstance(outcome, BaseException):
-            self.finish(task, None, outcome)
-        else:
-            self.finish(task, None, RuntimeError(f"the Dask task ended as {status!r}"))
+            if broken and self.state in ("running", "closing"):
+                self.state = "broken"
+                self.changed.notify_all()
+            tasks = list(self.live.values()) if broken else [task]
+        for t in tasks:
+            self.finish(t, None, error)
 
     def finish(self, task: Task, value: Any, error: BaseException | None) -> None:
         """Resolve ``task``'s future (unless it was cancelled) and forget the task. Only the
@@ -500,30 +415,33 @@ class ClusterCore:
             if self.live.pop(task.id, None) is None:
                 return
             task.state = state
-            task.finished_at = time.time()
-            self.end_to_end.append(task.finished_at - task.submitted_at)
-            if state == DONE:
-                self.counts["completed"] += 1
-            elif state == FAILED:
-                self.counts["failed"] += 1
-            else:
-                self.counts["cancelled"] += 1
+            task.args = ()  # the payload goes; a row of the history stays
+            now = time.time()
+            self.end_to_end.append(now - task.submitted_at)
+            self.counts[{DONE: "completed", FAILED: "failed"}.get(state, "cancelled")] += 1
             if task.key is not None and self.keys.get(task.key) is task.future:
                 del self.keys[task.key]
-            self.history.append(task)
-            self.all_done.notify_all()
+            self.history.append(task.info(False, now))
+            self.changed.notify_all()
 
     def cancelled(self, task: Task, kill: bool) -> None:
         """``task``'s future was cancelled: cancel its Dask task and, with ``kill``, kill it
         where it runs (a Dask worker cannot stop a running task; its node pool can)."""
         with self.lock:
             task.ended = True
-            dask_future = task.dask
+            task.kill = kill
+            dask_future = task.dask  # None while being submitted: pump() cancels it then
         self._forget(task, CANCELLED)
         if dask_future is not None:
+            self._cancel_in_dask(task, dask_future, kill)
+
+    def _cancel_in_dask(self, task: Task, dask_future: Any, kill: bool) -> None:
+        try:
             self.client.cancel([dask_future], asynchronous=False)
-            if kill:
-                self.kill([task.dask_key])
+        except Exception:
+            pass  # the client is closing: its tasks go with it
+        if kill:
+            self.kill([task.dask_key])
 
     def kill(self, keys: list[str]) -> None:
         from ._cluster_node import kill
@@ -539,6 +457,14 @@ class ClusterCore:
         if task is not None:
             task.future._cancel(kill)
 
+    def running_keys(self) -> set[str]:
+        """Dask keys of this pool that a Dask worker is processing now."""
+        try:
+            processing = self.client.processing()
+        except Exception:
+            return set()
+        return {str(k) for keys in processing.values() for k in keys if self.tag in str(k)}
+
     # --- ending -----------------------------------------------------------------------------
     def shutdown(self, wait: bool, cancel_futures: bool, timeout: float | None) -> None:
         with self.lock:
@@ -548,10 +474,13 @@ class ClusterCore:
         if first and self.schedules is not None:
             self.schedules.stop()
         if cancel_futures:
+            running = self.running_keys()
             with self.lock:
-                waiting = [t for t in self.live.values() if t.dask is None]
+                waiting = [t for t in self.live.values() if t.dask_key not in running]
             for task in waiting:
                 task.future.cancel()
+        for mapping in list(self.maps):  # a map not consumed yet still runs to its end
+            mapping.feed_all()
         if not wait:
             threading.Thread(target=self._close, args=(timeout,), daemon=True).start()
             return
@@ -560,18 +489,22 @@ class ClusterCore:
     def _close(self, timeout: float | None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.lock:
-            self.all_done.wait_for(
-                lambda: not self.live or self.state == "closed",
+            self.changed.wait_for(
+                lambda: not self.live or self.state in ("closed", "broken"),
                 None if deadline is None else max(0.0, deadline - time.monotonic()),
             )
             if self.state == "closed":
                 return
             left = list(self.live.values())
-        running = [t.dask_key for t in left if t.dask is not None]
+        in_dask = [t.dask for t in left if t.dask is not None]
+        if in_dask:
+            try:
+                self.client.cancel(in_dask, asynchronous=False)
+            except Exception:
+                pass
         for task in left:
-            if task.dask is not None:
-                self.client.cancel([task.dask], asynchronous=False)
             self.finish(task, None, CancelledByShutdownError("killed at the shutdown deadline"))
+        running = [t.dask_key for t in left if t.sent]
         if running:
             self.kill(running)
         self.end()
@@ -581,24 +514,20 @@ class ClusterCore:
             if self.state == "closed":
                 return
             self.state = "closed"
-            self.all_done.notify_all()
+            self.changed.notify_all()
         self.timers.stop(10.0)
+        if threading.current_thread() is not self.collector:
+            self.collector.join(10.0)
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Stop the node pools (the plugin's teardown) and close a client this pool made."""
         try:
             self.client.unregister_worker_plugin(self.name)
         except Exception:
-            pass  # the cluster is gone already: so are the node pools
-        if threading.current_thread() is not self.collector:
-            self.collector.join(10.0)
+            pass  # never registered, or the cluster is gone already: so are the node pools
         if self.owns_client:
-            self.client.close()
-
-
-def with_node_traceback(exc: BaseException) -> BaseException:
-    """A task's exception from a node, with the node worker's traceback as its cause (as a
-    local pool gives it)."""
-    text = exc.__dict__.pop(TRACEBACK_ATTR, None) if hasattr(exc, "__dict__") else None
-    if text:
-        from .._errors import RemoteTraceback
-
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
+            try:
+                self.client.close()
+            except Exception:
+                pass

@@ -13,14 +13,17 @@ overlaps the previous one (a firing while it is unfinished is skipped).
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import pickle
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from ._cluster import ClusterCore, Task
+from ._cluster import ClusterCore
+from ._cluster_tasks import Task
 from ._options import _Options
 from ._planner import ChunkPlanner, Progress, Reporter
 from ._schedule import Run, Schedule, first_run
@@ -31,7 +34,12 @@ WINDOW_PER_THREAD = 2  # chunks in flight per Dask thread
 
 
 class ClusterMap:
-    """One ``map`` or ``imap_unordered`` over a cluster pool."""
+    """One ``map`` or ``imap_unordered`` over a cluster pool.
+
+    The input is read on the consumer's thread, a window of chunks ahead. A graceful
+    shutdown, or dropping the map before iterating it, feeds the rest of the input at once
+    (:meth:`feed_all`), so every item runs, as on a local pool.
+    """
 
     def __init__(
         self,
@@ -59,24 +67,54 @@ class ClusterMap:
         total = _length(iterables)
         self.remaining = total
         self.planner = ChunkPlanner(core.workers, chunksize, target=CLUSTER_CHUNK_SECONDS)
-        self.window = WINDOW_PER_THREAD * core.workers
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.inflight: deque[Task] = deque()
+        self.lock = threading.Lock()  # the input and the chunks in flight
         self.input_error: BaseException | None = None
         self.exhausted = False
+        self.started = False
         self.closed = threading.Event()
         self.progress = Reporter(progress, total, self.name)
+        core.maps.add(self)
 
     def results(self) -> Iterator[Any]:
-        return self._consume()
+        gen = self._consume()
+        weakref.finalize(gen, ClusterMap._dropped, self)
+        return gen
+
+    def _dropped(self) -> None:
+        """The results were dropped: if never iterated, the map runs in the background
+        (failures are logged, as a local pool's are)."""
+        if not self.started and not self.closed.is_set():
+            self.core.timers.add(time.monotonic(), self._run_unread)
+
+    def _run_unread(self) -> None:
+        self.feed_all()
+        with self.lock:
+            tasks = list(self.inflight)
+        for task in tasks:
+            task.future.add_done_callback(self._log_failure)
+        self.core.maps.discard(self)
+
+    def _log_failure(self, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception() or future.result()[1]
+        if error is not None:
+            logging.getLogger("mppool.futures").error(
+                "map(%s) was never iterated; it ran in the background and a part failed: %r",
+                self.name,
+                error,
+            )
 
     def _consume(self) -> Iterator[Any]:
+        self.started = True
         try:
             while not self.closed.is_set():
-                self._fill()
-                if not self.inflight:
-                    break
+                self._fill(self.window())
                 task = self._next_done()
+                if task is None:
+                    break
                 try:
                     results, error, seconds = task.future.result(0)
                 except concurrent.futures.CancelledError:
@@ -94,52 +132,77 @@ class ClusterMap:
             self.progress.close()
             self.close()
 
-    def _next_done(self) -> Task:
+    def window(self) -> int:
+        """Chunks in flight at most: ``WINDOW_PER_THREAD`` per Dask thread (counted anew, so
+        a cluster that grows during the map is used)."""
+        workers = self.core.workers
+        self.planner.workers = workers
+        return WINDOW_PER_THREAD * workers
+
+    def _next_done(self) -> Task | None:
+        """The next chunk to consume (in order, or the first to finish); None at the end."""
+        with self.lock:
+            tasks = list(self.inflight)
+        if not tasks:
+            return None
         left = None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
         if self.ordered:
-            task = self.inflight[0]
-            done: set[Any] = {task.future} if task.future.done() else set()
-            if not done:
-                done, _ = concurrent.futures.wait([task.future], left)
+            done, _ = concurrent.futures.wait([tasks[0].future], left)
         else:
-            futures = [t.future for t in self.inflight]
-            done, _ = concurrent.futures.wait(futures, left, "FIRST_COMPLETED")
+            done, _ = concurrent.futures.wait([t.future for t in tasks], left, "FIRST_COMPLETED")
         if not done:
             raise TimeoutError(f"map({self.name}) did not finish within its timeout")
-        for i, t in enumerate(self.inflight):
-            if t.future in done:
-                del self.inflight[i]
-                return t
+        with self.lock:
+            for i, t in enumerate(self.inflight):
+                if t.future in done:
+                    del self.inflight[i]
+                    return t
         raise AssertionError("a finished chunk is not in flight")  # pragma: no cover
 
-    def _fill(self) -> None:
-        """Send chunks until the window is full or the input is exhausted."""
+    def feed_all(self) -> None:
+        """Send the rest of the input now (a graceful shutdown, or a map nobody reads)."""
+        self._fill(None, fed=True)
+
+    def _fill(self, window: int | None, fed: bool = False) -> None:
+        """Send chunks until ``window`` are in flight or the input is exhausted."""
         from ._cluster_node import run_chunk
 
-        while not self.exhausted and len(self.inflight) < self.window:
-            size = self.planner.next_size(self.remaining)
-            items: list[tuple[Any, ...]] = []
-            try:
-                for item in self.input:
-                    items.append(item)
-                    if len(items) >= size:
-                        break
-                else:
-                    self.exhausted = True
-            except Exception as exc:
-                self.input_error, self.exhausted = exc, True
-            if not items:
-                return
-            if self.remaining is not None:
-                self.remaining -= len(items)
+        with self.lock:
+            while not self.exhausted and (window is None or len(self.inflight) < window):
+                if self.closed.is_set():
+                    return
+                items = self._read(self.planner.next_size(self.remaining))
+                if not items:
+                    return
+                blob = self._pack(items)
+                call = (self.core.name, self.fn_blob, blob, self.node_options)
+                task = Task(self.core, run_chunk, call, f"map-{self.name}")
+                task.items = len(items)
+                self.inflight.append(self.core.add(task, self.opts, fed=fed))
+
+    def _read(self, size: int) -> list[tuple[Any, ...]]:
+        items: list[tuple[Any, ...]] = []
+        try:
+            for item in self.input:
+                items.append(item)
+                if len(items) >= size:
+                    break
+            else:
+                self.exhausted = True
+        except Exception as exc:
+            self.input_error, self.exhausted = exc, True
+        if self.remaining is not None:
+            self.remaining -= len(items)
+        return items
+
+    def _pack(self, items: list[tuple[Any, ...]]) -> bytes:
+        try:
             blob = pickle.dumps(items, pickle.HIGHEST_PROTOCOL)
-            if b"__main__" in blob:
-                blob = dumps(items, f"the items of map({self.name})")
-            task = Task(
-                self.core, run_chunk, (self.core.name, self.fn_blob, blob, self.node_options)
-            )
-            task.items = len(items)
-            self.inflight.append(self.core.add(task, self.opts, self.name))
+            if b"__main__" not in blob:
+                return blob
+        except Exception:
+            pass
+        return dumps(items, f"the items of map({self.name})")  # cloudpickle: lambdas too
 
     def close(self) -> None:
         """Stop early: cancel the chunks in flight (running ones finish on their node)."""
@@ -147,9 +210,12 @@ class ClusterMap:
             return
         self.closed.set()
         self.owner = None
-        for task in list(self.inflight):
+        with self.lock:
+            tasks = list(self.inflight)
+            self.inflight.clear()
+        for task in tasks:
             task.future.cancel()
-        self.inflight.clear()
+        self.core.maps.discard(self)
 
 
 def _length(iterables: tuple[Iterable[Any], ...]) -> int | None:
@@ -186,26 +252,36 @@ class ClusterSchedules:
         run_opts = opts.replace(delay=None, at=None, key=None)
         state: dict[str, Any] = {"last": None, "skipped": 0}
 
-        def fire() -> None:
+        def fire(due: float) -> None:
+            """A firing due at wall-clock ``due``; the next is counted from ``due``, not from
+            now (a fixed rate; cron's next time after this one), skipping times missed."""
             with self.lock:
                 if handle.id not in self.handles or core.state != "running":
                     return
             now = time.time()
-            next_run = first_run(interval, cron, now)
+            next_run = first_run(interval, cron, due)
+            while next_run <= now:
+                next_run = first_run(interval, cron, next_run)
             last = state["last"]
+            handle._next_run = next_run
             if last is not None and not last.done():
                 state["skipped"] += 1
                 handle._skipped = state["skipped"]
-                handle._next_run = next_run
             else:
-                future = core.submit(fn, args, kwargs, run_opts)
-                state["last"] = future
-                handle._fired(future.task_id, next_run, state["skipped"])
-                future.add_done_callback(lambda f: _record(handle, f))
-            core.timers.add(time.monotonic() + (next_run - time.time()), fire)
+                try:
+                    future = core.submit(fn, args, kwargs, run_opts)
+                except Exception as exc:  # the run fails visibly; the schedule goes on
+                    handle._fired(0, next_run, state["skipped"])
+                    handle._record(Run(0, False, error=exc))
+                else:
+                    state["last"] = future
+                    handle._fired(future.task_id, next_run, state["skipped"])
+                    future.add_done_callback(lambda f: _record(handle, f))
+            core.timers.add(time.monotonic() + (next_run - now), lambda: fire(next_run))
 
-        handle._next_run = first_run(interval, cron, time.time())
-        core.timers.add(time.monotonic() + (handle._next_run - time.time()), fire)
+        first = first_run(interval, cron, time.time())
+        handle._next_run = first
+        core.timers.add(time.monotonic() + (first - time.time()), lambda: fire(first))
         return handle
 
     def cancel(self, schedule_id: int) -> None:

@@ -44,11 +44,14 @@ class NodePlugin(WorkerPlugin):
         self.pool: Any = None
 
     def setup(self, worker: Any) -> None:
-        from ._pool import Pool
-
         # Made here, on the Dask worker: the plugin travels there pickled.
         self.running: dict[str, Any] = {}  # Dask key -> how to kill its node-pool task(s)
         self.lock = threading.Lock()
+        self.start(worker)
+
+    def start(self, worker: Any) -> None:
+        """Start the node pool (at setup, and again if it broke)."""
+        from ._pool import Pool
 
         config = dict(self.config)
         config.setdefault("workers", max(1, int(worker.state.nthreads)))
@@ -70,11 +73,18 @@ class NodePlugin(WorkerPlugin):
 
 
 def _plugin(name: str) -> NodePlugin:
+    """This Dask worker's plugin of the cluster pool ``name``, its node pool running: one
+    that broke (its dispatcher killed, say) is replaced by a new one first."""
     from distributed import get_worker
 
     plugin = cast(NodePlugin, get_worker().plugins[name])
-    if plugin.pool is None:
-        raise RuntimeError("the cluster pool's node pool is not running on this Dask worker")
+    with plugin.lock:
+        pool = plugin.pool
+        if pool is None:
+            raise RuntimeError("the cluster pool's node pool is not running on this Dask worker")
+        if pool.state == "broken":
+            pool.shutdown(wait=True, cancel_futures=True, timeout=0.0)
+            plugin.start(get_worker())
     return plugin
 
 
@@ -91,10 +101,13 @@ def _mark(exc: BaseException) -> BaseException:
     return exc
 
 
-def _call(blob: bytes) -> Any:
-    """In the node's mppool worker: run the user's call, pickled once in the user process."""
+def _call(blob: bytes) -> tuple[Any, float]:
+    """In the node's mppool worker: run the user's call, pickled once in the user process;
+    its value and the seconds it ran (the user process learns each function's cost)."""
     fn, args, kwargs = pickle.loads(blob)
-    return fn(*args, **kwargs)
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, float(time.perf_counter() - start)
 
 
 def _watch(plugin: NodePlugin, kill: Any) -> str:
@@ -112,8 +125,8 @@ def _unwatch(plugin: NodePlugin, key: str) -> None:
         plugin.running.pop(key, None)
 
 
-def run_call(name: str, blob: bytes, options: dict[str, Any]) -> Any:
-    """A Dask task: one call, run by this node's pool. Its value is the call's result."""
+def run_call(name: str, blob: bytes, options: dict[str, Any]) -> tuple[Any, float]:
+    """A Dask task: one call, run by this node's pool: the call's value and run time."""
     plugin = _plugin(name)
     pool = plugin.pool
     fut = pool.options(**options).submit(_call, blob)

@@ -9,6 +9,7 @@ with a clear error (see README, "Beyond one machine", for the table).
 
 from __future__ import annotations
 
+import atexit
 import statistics
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from ._cluster import ClusterCore
 from ._cluster_map import ClusterMap, ClusterSchedules
 from ._future import Future
 from ._options import _Options
-from ._pool import DEFAULT_AGING_RATE, DEFAULT_INIT_TIMEOUT, Pool, PoolView, _init_timeout
+from ._pool import DEFAULT_AGING_RATE, DEFAULT_INIT_TIMEOUT, Pool, PoolView, _check, _init_timeout
 
 _NOT_ON_A_CLUSTER = "is not available with cluster= (see README, 'Beyond one machine')"
 
@@ -101,8 +102,12 @@ class ClusterPool(_OnCluster, Pool):
             raise ValueError("store= " + _NOT_ON_A_CLUSTER)
         if aging_rate != DEFAULT_AGING_RATE:
             raise ValueError("aging_rate= " + _NOT_ON_A_CLUSTER + ": nothing ages there")
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError("retry must be a mppool.RetryPolicy")
+        if cpu_affinity:
+            raise ValueError(
+                "cpu_affinity= " + _NOT_ON_A_CLUSTER + ": Dask workers sharing a machine would "
+                "pin their pools to the same cores"
+            )
+        _check(0, max_tasks_per_child, max_memory_per_child, aging_rate, retry)
         limits = {
             str(kind): (lim.rate, lim.per, lim.burst)
             for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())
@@ -117,7 +122,6 @@ class ClusterPool(_OnCluster, Pool):
             "init_timeout": None if _init_timeout(init_timeout) == 0.0 else init_timeout,
             "threads_per_worker": threads_per_worker,
             "preload": tuple(preload),
-            "cpu_affinity": cpu_affinity,
         }
         self._autoscale = None
         self._opts = _Options(
@@ -126,7 +130,11 @@ class ClusterPool(_OnCluster, Pool):
         core = ClusterCore(cluster, node, self._opts, limits)
         core.schedules = ClusterSchedules(core)
         self._core = core
-        self._finalizer = weakref.finalize(self, _end, core)  # type: ignore[arg-type]
+        # Dropped: shut down gracefully, as a local pool is; still open at exit: ended at once
+        # (the node pools on the cluster would otherwise outlive this process).
+        self._finalizer = weakref.finalize(self, _drop, core)  # type: ignore[arg-type]
+        self._finalizer.atexit = False
+        _live.add(core)
 
     @property
     def _owner(self) -> ClusterPool:
@@ -183,30 +191,30 @@ class ClusterPool(_OnCluster, Pool):
         raise ValueError("the pool has no job store (store= " + _NOT_ON_A_CLUSTER + ")")
 
     def __repr__(self) -> str:
-        return f"<mppool.Pool cluster={self._core.client.scheduler.address} state={self.state}>"
+        return f"<mppool.Pool cluster={self._core.address} state={self.state}>"
 
 
-def _end(core: ClusterCore) -> None:
-    """A cluster pool dropped (or left at exit) ends at once, as a local one does."""
-    core.shutdown(True, True, 0.0)
+_live: weakref.WeakSet[ClusterCore] = weakref.WeakSet()
 
 
-def _running_keys(core: ClusterCore) -> set[str]:
-    """Dask keys of this pool that a Dask worker is processing now."""
-    try:
-        processing = core.client.processing()
-    except Exception:
-        return set()
-    tag = core.tag
-    return {str(k) for keys in processing.values() for k in keys if tag in str(k)}
+def _drop(core: ClusterCore) -> None:
+    """A cluster pool nobody holds: its work runs to the end, then it closes."""
+    core.shutdown(False, False, None)
+
+
+@atexit.register
+def _end_all() -> None:
+    """At exit, a cluster pool still open ends at once, its node pools with it."""
+    for core in list(_live):
+        core.shutdown(True, True, 0.0)
 
 
 def task_rows(core: ClusterCore) -> list[TaskInfo]:
-    running = _running_keys(core)
+    running = core.running_keys()
     with core.lock:
         live = list(core.live.values())
         done = list(core.history)
-    return [t.info(t.dask_key in running) for t in live] + [t.info(False) for t in done]
+    return [t.info(t.dask_key in running) for t in live] + done
 
 
 def cluster_stats(core: ClusterCore) -> PoolStats:
@@ -216,7 +224,7 @@ def cluster_stats(core: ClusterCore) -> PoolStats:
         raise PoolClosedError("the pool has been shut down")
     nodes = core.client.run(node_stats, core.name, on_error="return")
     merged = [v for v in nodes.values() if isinstance(v, tuple)]
-    running = _running_keys(core)
+    running = core.running_keys()
     with core.lock:
         counts = dict(core.counts)
         live = list(core.live.values())

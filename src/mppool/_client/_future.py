@@ -131,6 +131,8 @@ class Future(concurrent.futures.Future[T], Generic[T]):
         return self._cancel(kill=False)
 
     def _cancel(self, kill: bool) -> bool:
+        if self.cancelled():
+            return True  # already: waiters were notified then (a second notice would raise)
         cancelled = super().cancel()
         if cancelled:
             # Future.cancel() wakes result() callers but not wait()/as_completed() waiters;
