@@ -285,14 +285,17 @@ def test_a_map_of_100000_tiny_items(make_cluster_pool: Any) -> None:
 def test_a_failing_item_stops_the_map_at_its_position(make_cluster_pool: Any) -> None:
     pool = make_cluster_pool()
     got: list[int] = []
-    with pytest.raises(ValueError, match="bad item 500"):
+    with pytest.raises(ValueError, match="bad item 500") as info:
         for value in pool.map(tasks.fail_on, range(2000), [500] * 2000, timeout=TIMEOUT):
             got.append(value)
     assert got == [i * i for i in range(500)]
+    assert isinstance(info.value.__cause__, mppool.RemoteTraceback)
+    assert not [name for name in vars(info.value) if name.startswith("_mppool")]
 
 
 def _hanging(pool: Any, folder: Any) -> tuple[Any, int]:
     """A task that hangs, once it runs: its future and the pid of the node worker running it."""
+    folder.mkdir(exist_ok=True)
     pid_file = str(folder / "pid")
     future = pool.submit(faults.hang, pid_file)
     assert wait_until(lambda: os.path.exists(pid_file), TIMEOUT)
@@ -311,11 +314,22 @@ def test_cancel_with_kill_stops_a_running_task(make_cluster_pool: Any, tmp_path:
 
 def test_shutdown_deadline_kills_what_runs(make_cluster_pool: Any, tmp_path: Any) -> None:
     pool = make_cluster_pool()
-    future, hung = _hanging(pool, tmp_path)
+    futures, hung = zip(*(_hanging(pool, tmp_path / name) for name in ("a", "b")), strict=True)
+    seen: list[BaseException] = []
+
+    def callback(_: Any) -> None:
+        try:
+            futures[1].result(5)  # resolved by the same thread, after this one
+        except BaseException as exc:
+            seen.append(exc)
+
+    futures[0].add_done_callback(callback)
     pool.shutdown(wait=True, timeout=0.5)
-    with pytest.raises(mppool.CancelledByShutdownError):
-        future.result(0)
-    assert wait_until(lambda: not psutil.pid_exists(hung), TIMEOUT)
+    for future in futures:  # each, not one "dropped by Dask" (its cancel raced the deadline)
+        with pytest.raises(mppool.CancelledByShutdownError):
+            future.result(0)
+    assert [type(e) for e in seen] == [RuntimeError]
+    assert wait_until(lambda: not any(psutil.pid_exists(pid) for pid in hung), TIMEOUT)
     assert pool.state == "closed" and "closed" in repr(pool)
     with pytest.raises(mppool.PoolClosedError):
         pool.submit(tasks.square, 2)
@@ -481,3 +495,38 @@ def test_map_items_that_need_cloudpickle(make_cluster_pool: Any) -> None:
     pool = make_cluster_pool()
     items = [lambda i=i: i * 10 for i in range(5)]
     assert list(pool.map(tasks.call, items, timeout=TIMEOUT)) == [0, 10, 20, 30, 40]
+
+
+def test_shutdown_with_cancel_futures_does_not_feed_an_open_map(
+    make_cluster_pool: Any, tmp_path: Any
+) -> None:
+    pool = make_cluster_pool()
+    path = str(tmp_path / "lines")
+    items = pool.map(tasks.spin_and_append, [0.05] * 200, [path] * 200, map(str, range(200)))
+    next(items)
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert len(Path(path).read_text().split()) < 100  # not the whole input
+
+
+def test_a_map_fed_at_shutdown_is_sent_in_chunks(make_cluster_pool: Any) -> None:
+    pool = make_cluster_pool()
+    with pool:
+        results = pool.map(tasks.square, range(5000))  # nobody reads it before the shutdown
+    assert sum(results) == sum(i * i for i in range(5000))
+    assert pool._core.counts["submitted"] < 100  # chunks, not one Dask task per item
+
+
+def test_a_map_nobody_reads_does_not_stall_the_timers(make_cluster_pool: Any) -> None:
+    pool = make_cluster_pool()
+    go = threading.Event()
+
+    def slow_input() -> Iterator[int]:
+        yield 1
+        go.wait(TIMEOUT)  # the map's feeder waits here
+        yield 2
+
+    pool.map(tasks.square, slow_input())  # dropped unread: fed in the background
+    try:
+        assert pool.options(delay=0.1).submit(tasks.square, 3).result(10) == 9
+    finally:
+        go.set()

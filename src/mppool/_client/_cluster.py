@@ -53,6 +53,7 @@ from ._cluster_tasks import (
     Task,
     Timers,
     connect,
+    cost_key,
     with_node_traceback,
 )
 from ._future import Future
@@ -119,6 +120,8 @@ class ClusterCore:
         self.in_dask_work = 0.0  # their estimated seconds
         self.schedules: Any = None
         self.maps: set[Any] = set()  # open maps, fed to the end by a graceful shutdown
+        self.feeders: list[threading.Thread] = []  # feeding maps nobody reads
+        self.closing_thread: threading.Thread | None = None  # failing tasks at the deadline
         try:
             self.client.register_plugin(NodePlugin(self.name, node), name=self.name)
             self.threads = max(1, sum(self.client.nthreads().values()))
@@ -172,6 +175,7 @@ class ClusterCore:
         name = getattr(fn, "__name__", "task")
         blob = dumps((fn, args, kwargs), f"the call of {name!r}")
         task = Task(self, run_call, (self.name, blob, self.node_options(opts)), name)
+        task.cost_key = cost_key(fn)
         return self.add(task, opts).future
 
     def add(self, task: Task, opts: _Options, fed: bool = False) -> Task:
@@ -246,7 +250,7 @@ class ClusterCore:
         if best is None:
             return None
         task = best[0][2]
-        cost = self.costs.of(task.name)
+        cost = self.costs.of(task.cost_key)
         if not task.ended and not self._room(cost):
             return None
         heapq.heappop(best)
@@ -379,7 +383,7 @@ class ClusterCore:
     def _done(self, task: Task, value: Any) -> None:
         """A node's answer: a call's ``(value, seconds)``, a chunk's ``(results, error,
         seconds)``; the seconds teach the window what the function costs."""
-        self.costs.observe(task.name, value[-1])
+        self.costs.observe(task.cost_key, value[-1])
         self.finish(task, value if task.items else value[0], None)
 
     def _lost(self, task: Task, status: str) -> None:
@@ -473,21 +477,24 @@ class ClusterCore:
                 self.state = "closing"
         if first and self.schedules is not None:
             self.schedules.stop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for mapping in list(self.maps):
+            if cancel_futures:
+                mapping.close()  # what it has not sent is dropped with the queue
+            else:  # a map not consumed yet still runs to its end (or to the deadline)
+                mapping.feed_all(deadline)
         if cancel_futures:
             running = self.running_keys()
             with self.lock:
                 waiting = [t for t in self.live.values() if t.dask_key not in running]
             for task in waiting:
                 task.future.cancel()
-        for mapping in list(self.maps):  # a map not consumed yet still runs to its end
-            mapping.feed_all()
         if not wait:
-            threading.Thread(target=self._close, args=(timeout,), daemon=True).start()
+            threading.Thread(target=self._close, args=(deadline,), daemon=True).start()
             return
-        self._close(timeout)
+        self._close(deadline)
 
-    def _close(self, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _close(self, deadline: float | None) -> None:
         with self.lock:
             self.changed.wait_for(
                 lambda: not self.live or self.state in ("closed", "broken"),
@@ -496,14 +503,17 @@ class ClusterCore:
             if self.state == "closed":
                 return
             left = list(self.live.values())
+        # Failed first, then cancelled in Dask: Dask's answer to the cancel must find them
+        # ended. Their callbacks run on this thread, which refuses to wait for a result.
+        self.closing_thread = threading.current_thread()
+        for task in left:
+            self.finish(task, None, CancelledByShutdownError("killed at the shutdown deadline"))
         in_dask = [t.dask for t in left if t.dask is not None]
         if in_dask:
             try:
                 self.client.cancel(in_dask, asynchronous=False)
             except Exception:
                 pass
-        for task in left:
-            self.finish(task, None, CancelledByShutdownError("killed at the shutdown deadline"))
         running = [t.dask_key for t in left if t.sent]
         if running:
             self.kill(running)
@@ -516,8 +526,9 @@ class ClusterCore:
             self.state = "closed"
             self.changed.notify_all()
         self.timers.stop(10.0)
-        if threading.current_thread() is not self.collector:
-            self.collector.join(10.0)
+        for thread in [self.collector, *self.feeders]:
+            if thread is not threading.current_thread():
+                thread.join(10.0)
         self._disconnect()
 
     def _disconnect(self) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ._cluster import ClusterCore
-from ._cluster_tasks import Task
+from ._cluster_tasks import Task, cost_key, with_node_traceback
 from ._options import _Options
 from ._planner import ChunkPlanner, Progress, Reporter
 from ._schedule import Run, Schedule, first_run
@@ -31,6 +31,7 @@ from ._serial import dumps
 
 CLUSTER_CHUNK_SECONDS = 0.1  # work per Dask task a map aims at
 WINDOW_PER_THREAD = 2  # chunks in flight per Dask thread
+FED_CHUNK = 1024  # items per chunk of an input of unknown length fed with nothing measured
 
 
 class ClusterMap:
@@ -62,6 +63,7 @@ class ClusterMap:
         self.owner = owner  # keeps the pool alive while the map is used
         self.name = getattr(fn, "__qualname__", repr(fn))
         self.fn_blob = dumps(fn, f"the function of map({self.name})")
+        self.cost_key = "map " + cost_key(fn)  # a chunk's cost, not a call's
         self.node_options = core.node_options(opts)
         self.input: Iterator[tuple[Any, ...]] = zip(*iterables, strict=False)
         total = _length(iterables)
@@ -83,13 +85,16 @@ class ClusterMap:
         return gen
 
     def _dropped(self) -> None:
-        """The results were dropped: if never iterated, the map runs in the background
-        (failures are logged, as a local pool's are)."""
+        """The results were dropped: if never iterated, the map runs in the background, fed
+        by a thread of its own (failures are logged, as a local pool's are)."""
         if not self.started and not self.closed.is_set():
-            self.core.timers.add(time.monotonic(), self._run_unread)
+            name = f"mppool-cluster-map-{self.core.tag}"
+            feeder = threading.Thread(target=self._run_unread, name=name, daemon=True)
+            self.core.feeders.append(feeder)
+            feeder.start()
 
     def _run_unread(self) -> None:
-        self.feed_all()
+        self.feed_all(None)
         with self.lock:
             tasks = list(self.inflight)
         for task in tasks:
@@ -101,7 +106,7 @@ class ClusterMap:
             return
         error = future.exception() or future.result()[1]
         if error is not None:
-            logging.getLogger("mppool.futures").error(
+            logging.getLogger("mppool.map").error(
                 "map(%s) was never iterated; it ran in the background and a part failed: %r",
                 self.name,
                 error,
@@ -125,7 +130,7 @@ class ClusterMap:
                 self.progress.advance(len(results))
                 yield from results
                 if error is not None:
-                    raise error
+                    raise with_node_traceback(error)
             if self.input_error is not None and not self.closed.is_set():
                 raise self.input_error
         finally:
@@ -159,25 +164,32 @@ class ClusterMap:
                     return t
         raise AssertionError("a finished chunk is not in flight")  # pragma: no cover
 
-    def feed_all(self) -> None:
-        """Send the rest of the input now (a graceful shutdown, or a map nobody reads)."""
-        self._fill(None, fed=True)
+    def feed_all(self, deadline: float | None) -> None:
+        """Send the rest of the input now (a graceful shutdown, or a map nobody reads), in
+        chunks of a quarter of the input per worker while none has been measured; reading
+        stops at ``deadline`` (a shutdown's hard deadline)."""
+        self._fill(None, fed=True, deadline=deadline)
 
-    def _fill(self, window: int | None, fed: bool = False) -> None:
+    def _fill(self, window: int | None, fed: bool = False, deadline: float | None = None) -> None:
         """Send chunks until ``window`` are in flight or the input is exhausted."""
         from ._cluster_node import run_chunk
 
         with self.lock:
             while not self.exhausted and (window is None or len(self.inflight) < window):
-                if self.closed.is_set():
+                if self.closed.is_set() or (deadline is not None and time.monotonic() > deadline):
                     return
-                items = self._read(self.planner.next_size(self.remaining))
+                size = self.planner.next_size(self.remaining)
+                if fed and self.planner.per_item is None and self.planner.fixed is None:
+                    # Nothing measured (nobody reads the results): do not send item by item.
+                    left, workers = self.remaining, self.core.workers
+                    size = FED_CHUNK if left is None else max(1, -(-left // (4 * workers)))
+                items = self._read(size)
                 if not items:
                     return
                 blob = self._pack(items)
                 call = (self.core.name, self.fn_blob, blob, self.node_options)
                 task = Task(self.core, run_chunk, call, f"map-{self.name}")
-                task.items = len(items)
+                task.items, task.cost_key = len(items), self.cost_key
                 self.inflight.append(self.core.add(task, self.opts, fed=fed))
 
     def _read(self, size: int) -> list[tuple[Any, ...]]:

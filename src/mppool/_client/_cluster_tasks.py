@@ -71,7 +71,8 @@ class ClusterFuture(Future[Any]):
         """Every future of a cluster pool is resolved on its collector thread: a done
         callback there that waited for another would wait forever."""
         core = self._task.core
-        if not self.done() and threading.current_thread() is core.collector:
+        here = threading.current_thread()
+        if not self.done() and here in (core.collector, core.closing_thread):
             raise RuntimeError(
                 "a done callback cannot wait for another result of the same pool: it runs on "
                 "the thread that delivers results (use add_done_callback on that future)"
@@ -85,6 +86,7 @@ class Task:
         "args",
         "core",
         "cost",
+        "cost_key",
         "dask",
         "dask_key",
         "ended",
@@ -119,6 +121,7 @@ class Task:
         self.sent = False  # taken for Dask (its Dask future follows once submitted)
         self.kill = False  # cancelled with kill while being submitted
         self.cost = 0.0  # its estimated seconds, counted in the window while in Dask
+        self.cost_key = name  # what its cost is learned under (see cost_key)
         self.dask: Any = None
         self.dask_key = ""
         self.future = ClusterFuture()
@@ -141,6 +144,16 @@ class Task:
             duration=None,
             pid=None,
         )
+
+
+def cost_key(fn: Any) -> str:
+    """What a function's cost is learned under: its module, qualified name and first line
+    (two lambdas, or two partials, are not one function)."""
+    target = getattr(fn, "func", fn)  # functools.partial: the function it wraps
+    code = getattr(target, "__code__", None)
+    name = getattr(target, "__qualname__", type(target).__qualname__)
+    where = f":{code.co_firstlineno}" if code is not None else ""
+    return f"{getattr(target, '__module__', '')}.{name}{where}"
 
 
 class Costs:
