@@ -23,8 +23,8 @@ from .._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
 from ._cluster import ClusterCore
 from ._cluster_map import ClusterMap, ClusterSchedules
 from ._future import Future
-from ._options import _Options
-from ._pool import DEFAULT_AGING_RATE, DEFAULT_INIT_TIMEOUT, Pool, PoolView, _check, _init_timeout
+from ._options import _check, _init_timeout, _Options
+from ._pool import DEFAULT_AGING_RATE, DEFAULT_INIT_TIMEOUT, Pool, PoolView
 
 _NOT_ON_A_CLUSTER = "is not available with cluster= (see README, 'Beyond one machine')"
 

@@ -1,4 +1,5 @@
-"""Per-task options as the user process holds them: checked where they are set.
+"""Per-task options and the pool's own arguments as the user process holds them: checked
+where they are set.
 
 ``Pool(...)`` and ``options(...)`` make an :class:`_Options`; every value is checked there,
 with an error that names the option, so nothing malformed reaches the dispatcher. Equal
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -171,3 +173,54 @@ class _Options:
         values = {name: getattr(self, name) for name in self.__slots__ if name != "_signature"}
         values.update(changes)
         return _Options(**values)
+
+
+# --- Pool(...) arguments -------------------------------------------------------------------
+
+
+def _open_store(path: str | os.PathLike[str] | None) -> Any:
+    if path is None:
+        return None
+    from ._store import Store
+
+    return Store(path)
+
+
+def _init_timeout(value: Any) -> float:
+    """Pool's ``init_timeout`` as the dispatcher takes it (0.0: no limit)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"init_timeout must be a number of seconds > 0 or None, not {value!r}")
+    return 0.0 if value == float("inf") else float(value)
+
+
+def _check(
+    max_queue: int,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    aging_rate: float,
+    retry: RetryPolicy | None,
+) -> None:
+    """Raise ``ValueError`` (``TypeError``) for an out-of-range ``Pool`` argument."""
+    if max_queue < 0:
+        raise ValueError("max_queue must be >= 0")
+    if max_tasks_per_child is not None and max_tasks_per_child < 1:
+        raise ValueError("max_tasks_per_child must be >= 1")
+    if max_memory_per_child is not None and max_memory_per_child < 1:
+        raise ValueError("max_memory_per_child must be >= 1 byte")
+    if aging_rate < 0:
+        raise ValueError("aging_rate must be >= 0")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TypeError("retry must be a mppool.RetryPolicy")
+
+
+def _retry_policy(retries: int | RetryPolicy | None) -> RetryPolicy:
+    """``options(retries=...)``: a number of retries with the default backoff, or a policy."""
+    if retries is None:
+        return RetryPolicy.none()
+    if isinstance(retries, RetryPolicy):
+        return retries
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
+        return RetryPolicy(max_attempts=retries + 1)
+    raise ValueError(f"retries must be an int >= 0 or a RetryPolicy, not {retries!r}")

@@ -22,7 +22,7 @@ from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
 from ._future import Future
-from ._options import UNSET, _Options
+from ._options import UNSET, _check, _init_timeout, _open_store, _Options, _retry_policy
 from ._schedule import Schedule, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
 from ._sizing import PolicyThread, check_size, send_resize, sizes
@@ -34,43 +34,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
 DEFAULT_INIT_TIMEOUT = 300.0  # seconds a worker may take to start and run its initializer
-
-
-def _open_store(path: str | os.PathLike[str] | None) -> Any:
-    if path is None:
-        return None
-    from ._store import Store
-
-    return Store(path)
-
-
-def _init_timeout(value: Any) -> float:
-    """Pool's ``init_timeout`` as the dispatcher takes it (0.0: no limit)."""
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"init_timeout must be a number of seconds > 0 or None, not {value!r}")
-    return 0.0 if value == float("inf") else float(value)
-
-
-def _check(
-    max_queue: int,
-    max_tasks_per_child: int | None,
-    max_memory_per_child: int | None,
-    aging_rate: float,
-    retry: RetryPolicy | None,
-) -> None:
-    """Raise ``ValueError`` (``TypeError``) for an out-of-range ``Pool`` argument."""
-    if max_queue < 0:
-        raise ValueError("max_queue must be >= 0")
-    if max_tasks_per_child is not None and max_tasks_per_child < 1:
-        raise ValueError("max_tasks_per_child must be >= 1")
-    if max_memory_per_child is not None and max_memory_per_child < 1:
-        raise ValueError("max_memory_per_child must be >= 1 byte")
-    if aging_rate < 0:
-        raise ValueError("aging_rate must be >= 0")
-    if retry is not None and not isinstance(retry, RetryPolicy):
-        raise TypeError("retry must be a mppool.RetryPolicy")
 
 
 class _Submitter:
@@ -232,34 +195,20 @@ class _Submitter:
         Returns:
             A :class:`PoolView`.
         """
-        changes: dict[str, Any] = {}
-        if priority is not UNSET:
-            changes["priority"] = priority
-        if timeout is not UNSET:
-            changes["timeout"] = timeout
-        if retries is not UNSET:
-            if retries is None:
-                changes["retry"] = RetryPolicy.none()
-            elif isinstance(retries, RetryPolicy):
-                changes["retry"] = retries
-            elif isinstance(retries, int) and retries >= 0:
-                changes["retry"] = RetryPolicy(max_attempts=retries + 1)
-            else:
-                raise ValueError(f"retries must be an int >= 0 or a RetryPolicy, not {retries!r}")
-        if crash_retries is not UNSET:
-            changes["crash_retries"] = crash_retries
-        if kind is not UNSET:
-            changes["kind"] = str(kind)
-        if key is not UNSET:
-            changes["key"] = key
+        changes = {
+            "priority": priority,
+            "timeout": timeout,
+            "retry": retries if retries is UNSET else _retry_policy(retries),
+            "crash_retries": crash_retries,
+            "kind": kind if kind is UNSET else str(kind),
+            "key": key,
+        }
         if delay is not UNSET:
-            changes["delay"] = delay
-            changes["at"] = None
+            changes.update(delay=delay, at=None)
         if at is not UNSET:
-            if isinstance(at, datetime.datetime):
-                at = at.timestamp()
-            changes["at"] = at
-            changes["delay"] = None
+            at = at.timestamp() if isinstance(at, datetime.datetime) else at
+            changes.update(at=at, delay=None)
+        changes = {name: value for name, value in changes.items() if value is not UNSET}
         return self._view(self._opts.replace(**changes))
 
     def _view(self, opts: _Options) -> PoolView:
