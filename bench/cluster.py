@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds"
     )
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         times = child.interleave(
             args.rounds, WORKLOADS, VARIANTS, lambda w, v: measure(cluster, w, v)

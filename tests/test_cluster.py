@@ -32,7 +32,7 @@ def _descendants() -> set[int]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as c:
         # Dask starts process-wide threads (its offload pool) on first use and keeps them,
         # and its connection pools grow on first use of each path: they are the cluster's,
@@ -530,3 +530,25 @@ def test_a_map_nobody_reads_does_not_stall_the_timers(make_cluster_pool: Any) ->
         assert pool.options(delay=0.1).submit(tasks.square, 3).result(10) == 9
     finally:
         go.set()
+
+
+def test_a_pool_whose_cluster_goes_away_breaks_and_loses_nothing_silently(
+    make_cluster_pool: Any, fifos: Any
+) -> None:
+    # A cluster of its own, closed under the pool: every task the pool held fails, visibly.
+    started, gate = fifos("started"), fifos("gate")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as own:
+        pool = mppool.Pool(cluster=own)
+        running = pool.submit(tasks.gated, started.path, gate.path)
+        started.take(1, TIMEOUT)
+        queued = [pool.submit(tasks.square, i) for i in range(5)]
+    # The cluster is closed: its scheduler and worker are gone.
+    for future in [running, *queued]:
+        assert isinstance(future.exception(TIMEOUT), mppool.BrokenPoolError)
+    assert pool.state == "broken"
+    with pytest.raises(mppool.BrokenPoolError):
+        pool.submit(tasks.square, 1)
+    pool.shutdown(wait=True, timeout=5.0)
+    gate.post(1)

@@ -67,6 +67,7 @@ WINDOW_SECONDS = 0.05  # work per Dask thread kept in Dask (what an urgent task 
 MIN_PER_THREAD = 2  # tasks per Dask thread in Dask at least (one running, one next)
 MAX_PER_THREAD = 64  # and at most
 THREADS_SECONDS = 1.0  # how often the Dask threads are counted again
+CLOSE_SECONDS = 10.0  # the longest a client this pool made may take to close
 
 
 class ClusterCore:
@@ -292,7 +293,10 @@ class ClusterCore:
                 )
             except Exception as exc:
                 self._left_dask(task)
-                self.finish(task, None, exc)
+                if self.connected():
+                    self.finish(task, None, exc)
+                else:
+                    self._lost(task, "not sent", exc)
                 continue
             self.collecting.add(dask_future)
             with self.lock:
@@ -315,7 +319,8 @@ class ClusterCore:
     def _count_threads(self) -> None:
         """Every ``THREADS_SECONDS`` (timer thread): the cluster may have grown or shrunk."""
         try:
-            self.threads = max(1, sum(self.client.nthreads().values()))
+            if self.connected():
+                self.threads = max(1, sum(self.client.nthreads().values()))
         except Exception:
             pass
         if self.state != "closed":
@@ -386,12 +391,18 @@ class ClusterCore:
         self.costs.observe(task.cost_key, value[-1])
         self.finish(task, value if task.items else value[0], None)
 
-    def _lost(self, task: Task, status: str) -> None:
-        """Dask ended a task we did not cancel: its client or the cluster is gone. The pool is
-        then broken, and every task it holds fails (none is left waiting)."""
+    def connected(self) -> bool:
+        """Whether the client still talks to the cluster (calls to a lost one would wait for
+        Dask's connect timeouts)."""
+        return getattr(self.client, "status", "running") in ("running", "newly-created")
+
+    def _lost(self, task: Task, status: str, cause: BaseException | None = None) -> None:
+        """Dask ended (or refused) a task we did not cancel. If the client has lost the
+        cluster, the pool is broken and every task it holds fails: none is left waiting."""
         client_status = getattr(self.client, "status", "running")
         error = BrokenPoolError(f"Dask dropped the task ({status}; client {client_status})")
-        broken = client_status not in ("running", "connecting", "newly-created")
+        error.__cause__ = cause
+        broken = not self.connected() and client_status != "connecting"
         with self.lock:
             if broken and self.state in ("running", "closing"):
                 self.state = "broken"
@@ -450,6 +461,8 @@ class ClusterCore:
     def kill(self, keys: list[str]) -> None:
         from ._cluster_node import kill
 
+        if not self.connected():
+            return
         try:
             self.client.run(kill, self.name, keys, on_error="ignore")
         except Exception:
@@ -463,6 +476,8 @@ class ClusterCore:
 
     def running_keys(self) -> set[str]:
         """Dask keys of this pool that a Dask worker is processing now."""
+        if not self.connected():
+            return set()
         try:
             processing = self.client.processing()
         except Exception:
@@ -534,11 +549,19 @@ class ClusterCore:
     def _disconnect(self) -> None:
         """Stop the node pools (the plugin's teardown) and close a client this pool made."""
         try:
-            self.client.unregister_worker_plugin(self.name)
+            if self.connected():
+                self.client.unregister_worker_plugin(self.name)
         except Exception:
             pass  # never registered, or the cluster is gone already: so are the node pools
         if self.owns_client:
             try:
-                self.client.close()
+                if self.client.status == "closed":
+                    # A client that closed itself when it lost the scheduler keeps its event
+                    # loop thread: Client.close() returns at once for a closed client without
+                    # stopping it (distributed 2026.8), so it is stopped here.
+                    runner = getattr(self.client, "_loop_runner", None)
+                    if runner is not None:
+                        runner.stop()
+                self.client.close(timeout=CLOSE_SECONDS)
             except Exception:
                 pass
