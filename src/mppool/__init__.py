@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._errors import (
         BrokenPoolError,
         CancelledByShutdownError,
+        DeadlineExceededError,
         MppoolError,
         PoolClosedError,
         QueueFullError,
@@ -55,6 +56,7 @@ _WHERE = {
     "PoolView": "_client._pool",
     "BrokenPoolError": "_errors",
     "CancelledByShutdownError": "_errors",
+    "DeadlineExceededError": "_errors",
     "MppoolError": "_errors",
     "PoolClosedError": "_errors",
     "QueueFullError": "_errors",
@@ -107,6 +109,7 @@ __all__ = [
     "Autoscale",
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "DeadlineExceededError",
     "Future",
     "LatencyStats",
     "MetricsServer",

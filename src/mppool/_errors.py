@@ -10,6 +10,7 @@ The tree::
     ├── RemoteError              a task's exception could not be rebuilt in the caller
     ├── WorkerCrashedError       a task kept killing the worker running it
     ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
+    ├── DeadlineExceededError    a task could not start before its deadline
     ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
     ├── CancelledByShutdownError a running task was killed by a shutdown deadline
     └── StoreError               a job store cannot be opened, read or written
@@ -23,6 +24,7 @@ from __future__ import annotations
 __all__ = [
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "DeadlineExceededError",
     "MppoolError",
     "PoolClosedError",
     "QueueFullError",
@@ -134,6 +136,32 @@ def _rebuild_crash(
 
 class TaskTimeoutError(MppoolError, TimeoutError):
     """A task was still running when its timeout passed; its worker was killed and replaced."""
+
+
+class DeadlineExceededError(MppoolError):
+    """A task with ``options(deadline=...)`` had not started when its deadline came.
+
+    It did not run (or, after failures, did not run again): a late result is worth nothing
+    to whoever set the deadline. A task already running at its deadline goes on; use
+    ``timeout`` to bound its run. ``options(run_late=True)`` keeps the deadline for ordering
+    only.
+
+    Attributes:
+        waited: seconds the task waited in the pool before its deadline came.
+        attempts: times the task had been started before (after failures that were retried).
+    """
+
+    def __init__(self, message: str, *, waited: float = 0.0, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.waited = waited
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_deadline, (str(self), self.waited, self.attempts))
+
+
+def _rebuild_deadline(message: str, waited: float, attempts: int) -> DeadlineExceededError:
+    return DeadlineExceededError(message, waited=waited, attempts=attempts)
 
 
 class TaskAbortedError(MppoolError):

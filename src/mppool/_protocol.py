@@ -82,6 +82,7 @@ CANCELLED = 7  # payload: b""
 KILLED = 8  # payload: b"": killed at the shutdown deadline
 BROKEN = 9  # payload: pickled (message, traceback text or None)
 CLOSED = 10  # payload: b"": the pool ended before the task reached the dispatcher
+EXPIRED = 11  # payload: pickled (seconds since submitted, failures): not started by its deadline
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
 # is a pickled list of arguments; FLAG_STAR marks a list of argument tuples (several iterables).
@@ -128,6 +129,7 @@ class Options(NamedTuple):
     kind: str
     retry_on: bytes | None  # pickled tuple of exception classes, None when max_attempts == 1
     retry_timeouts: bool  # whether a timeout counts as a retryable failure
+    run_late: bool  # a deadline orders the task only: it does not fail for being late
 
 
 class Function(NamedTuple):
@@ -150,6 +152,7 @@ class Submit(NamedTuple):
     not_before: float  # dispatcher clock time before which it must not run; 0: now
     payload: bytes
     key: str  # its dedup key, shown in task listings ("" if none)
+    deadline: float  # dispatcher clock time by which it must start; 0: none
 
     @staticmethod
     def view(msg: Message) -> Submit:
@@ -165,9 +168,10 @@ def submit(
     not_before: float,
     payload: bytes,
     key: str,
+    deadline: float = 0.0,
 ) -> Message:
     """Build a :class:`Submit` as a plain tuple."""
-    return (C_SUBMIT, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key)
+    return (C_SUBMIT, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key, deadline)
 
 
 class Cancel(NamedTuple):

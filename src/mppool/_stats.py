@@ -109,6 +109,8 @@ class PoolStats:
             elastic pool saves over a fixed one).
         resizes: changes of the target so far.
         scaling_events: the latest changes of the target (at most 32), oldest first.
+        expired: tasks that failed because they had not started by their deadline (also
+            counted in ``failed``).
     """
 
     submitted: int
@@ -136,6 +138,7 @@ class PoolStats:
     worker_seconds: float
     resizes: int
     scaling_events: tuple[ScalingEvent, ...]
+    expired: int = 0
 
     @property
     def succeeded(self) -> int:
@@ -172,6 +175,8 @@ class PoolStats:
             ("respawns", self.respawns),
         ]
         lines = [f"pool stats (uptime {self.uptime:.2f}s; a map chunk counts as one task)"]
+        if self.expired:
+            counters.insert(7, ("expired", self.expired))
         if self.resizes:
             counters.append(("workers", self.target_workers))
             counters.append(("resizes", self.resizes))

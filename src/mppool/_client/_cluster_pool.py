@@ -37,6 +37,8 @@ class _OnCluster:
     _owner: Any
 
     def _view(self, opts: _Options) -> ClusterView:
+        if opts.deadline is not None or opts.deadline_at is not None:
+            raise ValueError("options(deadline=...) " + _NOT_ON_A_CLUSTER)
         return ClusterView(self._core, opts, self._owner)
 
     def _mapping(

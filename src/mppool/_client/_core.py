@@ -294,7 +294,17 @@ class _Core:
             fut._stored = (self.store, key, fn, payload, time.time())
         if kept is not None:
             self.segments[task_id] = kept
-        msg = p.submit(task_id, fn_id, opts_id, p.SINGLE, 0, opts.not_before(), payload, key or "")
+        msg = p.submit(
+            task_id,
+            fn_id,
+            opts_id,
+            p.SINGLE,
+            0,
+            opts.not_before(),
+            payload,
+            key or "",
+            opts.deadline_time(),
+        )
         self.register_entry(task_id, fut, msg)
         return fut
 

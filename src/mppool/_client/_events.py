@@ -23,6 +23,7 @@ event                     logger            level    fields
 ``task_retried``          mppool.tasks      INFO     task_id, attempt, delay, cause (error,
                                                      crash or timeout)
 ``rate_limited``          mppool.tasks      DEBUG    kind
+``task_expired``          mppool.tasks      INFO     task_id (it had not started by its deadline)
 ``pool_broken``           mppool.pool       ERROR    reason
 ========================  ================  =======  ======================================
 
@@ -47,6 +48,7 @@ _LOGGER = {
     "task_timed_out": "mppool.tasks",
     "task_retried": "mppool.tasks",
     "rate_limited": "mppool.tasks",
+    "task_expired": "mppool.tasks",
     "pool_broken": "mppool.pool",
 }
 

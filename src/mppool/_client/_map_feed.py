@@ -276,7 +276,17 @@ class Feeder:
             payload, kept = pack(items, what, core.shm_prefix)
         if kept is not None:
             core.segments[chunk.task_id] = kept
-        msg = p.submit(chunk.task_id, m.fn_id, m.opts_id, len(items), m.flags, 0.0, payload, "")
+        msg = p.submit(
+            chunk.task_id,
+            m.fn_id,
+            m.opts_id,
+            len(items),
+            m.flags,
+            0.0,
+            payload,
+            "",
+            m.opts.deadline_time(),  # counted from each chunk's submission
+        )
         m.core.register_batch([(chunk.task_id, chunk, msg)])
 
     def _send_keyed(self, items: list[Any]) -> None:

@@ -85,6 +85,18 @@ def _at(value: Any) -> float | None:
     return number
 
 
+def _deadline(value: Any) -> tuple[float | None, float | None]:
+    """A deadline as ``(seconds from submission, wall-clock time)``: one of them, or neither."""
+    if value is None:
+        return None, None
+    if isinstance(value, datetime.datetime):
+        return None, value.timestamp()
+    number = _number("deadline", value)
+    if not 0 < number < math.inf:
+        raise ValueError(f"deadline must be a number of seconds > 0 or a datetime, not {value!r}")
+    return number, None
+
+
 class _Options:
     """A set of per-task options; interned per pool and sent to the dispatcher once.
 
@@ -96,11 +108,14 @@ class _Options:
         "_signature",
         "at",
         "crash_retries",
+        "deadline",
+        "deadline_at",
         "delay",
         "key",
         "kind",
         "priority",
         "retry",
+        "run_late",
         "timeout",
     )
 
@@ -114,6 +129,9 @@ class _Options:
         key: str | Callable[..., Any] | None,
         delay: float | None,
         at: float | None = None,
+        deadline: float | None = None,
+        deadline_at: float | None = None,
+        run_late: bool = False,
     ) -> None:
         if isinstance(crash_retries, bool) or not isinstance(crash_retries, int):
             raise TypeError(f"crash_retries must be an int, not {crash_retries!r}")
@@ -133,8 +151,13 @@ class _Options:
         self.at = _at(at)
         if self.delay is not None and self.at is not None:
             raise ValueError("give delay or at, not both")
+        if not isinstance(run_late, bool):
+            raise TypeError(f"run_late must be True or False, not {run_late!r}")
+        self.deadline = deadline  # seconds from each submit
+        self.deadline_at = deadline_at  # a wall-clock time
+        self.run_late = run_late
         # What the dispatcher sees of these options: equal signatures share one id.
-        self._signature = (self.priority, self.timeout, retry, crash_retries, kind)
+        self._signature = (self.priority, self.timeout, retry, crash_retries, kind, run_late)
 
     def message(self, opts_id: int) -> p.Options:
         retry = self.retry
@@ -156,6 +179,7 @@ class _Options:
             self.kind,
             retry_on,
             retry_timeouts,
+            self.run_late,
         )
 
     def signature(self) -> tuple[Any, ...]:
@@ -167,6 +191,14 @@ class _Options:
             return time.monotonic() + self.delay
         if self.at is not None:
             return time.monotonic() + (self.at - time.time())
+        return 0.0
+
+    def deadline_time(self) -> float:
+        """Dispatcher-clock time by which the task must start (0.0: no deadline)."""
+        if self.deadline is not None:
+            return time.monotonic() + self.deadline
+        if self.deadline_at is not None:
+            return time.monotonic() + (self.deadline_at - time.time())
         return 0.0
 
     def replace(self, **changes: Any) -> _Options:

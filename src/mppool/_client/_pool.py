@@ -22,7 +22,15 @@ from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
 from ._future import Future
-from ._options import UNSET, _check, _init_timeout, _open_store, _Options, _retry_policy
+from ._options import (
+    UNSET,
+    _check,
+    _deadline,
+    _init_timeout,
+    _open_store,
+    _Options,
+    _retry_policy,
+)
 from ._schedule import Schedule, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
 from ._sizing import PolicyThread, check_size, send_resize, sizes
@@ -173,6 +181,8 @@ class _Submitter:
         key: str | Callable[..., Any] | None = UNSET,
         delay: float | None = UNSET,
         at: float | datetime.datetime | None = UNSET,
+        deadline: float | datetime.datetime | None = UNSET,
+        run_late: bool = UNSET,
     ) -> PoolView:
         """A view of this pool whose tasks carry other options; it has the same methods.
 
@@ -191,6 +201,12 @@ class _Submitter:
             delay: seconds to wait before the task becomes runnable.
             at: a wall-clock time (``time.time()`` seconds or a ``datetime``) before which
                 the task does not run.
+            deadline: seconds after its submission (for ``map``: each chunk's), or a
+                ``datetime``, by which the task must start. Among tasks of one priority the
+                earliest deadline starts first; a task that has not started by its deadline
+                fails with ``DeadlineExceededError`` instead of running late. A task already
+                running goes on (``timeout`` bounds a run).
+            run_late: with a deadline, only order by it: never fail for being late.
 
         Returns:
             A :class:`PoolView`.
@@ -208,6 +224,11 @@ class _Submitter:
         if at is not UNSET:
             at = at.timestamp() if isinstance(at, datetime.datetime) else at
             changes.update(at=at, delay=None)
+        if deadline is not UNSET:
+            relative, absolute = _deadline(deadline)
+            changes.update(deadline=relative, deadline_at=absolute)
+        if run_late is not UNSET:
+            changes.update(run_late=run_late)
         changes = {name: value for name, value in changes.items() if value is not UNSET}
         return self._view(self._opts.replace(**changes))
 

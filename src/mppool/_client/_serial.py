@@ -11,6 +11,7 @@ from .. import _protocol as p
 from .._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
+    DeadlineExceededError,
     PoolClosedError,
     RemoteError,
     RemoteTraceback,
@@ -103,6 +104,15 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
             )
             _note_attempts(exc, attempts)
             return exc
+        if status == p.EXPIRED:
+            waited, failures = pickle.loads(payload)
+            before = f" (it had failed {failures} times)" if failures else ""
+            return DeadlineExceededError(
+                f"the task could not start before its deadline, {waited:.3g} s after it was "
+                f"submitted{before}; it did not run",
+                waited=waited,
+                attempts=failures,
+            )
         if status == p.CLOSED:
             return PoolClosedError("the pool was shut down before this task could run")
         if status == p.KILLED:

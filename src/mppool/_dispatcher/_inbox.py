@@ -6,6 +6,7 @@ the client, notes for the workers); none of them waits or writes itself.
 
 from __future__ import annotations
 
+import math
 import pickle
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ def submit(d: Dispatcher, m: p.Submit) -> None:
         dedup_key=m.key,
         flags=flags,
         not_before=m.not_before,
+        deadline=m.deadline or math.inf,
     )
     d.sched.submit(task)
 

@@ -210,6 +210,22 @@ class Dispatcher:
             self.results.append(p.result(task_id, p.KILLED, 0, 0.0, b""))
         self.workers.kill_all("shutdown")
 
+    def _report_expired(self, now: float) -> None:
+        """Tasks that could not start before their deadline: they fail, and are logged."""
+        for task, outcome, payload in self.sched.expired:
+            if isinstance(outcome, Fail):
+                self.table.finished(task, "failed", now)
+                self.results.append(p.result(task.id, p.EXPIRED, task.failures, 0.0, payload))
+            else:
+                self.job_done(outcome, 0)
+            self.event(
+                p.LOG_INFO,
+                "task_expired",
+                f"task {task.client_id} could not start before its deadline",
+                task_id=task.client_id,
+            )
+        self.sched.expired.clear()
+
     def _on_timeout(self, event: Timeout) -> None:
         w = self.workers.slots[event.worker]
         task = event.task
@@ -322,6 +338,8 @@ class Dispatcher:
         now = self.clock()
         for event in self.sched.fire_timers():
             self._on_timeout(event)
+        if self.sched.expired:
+            self._report_expired(now)
         if self.schedules and self.broken is None:
             _inbox.fire_schedules(self, now)
         if self.kill_at is not None and now >= self.kill_at:

@@ -18,12 +18,14 @@ from ._pipes import Claimed
 from ._runqueue import rank
 from ._tasks import (
     BACKOFF,
+    CANCELLED,
     DELAYED,
     DONE,
     QUEUED,
     RATE_LIMITED,
     SENT,
     ChunkJob,
+    Expired,
     Fail,
     JobDone,
     Retry,
@@ -204,6 +206,62 @@ class Outcomes:
         s.jobs.pop(job.task_id, None)
         s.counts["completed" if job.err is None else "failed"] += 1
         return JobDone(job, task)
+
+    # --- deadlines ------------------------------------------------------------------------------
+    def deadline_passed(self, task: Task, now: float) -> None:
+        """``task``'s deadline came: whatever of it has not started fails (see ``expired``).
+
+        A task in a worker's pipe that the worker has not claimed is taken back and fails;
+        one already running goes on. For a map chunk, that holds for each of its parts: the
+        chunk ends with the error at the first item that had not started.
+        """
+        s = self.s
+        job = task.job
+        units = [task] if job is None else sorted(job.parts, key=lambda t: t.start)
+        payload = pickle.dumps((now - task.submitted_at, task.failures))
+        for unit in units:
+            if unit.state == SENT:
+                moved = s.pipes.take_task(unit)
+                if moved is None and job is not None and unit.batch is not None:
+                    # The worker is on this part: take back its items it has not started.
+                    moved = s.pipes.take_back(unit.batch, s.pipes.unclaimed(unit.batch))
+                moved = moved or []
+                for other in moved:
+                    if other is not unit and (job is None or other.job is not job):
+                        s.requeue(other, now)  # other work behind it in that batch
+                    elif other is not unit:
+                        self._expire(other, now, payload)  # the unstarted end of this chunk
+                if not moved or moved[0] is not unit:
+                    continue  # it has started: it runs
+            elif unit.state in (DONE, CANCELLED):
+                continue
+            else:
+                s.leave_queue(unit)
+            self._expire(unit, now, payload)
+
+    def _expire(self, unit: Task, now: float, payload: bytes) -> None:
+        s = self.s
+        s.tasks.pop(unit.id, None)
+        job = unit.job
+        unit.state = DONE
+        unit.batch = None
+        if job is None:
+            s.counts["failed"] += 1
+            s.counts["expired"] += 1
+            s.expired.append(Expired(unit, Fail(unit), payload))
+            return
+        if job.task_id not in s.jobs:
+            return  # the chunk has already been reported
+        if job.err is None:
+            s.counts["expired"] += 1
+        job.add_error(unit.start, p.EXPIRED, payload)
+        job.parts.discard(unit)
+        self._drop_parts_after(job, unit.start)
+        if job.parts:
+            return  # its running parts report first; the last one ends the chunk
+        s.jobs.pop(job.task_id, None)
+        s.counts["failed"] += 1
+        s.expired.append(Expired(unit, JobDone(job, unit), payload))
 
     # --- timeouts and deaths -------------------------------------------------------------------
     def timed_out(self, task: Task, now: float) -> Timeout:

@@ -46,7 +46,7 @@ from ._claims import ClaimCounters
 from ._estimates import Estimates
 from ._outcomes import Outcomes
 from ._pipes import Pipes
-from ._runqueue import RunQueue, rank
+from ._runqueue import Rank, RunQueue, rank
 from ._stealing import Stealing
 from ._tasks import (
     CANCELLED,
@@ -56,17 +56,27 @@ from ._tasks import (
     SENT,
     Batch,
     ChunkJob,
+    Expired,
     Task,
     Timeout,
 )
-from ._waiting import BUCKET, RELEASE, Waiting
+from ._waiting import BUCKET, DEADLINE, RELEASE, Waiting
 
 # --- tunables (module constants so tests can change them) ------------------------------------
 PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one write
 PREFETCH_MAX_SECONDS = 0.010  # a batch is prefetched only behind this little known work
 MAX_IN_PIPE = 256  # tasks in one batch at most
 
-COUNTERS = ("submitted", "completed", "failed", "retried", "crashed", "timed_out", "cancelled")
+COUNTERS = (
+    "submitted",
+    "completed",
+    "failed",
+    "retried",
+    "crashed",
+    "timed_out",
+    "cancelled",
+    "expired",
+)
 
 
 class Scheduler:
@@ -117,12 +127,13 @@ class Scheduler:
         self.done_by = [0] * workers
         self.busy_by = [0.0] * workers
         # Per worker, the rank and queue position of the last task it surely started.
-        self.ran: list[tuple[tuple[float, int], int]] = [((-math.inf, 0), 0)] * workers
-        self.max_given = (-math.inf, 0)  # the rank of the least urgent task ever handed out
+        self.ran: list[tuple[Rank, int]] = [((-math.inf, -math.inf, 0), 0)] * workers
+        self.max_given: Rank = (-math.inf, -math.inf, 0)  # least urgent rank ever handed out
         self.recheck = False  # a worker was left without work, to be reconsidered shortly
         # Events for the user's logs, at or above ``note_level`` (see ``Dispatcher.event``).
         self.note_level = p.LOG_WARNING
         self.notes: list[tuple[int, str, str, dict[str, Any]]] = []
+        self.expired: list[Expired] = []  # tasks past their deadline, for the dispatcher to report
 
     def note(self, level: int, name: str, message: str, **fields: Any) -> None:
         """Record an event for the user's logs, if anyone listens at ``level``."""
@@ -145,7 +156,7 @@ class Scheduler:
         self._up.append(False)
         self.done_by.append(0)
         self.busy_by.append(0.0)
-        self.ran.append(((-math.inf, 0), 0))
+        self.ran.append(((-math.inf, -math.inf, 0), 0))
         return self.workers - 1
 
     def is_up(self, w: int) -> bool:
@@ -172,6 +183,8 @@ class Scheduler:
         if task.job is not None:
             self.jobs[task.id] = task.job
             task.job.parts.add(task)
+        if task.deadline != math.inf and not task.opts.run_late:
+            self.waiting.arm_deadline(task)
         if task.not_before > now:
             self.waiting.hold(task, task.not_before, DELAYED)
         else:
@@ -312,7 +325,8 @@ class Scheduler:
         return self.waiting.next_timer()
 
     def fire_timers(self) -> list[Timeout]:
-        """Release due delayed/backoff tasks into the heap; report expired timeouts."""
+        """Release due delayed/backoff tasks into the heap; report expired timeouts (and
+        put tasks that missed their deadline on ``expired``)."""
         now = self.clock()
         out: list[Timeout] = []
         for kind, obj in self.waiting.due(now):
@@ -323,6 +337,8 @@ class Scheduler:
             assert isinstance(obj, Task)
             if kind == RELEASE:
                 self._enqueue(obj, now)
+            elif kind == DEADLINE:
+                self.outcomes.deadline_passed(obj, now)
             elif obj.started_at + obj.opts.timeout <= now + 1e-9:
                 out.append(self.outcomes.timed_out(obj, now))
         return out

@@ -13,6 +13,7 @@ dispatcher take back the units of work the worker has not started (see ``mppool.
 from __future__ import annotations
 
 import bisect
+import math
 import pickle
 import random
 from typing import NamedTuple
@@ -46,6 +47,7 @@ class TaskOptions(NamedTuple):
     crash_retries: int = CRASH_RETRIES
     kind: str = ""
     retry_timeouts: bool = False
+    run_late: bool = False  # a deadline only orders the task: it never fails for being late
 
     @classmethod
     def from_message(cls, msg: p.Options) -> TaskOptions:
@@ -60,6 +62,7 @@ class TaskOptions(NamedTuple):
             crash_retries=msg.crash_retries,
             kind=msg.kind,
             retry_timeouts=msg.retry_timeouts,
+            run_late=msg.run_late,
         )
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -132,6 +135,7 @@ class Task:
         "batch",
         "block",
         "crashes",
+        "deadline",
         "dedup_key",
         "failures",
         "flags",
@@ -167,6 +171,7 @@ class Task:
         flags: int = 0,
         not_before: float = 0.0,
         dedup_key: str = "",
+        deadline: float = math.inf,
     ) -> None:
         self.id = task_id
         self.fn_id = fn_id
@@ -194,6 +199,7 @@ class Task:
         self.not_before = not_before
         self.has_token = False
         self.dedup_key = dedup_key
+        self.deadline = deadline  # start before this (dispatcher clock), or fail; inf: none
 
     @property
     def n_items(self) -> int:
@@ -223,6 +229,7 @@ class Task:
         part.job = self.job
         part.start, part.stop, part.block = at, self.stop, self.block
         part.heap_key, part.order, part.arrived = self.heap_key, self.order, self.arrived
+        part.deadline = self.deadline
         part.submitted_at = self.submitted_at
         part.dedup_key = self.dedup_key
         part.has_token = True  # a rate-limited chunk paid once for all its parts
@@ -329,6 +336,14 @@ class JobDone(NamedTuple):
 
     job: ChunkJob
     task: Task  # the part that finished last
+
+
+class Expired(NamedTuple):
+    """A task could not start before its deadline: ``outcome`` says what to report."""
+
+    task: Task
+    outcome: Fail | JobDone
+    payload: bytes  # pickled (seconds since submitted, failures before)
 
 
 class Timeout(NamedTuple):

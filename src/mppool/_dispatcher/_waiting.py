@@ -5,6 +5,7 @@ Three kinds of wait, one timer heap:
 * a *delay* (``options(delay=...)``, ``at=``) or a retry's *backoff*: a release timer puts
   the task into the heap when it is due;
 * a *timeout*: armed when a task starts, it fires if the task is still running then;
+* a *deadline*: armed when a task arrives, it fires if the task has not started by then;
 * a *rate limit*: a task of a limited kind waits in its kind's queue (in priority order)
   until the kind's token bucket has a token; a bucket timer wakes the kind when the next
   token is due.
@@ -20,11 +21,12 @@ import itertools
 from collections.abc import Iterator
 
 from .._ratelimit import TokenBucket
-from ._tasks import BACKOFF, DELAYED, RATE_LIMITED, SENT, Task
+from ._tasks import BACKOFF, DELAYED, LOCAL_STATES, RATE_LIMITED, SENT, Task
 
 RELEASE = 0  # a delayed or backing-off task becomes runnable
 TIMEOUT = 1  # a running task's timeout
 BUCKET = 2  # a kind's token bucket has a token again
+DEADLINE = 3  # a task must have started by now
 
 
 class Waiting:
@@ -39,7 +41,7 @@ class Waiting:
         self._timers: list[tuple[float, int, int, Task | str, int]] = []
         self._seq = itertools.count(1)
         self._buckets = {k: TokenBucket(*v, now) for k, v in rate_limits.items()}
-        self._limited: dict[str, list[tuple[tuple[float, int], int, int, Task]]] = {
+        self._limited: dict[str, list[tuple[tuple[float, float, int], int, int, Task]]] = {
             k: [] for k in self._buckets
         }
         self._bucket_timer: dict[str, float] = {}
@@ -59,11 +61,16 @@ class Waiting:
     def arm_timeout(self, task: Task, at: float) -> None:
         self._push(at, TIMEOUT, task, task.attempt)
 
+    def arm_deadline(self, task: Task) -> None:
+        self._push(task.deadline, DEADLINE, task, 0)
+
     def _push(self, at: float, kind: int, obj: Task | str, attempt: int) -> None:
         heapq.heappush(self._timers, (at, next(self._seq), kind, obj, attempt))
 
     @staticmethod
     def _live(kind: int, task: Task, attempt: int) -> bool:
+        if kind == DEADLINE:  # for every attempt: live until the task (or its chunk) ends
+            return task.state in LOCAL_STATES or (task.job is not None and bool(task.job.parts))
         if task.attempt != attempt:
             return False
         if kind == RELEASE:
@@ -81,8 +88,8 @@ class Waiting:
         return None
 
     def due(self, now: float) -> Iterator[tuple[int, Task | str]]:
-        """The timers due at ``now``, as ``(RELEASE, task)``, ``(TIMEOUT, task)`` or
-        ``(BUCKET, kind)``; stale ones are skipped."""
+        """The timers due at ``now``, as ``(RELEASE, task)``, ``(TIMEOUT, task)``,
+        ``(DEADLINE, task)`` or ``(BUCKET, kind)``; stale ones are skipped."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, obj, attempt = heapq.heappop(timers)
@@ -98,7 +105,7 @@ class Waiting:
     def needs_token(self, task: Task) -> bool:
         return not task.has_token and task.opts.kind in self._buckets
 
-    def park(self, task: Task, rank: tuple[float, int]) -> None:
+    def park(self, task: Task, rank: tuple[float, float, int]) -> None:
         """``task`` waits in its kind's queue (by ``rank``) for a token."""
         task.state = RATE_LIMITED
         task.worker = -1

@@ -47,6 +47,7 @@ _COUNTERS = (
     ("crashed", "tasks_crashed", "Worker deaths blamed on the task they were running."),
     ("timed_out", "tasks_timed_out", "Tasks killed at their timeout."),
     ("cancelled", "tasks_cancelled", "Tasks removed before they ran."),
+    ("expired", "tasks_expired", "Tasks that failed, not started by their deadline."),
     ("deduplicated", "tasks_deduplicated", "Submits answered by an in-flight task's future."),
     ("respawns", "worker_respawns", "Worker processes replaced."),
     ("steals", "steals", "Steal operations between workers' local queues."),

@@ -1,0 +1,168 @@
+"""Scheduling policies on the pure core, with a fake clock: deadlines (earliest deadline
+first, and failing instead of starting late), weighted fair share between kinds, and circuit
+breakers per kind.
+
+The tests play the workers, as in ``test_scheduler``: they take claim tokens and report
+results in whatever order a case needs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import pickle
+
+from mppool import _protocol as p
+from mppool._dispatcher import _scheduler as s
+from mppool._dispatcher._tasks import Batch, Fail, JobDone, Task, TaskOptions
+
+from .test_scheduler import drain, make
+
+_ids = itertools.count(10_000)
+
+
+def complete(sched: s.Scheduler, batch: Batch, duration: float = 0.0) -> None:
+    """The worker, which has claimed ``batch``'s single task, reports it done."""
+    (t,) = batch.tasks
+    assert sched.outcomes.complete(batch.worker, t.id, t.attempt, duration) is t
+
+
+def dl_task(
+    deadline: float = math.inf,
+    priority: float = 0.0,
+    run_late: bool = False,
+    n_items: int = 0,
+    kind: str = "",
+) -> Task:
+    opts = TaskOptions(priority=priority, run_late=run_late, kind=kind)
+    return Task(next(_ids), 1, 0, opts, b"", n_items=n_items, deadline=deadline)
+
+
+# --- deadlines -----------------------------------------------------------------------------------
+def test_earliest_deadline_first_within_a_priority_then_fifo() -> None:
+    sched, clock, claims = make()
+    now = clock.now
+    busy = dl_task()
+    sched.submit(busy)
+    running = sched.assign(0)  # the worker is busy: everything below queues up
+    assert running is not None and claims.claim(running)
+    tasks = [
+        dl_task(),  # no deadline: after every task of its level that has one
+        dl_task(now + 30),
+        dl_task(now + 10),
+        dl_task(now + 20, priority=5),  # a higher priority still goes first
+        dl_task(now + 10),  # equal deadlines: arrival order
+        dl_task(now + 5, priority=-1),
+    ]
+    for t in tasks:
+        sched.submit(t)
+    complete(sched, running)
+    order = [t.id for t in drain(sched, claims)]
+    expected = [tasks[i].id for i in (3, 2, 4, 1, 0, 5)]
+    assert order == expected
+
+
+def test_with_aging_a_deadline_takes_the_oldest_place_of_its_level() -> None:
+    sched, clock, claims = make(aging=1.0)  # one priority level per second
+    old = dl_task()
+    sched.submit(old)  # the worker is idle: it starts at once
+    first = sched.assign(0)
+    assert first is not None and claims.claim(first)
+    waiting = dl_task()
+    sched.submit(waiting)
+    clock.advance(3.0)  # 3 s later, tasks of the same level arrive with deadlines
+    urgent = dl_task(clock.now + 1)
+    later = dl_task(clock.now + 50)
+    high = dl_task(priority=2)  # 2 levels up, but 3 s younger than `waiting`
+    for t in (later, high, urgent):
+        sched.submit(t)
+    complete(sched, first)
+    order = [t.id for t in drain(sched, claims)]
+    # The level's oldest place (older than `high`'s, by aging) goes to the earliest
+    # deadline; the rest of the level keeps deadline order, and no deadline comes last.
+    assert order == [urgent.id, later.id, waiting.id, high.id]
+
+
+def test_a_task_that_cannot_start_by_its_deadline_fails_instead() -> None:
+    sched, clock, claims = make()
+    blocker = dl_task()
+    sched.submit(blocker)
+    running = sched.assign(0)
+    assert running is not None and claims.claim(running)
+    late = dl_task(clock.now + 2.0)
+    relaxed = dl_task(clock.now + 2.0, run_late=True)
+    sched.submit(late)
+    sched.submit(relaxed)
+    clock.advance(1.9)
+    sched.fire_timers()
+    assert sched.expired == []
+    clock.advance(0.2)
+    sched.fire_timers()
+    (expired,) = sched.expired
+    assert expired.task is late and isinstance(expired.outcome, Fail)
+    waited, failures = pickle.loads(expired.payload)
+    assert abs(waited - 2.1) < 1e-6 and failures == 0
+    assert sched.counts["expired"] == 1 and sched.counts["failed"] == 1
+    sched.expired.clear()
+    complete(sched, running)
+    assert [t.id for t in drain(sched, claims)] == [relaxed.id]  # late, but it asked for that
+    assert sched.empty()
+
+
+def test_a_deadline_takes_back_unstarted_pipe_work_but_never_a_running_task() -> None:
+    sched, clock, claims = make()
+    sched.estimates.per_item[1] = 0.002  # short: the next task is prefetched into the pipe
+    a = dl_task(clock.now + 1.0)
+    b = dl_task(clock.now + 1.0)
+    sched.submit(a)
+    sched.submit(b)
+    first = sched.assign(0)
+    second = sched.assign(0)
+    assert first is not None and second is not None and second.tasks == [b]
+    assert claims.claim(first)  # a starts in time; b waits in the pipe
+    clock.advance(1.5)
+    sched.fire_timers()
+    assert [e.task for e in sched.expired] == [b]  # taken back from the pipe, failed
+    assert not claims.claim(second)  # the worker finds its token gone: b never starts
+    sched.cut(0, second.id)
+    assert sched.outcomes.complete(0, a.id, a.attempt, 1.5) is a  # a ran to its end
+    assert sched.empty()
+
+
+def test_a_retry_that_would_start_after_the_deadline_fails_with_it() -> None:
+    sched, clock, claims = make()
+    opts = TaskOptions(max_attempts=3, initial_delay=5.0)
+    t = Task(next(_ids), 1, 0, opts, b"", deadline=clock.now + 2.0)
+    sched.submit(t)
+    batch = sched.assign(0)
+    assert batch is not None and claims.claim(batch)
+    sched.outcomes.fail(0, t.id, t.attempt, 0.1, retryable=True)
+    assert sched.counts["retried"] == 1  # backing off for 5 s, past the deadline
+    clock.advance(2.0)
+    sched.fire_timers()
+    (expired,) = sched.expired
+    assert expired.task is t and pickle.loads(expired.payload)[1] == 1  # one failure before
+    assert sched.empty()
+
+
+def test_a_chunk_past_its_deadline_ends_at_its_first_unstarted_item() -> None:
+    sched, clock, claims = make(workers=2)
+    sched.estimates.per_item[1] = 0.01
+    chunk = dl_task(clock.now + 1.0, n_items=8)
+    sched.submit(chunk)
+    batch = sched.assign(0)
+    assert batch is not None and chunk.block == 1
+    for _ in range(3):  # the worker starts three items
+        assert claims.claim(batch)
+    started_items = 3
+    clock.advance(2.0)
+    sched.fire_timers()
+    assert sched.expired == []  # its first part is running: the chunk waits for it
+    msg = p.PartResult.view(
+        p.part_result(chunk.id, chunk.attempt, 0.03, started_items, pickle.dumps([]), p.OK, b"")
+    )
+    done = sched.outcomes.part_done(0, msg)
+    assert isinstance(done, JobDone)
+    assert done.job.err is not None and done.job.err[0] == started_items
+    assert done.job.err[1] == p.EXPIRED
+    assert sched.empty()
