@@ -379,6 +379,8 @@ def test_what_a_cluster_cannot_do_is_refused(make_cluster_pool: Any, cluster: An
         {"store": "jobs.db"},
         {"aging_rate": 1.0},
         {"cpu_affinity": True},
+        {"shares": {"etl": 3}},
+        {"circuit_breakers": {"io": mppool.CircuitBreaker()}},
     ):
         with pytest.raises(ValueError, match="not available with cluster="):
             mppool.Pool(cluster=cluster, **kwargs)
@@ -393,6 +395,8 @@ def test_what_a_cluster_cannot_do_is_refused(make_cluster_pool: Any, cluster: An
         pool.share(b"x")
     with pytest.raises(ValueError, match="map on a cluster"):
         pool.options(key=lambda x: x).map(tasks.square, [1])
+    with pytest.raises(ValueError, match="deadline"):
+        pool.options(deadline=5)
     # The pool serves on.
     assert pool.submit(tasks.square, 5).result(TIMEOUT) == 25
 

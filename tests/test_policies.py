@@ -13,10 +13,11 @@ import math
 import pickle
 
 from mppool import _protocol as p
+from mppool._breaker import CircuitBreaker
 from mppool._dispatcher import _scheduler as s
 from mppool._dispatcher._tasks import Batch, Fail, JobDone, Task, TaskOptions
 
-from .test_scheduler import drain, make
+from .test_scheduler import FakeClaims, FakeClock, drain, make
 
 _ids = itertools.count(10_000)
 
@@ -95,15 +96,15 @@ def test_a_task_that_cannot_start_by_its_deadline_fails_instead() -> None:
     sched.submit(relaxed)
     clock.advance(1.9)
     sched.fire_timers()
-    assert sched.expired == []
+    assert sched.unstarted == []
     clock.advance(0.2)
     sched.fire_timers()
-    (expired,) = sched.expired
+    (expired,) = sched.unstarted
     assert expired.task is late and isinstance(expired.outcome, Fail)
     waited, failures = pickle.loads(expired.payload)
     assert abs(waited - 2.1) < 1e-6 and failures == 0
     assert sched.counts["expired"] == 1 and sched.counts["failed"] == 1
-    sched.expired.clear()
+    sched.unstarted.clear()
     complete(sched, running)
     assert [t.id for t in drain(sched, claims)] == [relaxed.id]  # late, but it asked for that
     assert sched.empty()
@@ -122,7 +123,7 @@ def test_a_deadline_takes_back_unstarted_pipe_work_but_never_a_running_task() ->
     assert claims.claim(first)  # a starts in time; b waits in the pipe
     clock.advance(1.5)
     sched.fire_timers()
-    assert [e.task for e in sched.expired] == [b]  # taken back from the pipe, failed
+    assert [e.task for e in sched.unstarted] == [b]  # taken back from the pipe, failed
     assert not claims.claim(second)  # the worker finds its token gone: b never starts
     sched.cut(0, second.id)
     assert sched.outcomes.complete(0, a.id, a.attempt, 1.5) is a  # a ran to its end
@@ -140,7 +141,7 @@ def test_a_retry_that_would_start_after_the_deadline_fails_with_it() -> None:
     assert sched.counts["retried"] == 1  # backing off for 5 s, past the deadline
     clock.advance(2.0)
     sched.fire_timers()
-    (expired,) = sched.expired
+    (expired,) = sched.unstarted
     assert expired.task is t and pickle.loads(expired.payload)[1] == 1  # one failure before
     assert sched.empty()
 
@@ -157,7 +158,7 @@ def test_a_chunk_past_its_deadline_ends_at_its_first_unstarted_item() -> None:
     started_items = 3
     clock.advance(2.0)
     sched.fire_timers()
-    assert sched.expired == []  # its first part is running: the chunk waits for it
+    assert sched.unstarted == []  # its first part is running: the chunk waits for it
     msg = p.PartResult.view(
         p.part_result(chunk.id, chunk.attempt, 0.03, started_items, pickle.dumps([]), p.OK, b"")
     )
@@ -166,3 +167,125 @@ def test_a_chunk_past_its_deadline_ends_at_its_first_unstarted_item() -> None:
     assert done.job.err is not None and done.job.err[0] == started_items
     assert done.job.err[1] == p.EXPIRED
     assert sched.empty()
+
+
+# --- circuit breakers ----------------------------------------------------------------------------
+def breaker_sched(wait: bool = False) -> tuple[s.Scheduler, FakeClock, FakeClaims]:
+    clock, claims = FakeClock(), FakeClaims()
+    knobs = CircuitBreaker(failures=3, within=10, reset_after=60, wait=wait).knobs()
+    sched = s.Scheduler(1, clock, claims, aging_rate=0.0, circuit_breakers={"io": knobs})
+    sched.worker_up(0)
+    return sched, clock, claims
+
+
+def run_next(sched: s.Scheduler, claims: FakeClaims, ok: bool) -> Task:
+    """The worker runs the next task and reports success or a (non-retryable) error."""
+    batch = sched.assign(0)
+    assert batch is not None and claims.claim(batch)
+    (t,) = batch.tasks
+    if ok:
+        assert sched.outcomes.complete(0, t.id, t.attempt, 0.01) is t
+    else:
+        assert isinstance(sched.outcomes.fail(0, t.id, t.attempt, 0.01, retryable=False), Fail)
+    sched.tick()  # the dispatcher's next round applies what the circuit judges
+    return t
+
+
+def refused(sched: s.Scheduler) -> list[Task]:
+    out = [u.task for u in sched.unstarted if u.status == p.CIRCUIT_OPEN]
+    sched.unstarted.clear()
+    return out
+
+
+def test_a_circuit_opens_fails_its_kind_fast_then_probes_and_closes() -> None:
+    sched, clock, claims = breaker_sched()
+    io = [dl_task(kind="io") for _ in range(6)]
+    other = dl_task(kind="cpu")
+    for t in (*io, other):
+        sched.submit(t)
+    run_next(sched, claims, ok=False)
+    clock.advance(11)  # the first failure leaves the 10 s window
+    run_next(sched, claims, ok=False)
+    run_next(sched, claims, ok=False)
+    assert sched.circuits.by_kind["io"].state == "closed"  # two within the window
+    run_next(sched, claims, ok=False)  # the third within 10 s: open
+    assert sched.circuits.by_kind["io"].state == "open"
+    refusals = list(sched.unstarted)
+    assert refused(sched) == io[4:]  # queued tasks of the kind fail fast...
+    assert pickle.loads(refusals[0].payload) == ("io", 60.0)
+    late = dl_task(kind="io")
+    sched.submit(late)
+    assert refused(sched) == [late]  # ... and so do new ones
+    assert run_next(sched, claims, ok=True) is other  # other kinds run on
+    clock.advance(60)
+    assert sched.fire_timers() == []  # the circuit's wait ends: half-open
+    probe, second = dl_task(kind="io"), dl_task(kind="io")
+    sched.submit(probe)
+    sched.submit(second)
+    assert refused(sched) == [second]  # one probe at a time
+    assert run_next(sched, claims, ok=True) is probe
+    assert sched.circuits.by_kind["io"].state == "closed"
+    after = dl_task(kind="io")
+    sched.submit(after)
+    assert refused(sched) == [] and run_next(sched, claims, ok=True) is after
+    assert sched.counts["refused"] == 4 and sched.circuits.by_kind["io"].opened == 1
+
+
+def test_a_failed_probe_opens_the_circuit_again() -> None:
+    sched, clock, claims = breaker_sched()
+    for _ in range(3):
+        sched.submit(dl_task(kind="io"))
+        run_next(sched, claims, ok=False)
+    assert sched.circuits.by_kind["io"].state == "open"
+    clock.advance(60)
+    sched.fire_timers()
+    sched.submit(dl_task(kind="io"))
+    run_next(sched, claims, ok=False)  # the probe fails
+    circuit = sched.circuits.by_kind["io"]
+    assert circuit.state == "open" and circuit.opened == 2
+    assert circuit.half_open_at == clock.now + 60
+    clock.advance(59)
+    sched.submit(dl_task(kind="io"))
+    assert len(refused(sched)) == 1  # still open
+
+
+def test_a_waiting_breaker_holds_its_kind_and_releases_it_in_priority_order() -> None:
+    sched, clock, claims = breaker_sched(wait=True)
+    for _ in range(3):
+        sched.submit(dl_task(kind="io", priority=10))  # these run (and fail) first
+    held = [dl_task(kind="io", priority=pr) for pr in (0, 5, 1)]
+    for t in held:
+        sched.submit(t)
+    for _ in range(3):
+        run_next(sched, claims, ok=False)  # the first three fail: open
+    assert refused(sched) == [] and sched.queued == 3  # held, not failed
+    assert sched.assign(0) is None  # nothing runs while open
+    clock.advance(60)
+    sched.fire_timers()  # half-open: the most urgent held task probes
+    assert run_next(sched, claims, ok=True) is held[1]
+    assert [t.id for t in drain(sched, claims)] == [held[2].id, held[0].id]
+    assert sched.empty()
+
+
+def test_cancelling_a_held_task_or_the_probe_frees_the_circuit() -> None:
+    sched, clock, claims = breaker_sched(wait=True)
+    for _ in range(3):
+        sched.submit(dl_task(kind="io"))
+        run_next(sched, claims, ok=False)
+    waiting = dl_task(kind="io")
+    sched.submit(waiting)
+    assert sched.cancel(waiting.id, kill=False) == (True, [])
+    assert sched.queued == 0
+    clock.advance(60)
+    sched.fire_timers()
+    probe = dl_task(kind="io")
+    sched.submit(probe)
+    batch = sched.assign(0)
+    assert batch is not None and batch.tasks == [probe] and claims.claim(batch)
+    assert sched.cancel(probe.id, kill=False) == (True, [])  # forgotten while it runs
+    sched.outcomes.complete(0, probe.id, probe.attempt, 0.01)  # its result is dropped
+    sched.tick()
+    nxt = dl_task(kind="io")
+    sched.submit(nxt)
+    assert run_next(sched, claims, ok=True) is nxt  # the next task could probe
+    assert sched.circuits.by_kind["io"].state == "closed"

@@ -14,7 +14,7 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker
+from .conftest import PoolTracker, wait_until
 
 T = 60
 
@@ -50,3 +50,55 @@ def test_deadlines_order_a_level_and_fail_what_cannot_start_in_time(
         pool.options(deadline=0)
     with pytest.raises(TypeError, match="run_late"):
         pool.options(run_late="yes")  # type: ignore[arg-type]
+
+
+def test_a_circuit_breaker_fails_fast_probes_and_closes(make_pool: PoolTracker) -> None:
+    breaker = mppool.CircuitBreaker(failures=2, within=30, reset_after=0.5)
+    pool = make_pool(2, circuit_breakers={"io": breaker})
+    io = pool.options(kind="io")
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            io.submit(tasks.raise_value_error, "down").result(timeout=T)
+    assert wait_until(lambda: pool.stats().circuits["io"].state == "open", T)
+    err = io.submit(tasks.square, 3).exception(timeout=T)
+    assert isinstance(err, mppool.CircuitOpenError) and err.kind == "io"
+    assert 0 < err.retry_in <= 0.5
+    assert pool.submit(tasks.square, 4).result(timeout=T) == 16  # other kinds run on
+    stats = pool.stats()
+    assert stats.refused == 1 and stats.circuits["io"].opened == 1
+    assert stats.circuits["io"].retry_at is not None
+    assert "circuit" in str(stats)
+    # After reset_after the next task probes; its success closes the circuit.
+    assert wait_until(lambda: pool.stats().circuits["io"].state == "half-open", T)
+    assert io.submit(tasks.square, 5).result(timeout=T) == 25
+    assert pool.stats().circuits["io"].state == "closed"
+    assert io.submit(tasks.square, 6).result(timeout=T) == 36
+
+
+def test_a_waiting_circuit_breaker_holds_tasks_until_a_probe_succeeds(
+    make_pool: PoolTracker,
+) -> None:
+    breaker = mppool.CircuitBreaker(failures=1, within=30, reset_after=0.3, wait=True)
+    pool = make_pool(2, circuit_breakers={"io": breaker})
+    io = pool.options(kind="io")
+    with pytest.raises(ValueError):
+        io.submit(tasks.raise_value_error, "down").result(timeout=T)
+    held = [io.submit(tasks.square, x) for x in range(5)]
+    # They wait (held, not failed), then run once the first of them has probed.
+    assert [f.result(timeout=T) for f in held] == [x * x for x in range(5)]
+    stats = pool.stats()
+    assert stats.circuits["io"].state == "closed" and stats.refused == 0
+    assert stats.circuits["io"].rejected >= 1
+
+
+def test_policy_arguments_are_checked(make_pool: PoolTracker) -> None:
+    with pytest.raises(TypeError, match="CircuitBreaker"):
+        make_pool(1, circuit_breakers={"io": 5})
+    with pytest.raises(ValueError, match="failures"):
+        mppool.CircuitBreaker(failures=0)
+    with pytest.raises(ValueError, match="reset_after"):
+        mppool.CircuitBreaker(reset_after=float("inf"))
+    with pytest.raises(ValueError, match="shares"):
+        make_pool(1, shares={"etl": 0})
+    with pytest.raises(TypeError, match="shares"):
+        make_pool(1, shares=[("etl", 1)])

@@ -17,12 +17,14 @@ replaced and its task retried; a hung task is killed at its timeout.
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
     from ._client._future import Future
     from ._client._pool import Pool, PoolView
     from ._client._schedule import Run, Schedule
     from ._errors import (
         BrokenPoolError,
         CancelledByShutdownError,
+        CircuitOpenError,
         DeadlineExceededError,
         MppoolError,
         PoolClosedError,
@@ -39,7 +41,14 @@ if TYPE_CHECKING:
     from ._retry import RetryPolicy
     from ._scaling import Autoscale, ScalingEvent
     from ._shm import Shared
-    from ._stats import LatencyStats, Percentiles, PoolStats, TaskInfo, WorkerStats
+    from ._stats import (
+        CircuitStats,
+        LatencyStats,
+        Percentiles,
+        PoolStats,
+        TaskInfo,
+        WorkerStats,
+    )
     from ._web._prometheus import MetricsServer, PoolCollector, metrics_registry, serve_metrics
     from ._web._registry import Registry, register
     from ._web._server import Server, serve
@@ -56,6 +65,8 @@ _WHERE = {
     "PoolView": "_client._pool",
     "BrokenPoolError": "_errors",
     "CancelledByShutdownError": "_errors",
+    "CircuitOpenError": "_errors",
+    "CircuitBreaker": "_breaker",
     "DeadlineExceededError": "_errors",
     "MppoolError": "_errors",
     "PoolClosedError": "_errors",
@@ -82,6 +93,7 @@ _WHERE = {
     "Shared": "_shm",
     "Run": "_client._schedule",
     "Schedule": "_client._schedule",
+    "CircuitStats": "_stats",
     "LatencyStats": "_stats",
     "Percentiles": "_stats",
     "PoolStats": "_stats",
@@ -109,6 +121,9 @@ __all__ = [
     "Autoscale",
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CircuitStats",
     "DeadlineExceededError",
     "Future",
     "LatencyStats",

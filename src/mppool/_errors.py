@@ -11,6 +11,7 @@ The tree::
     ├── WorkerCrashedError       a task kept killing the worker running it
     ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
     ├── DeadlineExceededError    a task could not start before its deadline
+    ├── CircuitOpenError         a task's kind had its circuit open: it failed fast
     ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
     ├── CancelledByShutdownError a running task was killed by a shutdown deadline
     └── StoreError               a job store cannot be opened, read or written
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "BrokenPoolError",
     "CancelledByShutdownError",
+    "CircuitOpenError",
     "DeadlineExceededError",
     "MppoolError",
     "PoolClosedError",
@@ -162,6 +164,29 @@ class DeadlineExceededError(MppoolError):
 
 def _rebuild_deadline(message: str, waited: float, attempts: int) -> DeadlineExceededError:
     return DeadlineExceededError(message, waited=waited, attempts=attempts)
+
+
+class CircuitOpenError(MppoolError):
+    """The task's kind has its circuit open (``Pool(circuit_breakers=...)``): its recent
+    tasks kept failing, so this one failed at once instead of running.
+
+    Attributes:
+        kind: the task's kind.
+        retry_in: seconds until the circuit lets a probe task through (0.0: it is half-open,
+            and another task is the probe).
+    """
+
+    def __init__(self, message: str, *, kind: str = "", retry_in: float = 0.0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_in = retry_in
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_circuit, (str(self), self.kind, self.retry_in))
+
+
+def _rebuild_circuit(message: str, kind: str, retry_in: float) -> CircuitOpenError:
+    return CircuitOpenError(message, kind=kind, retry_in=retry_in)
 
 
 class TaskAbortedError(MppoolError):

@@ -83,6 +83,7 @@ KILLED = 8  # payload: b"": killed at the shutdown deadline
 BROKEN = 9  # payload: pickled (message, traceback text or None)
 CLOSED = 10  # payload: b"": the pool ended before the task reached the dispatcher
 EXPIRED = 11  # payload: pickled (seconds since submitted, failures): not started by its deadline
+CIRCUIT_OPEN = 12  # payload: pickled (kind, seconds until a probe may run): failed fast
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
 # is a pickled list of arguments; FLAG_STAR marks a list of argument tuples (several iterables).
@@ -111,6 +112,8 @@ class Config(NamedTuple):
     affinity: list[list[int]]
     shm_prefix: str  # the start of every shared-memory segment name of this pool
     autoscale: tuple[Any, ...] | None  # Autoscale.knobs(), or None for a fixed size
+    shares: dict[str, float]  # kind -> weight of its fair share of the workers' time
+    circuit_breakers: dict[str, tuple[int, float, float, bool]]  # kind -> CircuitBreaker.knobs()
 
 
 class Options(NamedTuple):

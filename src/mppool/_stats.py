@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._scaling import ScalingEvent
 
-__all__ = ["LatencyStats", "Percentiles", "PoolStats", "TaskInfo", "WorkerStats"]
+__all__ = [
+    "CircuitStats",
+    "LatencyStats",
+    "Percentiles",
+    "PoolStats",
+    "TaskInfo",
+    "WorkerStats",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +40,28 @@ class LatencyStats:
     queue_wait: Percentiles
     run_time: Percentiles
     end_to_end: Percentiles
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStats:
+    """One kind's circuit breaker (``Pool(circuit_breakers=...)``).
+
+    Attributes:
+        state: ``"closed"``, ``"open"`` or ``"half-open"`` (the next task, or the one
+            running, is the probe).
+        failures: failed attempts within the breaker's window (while closed).
+        opened: times the circuit opened.
+        rejected: tasks failed fast (or held) because it was not closed.
+        held: tasks waiting for it to close (a breaker with ``wait=True``).
+        retry_at: wall-clock time an open circuit lets a probe through (None otherwise).
+    """
+
+    state: str
+    failures: int
+    opened: int
+    rejected: int
+    held: int
+    retry_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +140,8 @@ class PoolStats:
         scaling_events: the latest changes of the target (at most 32), oldest first.
         expired: tasks that failed because they had not started by their deadline (also
             counted in ``failed``).
+        refused: tasks failed fast by an open circuit (also counted in ``failed``).
+        circuits: per kind with a circuit breaker, its state.
     """
 
     submitted: int
@@ -139,6 +170,8 @@ class PoolStats:
     resizes: int
     scaling_events: tuple[ScalingEvent, ...]
     expired: int = 0
+    refused: int = 0
+    circuits: dict[str, CircuitStats] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> int:
@@ -151,9 +184,12 @@ class PoolStats:
         workers = tuple(WorkerStats(**w) for w in snap["workers"])
         latency = LatencyStats(**{k: Percentiles(*v) for k, v in snap["latency"].items()})
         events = tuple(ScalingEvent(*row) for row in snap["scaling_events"])
-        skip = ("workers", "latency", "scaling_events")
+        circuits = {k: CircuitStats(**v) for k, v in snap.get("circuits", {}).items()}
+        skip = ("workers", "latency", "scaling_events", "circuits")
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
-        return cls(workers=workers, latency=latency, scaling_events=events, **fields)
+        return cls(
+            workers=workers, latency=latency, scaling_events=events, circuits=circuits, **fields
+        )
 
     def __str__(self) -> str:
         """A readable summary: counters, latency percentiles and one row per worker.
@@ -177,6 +213,8 @@ class PoolStats:
         lines = [f"pool stats (uptime {self.uptime:.2f}s; a map chunk counts as one task)"]
         if self.expired:
             counters.insert(7, ("expired", self.expired))
+        if self.circuits or self.refused:
+            counters.insert(7, ("refused", self.refused))
         if self.resizes:
             counters.append(("workers", self.target_workers))
             counters.append(("resizes", self.resizes))
@@ -204,6 +242,10 @@ class PoolStats:
                 f"  {w.index:>6}{w.pid:>9}{w.state:>10}{w.tasks_done:>8}{w.busy_seconds:>9.2f}"
                 f"{w.busy_fraction:>7.0%}{cpu:>7}{rss:>9}"
             )
+        if self.circuits:
+            lines += ["", f"  {'circuit':<12}{'state':>10}{'failures':>10}{'opened':>8}{'held':>8}"]
+            for kind, c in sorted(self.circuits.items()):
+                lines.append(f"  {kind:<12}{c.state:>10}{c.failures:>10}{c.opened:>8}{c.held:>8}")
         return "\n".join(lines)
 
 

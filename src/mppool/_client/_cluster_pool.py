@@ -90,9 +90,14 @@ class ClusterPool(_OnCluster, Pool):
         threads_per_worker: int | str | None = "auto",
         preload: Iterable[str] = (),
         cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
+        shares: dict[str, float] | None = None,
+        circuit_breakers: dict[str, Any] | None = None,
     ) -> None:
         if cluster is None:
             raise TypeError("ClusterPool needs cluster=")
+        for name, value in (("shares", shares), ("circuit_breakers", circuit_breakers)):
+            if value:
+                raise ValueError(f"{name}= " + _NOT_ON_A_CLUSTER)
         if workers is not None:
             raise ValueError(
                 "workers= " + _NOT_ON_A_CLUSTER + ": a cluster pool runs one worker process "

@@ -88,6 +88,8 @@ class _Core:
         setup: WorkerSetup | None = None,
         autoscale: tuple[Any, ...] | None = None,
         slots: int = 0,
+        shares: dict[str, float] | None = None,
+        circuit_breakers: dict[str, tuple[int, float, float, bool]] | None = None,
     ) -> None:
         self.workers = workers  # the current target (an elastic pool changes it)
         self.policy: Any = None  # the thread of a user's autoscale policy, if any
@@ -136,6 +138,8 @@ class _Core:
             *(setup or WorkerSetup({}, [], [])),
             self.shm_prefix,
             autoscale,
+            shares or {},
+            circuit_breakers or {},
         )
         try:
             self.conn = Connection(self.lock, self.deliver, self.ended)

@@ -256,3 +256,42 @@ def _retry_policy(retries: int | RetryPolicy | None) -> RetryPolicy:
     if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
         return RetryPolicy(max_attempts=retries + 1)
     raise ValueError(f"retries must be an int >= 0 or a RetryPolicy, not {retries!r}")
+
+
+def _shares(shares: Any) -> dict[str, float]:
+    """``Pool(shares=...)``: kind -> a weight > 0."""
+    if shares is None:
+        return {}
+    if not isinstance(shares, dict):
+        raise TypeError(f"shares must be a dict of kind -> weight, not {shares!r}")
+    out = {}
+    for kind, weight in shares.items():
+        if not isinstance(kind, str):
+            raise TypeError(f"shares: a kind must be a string, not {kind!r}")
+        number = _number(f"shares[{kind!r}]", weight)
+        if not 0 < number < math.inf:
+            raise ValueError(f"shares[{kind!r}] must be a finite weight > 0, not {weight!r}")
+        out[kind] = number
+    return out
+
+
+def _circuit_breakers(breakers: Any) -> dict[str, tuple[int, float, float, bool]]:
+    """``Pool(circuit_breakers=...)``: kind -> ``CircuitBreaker.knobs()``."""
+    from .._breaker import CircuitBreaker
+
+    if breakers is None:
+        return {}
+    if not isinstance(breakers, dict):
+        raise TypeError(
+            f"circuit_breakers must be a dict of kind -> CircuitBreaker, not {breakers!r}"
+        )
+    out = {}
+    for kind, breaker in breakers.items():
+        if not isinstance(kind, str):
+            raise TypeError(f"circuit_breakers: a kind must be a string, not {kind!r}")
+        if not isinstance(breaker, CircuitBreaker):
+            raise TypeError(
+                f"circuit_breakers[{kind!r}] must be a mppool.CircuitBreaker, not {breaker!r}"
+            )
+        out[kind] = breaker.knobs()
+    return out

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequenc
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._backoff import CRASH_RETRIES
+from .._breaker import CircuitBreaker
 from .._ratelimit import RateLimit
 from .._retry import RetryPolicy
 from .._scaling import Autoscale
@@ -25,11 +26,13 @@ from ._future import Future
 from ._options import (
     UNSET,
     _check,
+    _circuit_breakers,
     _deadline,
     _init_timeout,
     _open_store,
     _Options,
     _retry_policy,
+    _shares,
 )
 from ._schedule import Schedule, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
@@ -313,6 +316,13 @@ class Pool(_Submitter, concurrent.futures.Executor):
             (``"tcp://host:8786"``). Each Dask worker runs a pool of its own (one worker
             process per Dask thread); see README, "Beyond one machine". Needs the ``dask``
             extra.
+        shares: weighted fair share of the workers' time between kinds, e.g.
+            ``{"etl": 3, "adhoc": 1}``: while several kinds have work queued, run time is
+            split by these weights (a kind not listed weighs 1); an idle kind's share goes
+            to the others. Priorities order the tasks within a kind.
+        circuit_breakers: per kind, a ``mppool.CircuitBreaker``: after repeated failures
+            the kind's queued and new tasks fail fast with ``CircuitOpenError`` (or wait)
+            until a probe task succeeds (see README, "Scheduling policies").
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -346,11 +356,14 @@ class Pool(_Submitter, concurrent.futures.Executor):
         threads_per_worker: int | str | None = "auto",
         preload: Iterable[str] = (),
         cpu_affinity: bool | Sequence[Iterable[int]] | None = None,
+        shares: dict[str, float] | None = None,
+        circuit_breakers: dict[str, CircuitBreaker] | None = None,
     ) -> None:
         if cluster is not None:
             raise TypeError("cluster= is handled by mppool.Pool itself, not by a subclass")
         autoscale, workers, most = sizes(workers)
         _check(max_queue, max_tasks_per_child, max_memory_per_child, aging_rate, retry)
+        weights, breakers = _shares(shares), _circuit_breakers(circuit_breakers)
         limits = {
             str(kind): (lim.rate, lim.per, lim.burst)
             for kind, lim in ((k, RateLimit.parse(v)) for k, v in (rate_limits or {}).items())
@@ -381,6 +394,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
                 setup=setup,
                 autoscale=None if autoscale is None else autoscale.knobs(),
                 slots=most,
+                shares=weights,
+                circuit_breakers=breakers,
             )
         except BaseException:
             if journal is not None:

@@ -11,6 +11,7 @@ from .. import _protocol as p
 from .._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
+    CircuitOpenError,
     DeadlineExceededError,
     PoolClosedError,
     RemoteError,
@@ -112,6 +113,15 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
                 f"submitted{before}; it did not run",
                 waited=waited,
                 attempts=failures,
+            )
+        if status == p.CIRCUIT_OPEN:
+            kind, retry_in = pickle.loads(payload)
+            when = f"a probe may run in {retry_in:.3g} s" if retry_in else "a probe is running"
+            return CircuitOpenError(
+                f"the circuit of kind {kind!r} is open after repeated failures ({when}); "
+                "the task did not run",
+                kind=kind,
+                retry_in=retry_in,
             )
         if status == p.CLOSED:
             return PoolClosedError("the pool was shut down before this task could run")

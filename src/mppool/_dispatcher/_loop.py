@@ -77,6 +77,7 @@ class Dispatcher:
             self.claims,
             aging_rate=config.aging_rate,
             rate_limits=config.rate_limits,
+            circuit_breakers=config.circuit_breakers,
         )
         self.sched.note_level = config.log_level
         self.table = TaskTable()
@@ -210,21 +211,22 @@ class Dispatcher:
             self.results.append(p.result(task_id, p.KILLED, 0, 0.0, b""))
         self.workers.kill_all("shutdown")
 
-    def _report_expired(self, now: float) -> None:
-        """Tasks that could not start before their deadline: they fail, and are logged."""
-        for task, outcome, payload in self.sched.expired:
+    def _report_unstarted(self, now: float) -> None:
+        """Tasks failed without running (past their deadline, or their circuit open)."""
+        for task, outcome, status, payload in self.sched.unstarted:
             if isinstance(outcome, Fail):
                 self.table.finished(task, "failed", now)
-                self.results.append(p.result(task.id, p.EXPIRED, task.failures, 0.0, payload))
+                self.results.append(p.result(task.id, status, task.failures, 0.0, payload))
             else:
                 self.job_done(outcome, 0)
-            self.event(
-                p.LOG_INFO,
-                "task_expired",
-                f"task {task.client_id} could not start before its deadline",
-                task_id=task.client_id,
-            )
-        self.sched.expired.clear()
+            if status == p.EXPIRED:
+                self.event(
+                    p.LOG_INFO,
+                    "task_expired",
+                    f"task {task.client_id} could not start before its deadline",
+                    task_id=task.client_id,
+                )
+        self.sched.unstarted.clear()
 
     def _on_timeout(self, event: Timeout) -> None:
         w = self.workers.slots[event.worker]
@@ -338,8 +340,6 @@ class Dispatcher:
         now = self.clock()
         for event in self.sched.fire_timers():
             self._on_timeout(event)
-        if self.sched.expired:
-            self._report_expired(now)
         if self.schedules and self.broken is None:
             _inbox.fire_schedules(self, now)
         if self.kill_at is not None and now >= self.kill_at:
@@ -354,6 +354,8 @@ class Dispatcher:
             self.sizing.check(now)  # after: what is still queued, no worker could take
         if (self.doomed_fns or self.doomed_opts) and self.sched.empty():
             self._forget_unused()
+        if self.sched.unstarted:
+            self._report_unstarted(now)
         if self.sched.notes:
             for level, name, message, fields in self.sched.notes:
                 self.event(level, name, message, **fields)

@@ -18,19 +18,19 @@ from ._pipes import Claimed
 from ._runqueue import rank
 from ._tasks import (
     BACKOFF,
-    CANCELLED,
     DELAYED,
     DONE,
+    LOCAL_STATES,
     QUEUED,
     RATE_LIMITED,
     SENT,
     ChunkJob,
-    Expired,
     Fail,
     JobDone,
     Retry,
     Task,
     Timeout,
+    Unstarted,
 )
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class Outcomes:
             forgotten = self.forgotten.pop(run_id, None)
             if forgotten is not None:
                 s.pipes.reported(forgotten)
+                if s.circuits.by_kind:
+                    s.circuits.ended(forgotten)  # cancelled while running: it judges nothing
             return None
         s.pipes.reported(task)
         s.ran[w] = (rank(task), task.given)  # the last task w surely started
@@ -81,8 +83,11 @@ class Outcomes:
         if task is None:
             return None
         task.state = DONE
-        del self.s.tasks[run_id]
-        self.s.counts["completed"] += 1
+        s = self.s
+        del s.tasks[run_id]
+        s.counts["completed"] += 1
+        if s.circuits.by_kind:
+            s.circuits.judge(task, True, s.clock())
         return task
 
     def fail(
@@ -98,6 +103,8 @@ class Outcomes:
         s = self.s
         task.failures += 1
         task.attempt += 1
+        if s.circuits.by_kind:
+            s.circuits.judge(task, False, s.clock())
         if retryable and task.failures < task.opts.max_attempts:
             now = s.clock()
             at = now + task.opts.backoff(task.failures, s.rng)
@@ -142,6 +149,11 @@ class Outcomes:
         job.add_piece(task.start, msg.n_done, msg.results)
         at = task.start + msg.n_done
         now = s.clock()
+        if s.circuits.by_kind:
+            if msg.err_status == p.OK:
+                s.circuits.judge(task, True, now)
+            else:
+                s.circuits.judge(task, False, now)
         if msg.err_status == p.OK:
             if at < task.stop:  # stopped early without an error: run the rest elsewhere
                 s.requeue(task.split(at, s.part_id()), now)
@@ -207,61 +219,70 @@ class Outcomes:
         s.counts["completed" if job.err is None else "failed"] += 1
         return JobDone(job, task)
 
-    # --- deadlines ------------------------------------------------------------------------------
+    # --- deadlines and open circuits: failing work that has not started -----------------------
     def deadline_passed(self, task: Task, now: float) -> None:
-        """``task``'s deadline came: whatever of it has not started fails (see ``expired``).
+        """``task``'s deadline came: whatever of it has not started fails (``EXPIRED``).
 
         A task in a worker's pipe that the worker has not claimed is taken back and fails;
         one already running goes on. For a map chunk, that holds for each of its parts: the
         chunk ends with the error at the first item that had not started.
         """
-        s = self.s
-        job = task.job
-        units = [task] if job is None else sorted(job.parts, key=lambda t: t.start)
         payload = pickle.dumps((now - task.submitted_at, task.failures))
+        units = [task] if task.job is None else sorted(task.job.parts, key=lambda t: t.start)
         for unit in units:
-            if unit.state == SENT:
-                moved = s.pipes.take_task(unit)
-                if moved is None and job is not None and unit.batch is not None:
-                    # The worker is on this part: take back its items it has not started.
-                    moved = s.pipes.take_back(unit.batch, s.pipes.unclaimed(unit.batch))
-                moved = moved or []
-                for other in moved:
-                    if other is not unit and (job is None or other.job is not job):
-                        s.requeue(other, now)  # other work behind it in that batch
-                    elif other is not unit:
-                        self._expire(other, now, payload)  # the unstarted end of this chunk
-                if not moved or moved[0] is not unit:
-                    continue  # it has started: it runs
-            elif unit.state in (DONE, CANCELLED):
-                continue
-            else:
-                s.leave_queue(unit)
-            self._expire(unit, now, payload)
+            self.refuse_unstarted(unit, p.EXPIRED, payload, now)
 
-    def _expire(self, unit: Task, now: float, payload: bytes) -> None:
+    def refuse_unstarted(self, unit: Task, status: int, payload: bytes, now: float) -> None:
+        """Fail ``unit`` with ``status`` unless it has started (or ended); from a worker's
+        pipe, take back what it has not started."""
+        s = self.s
+        job = unit.job
+        if unit.state == SENT:
+            moved = s.pipes.take_task(unit)
+            if moved is None and job is not None and unit.batch is not None:
+                # The worker is on this part: take back its items it has not started.
+                moved = s.pipes.take_back(unit.batch, s.pipes.unclaimed(unit.batch))
+            moved = moved or []
+            for other in moved:
+                if other is not unit and (job is None or other.job is not job):
+                    s.requeue(other, now)  # other work behind it in that batch
+                elif other is not unit:
+                    self.refuse(other, status, payload)  # the unstarted end of this chunk
+            if not moved or moved[0] is not unit:
+                return  # it has started: it runs
+        elif unit.state not in LOCAL_STATES:
+            return
+        else:
+            s.leave_queue(unit)
+        self.refuse(unit, status, payload)
+
+    def refuse(self, unit: Task, status: int, payload: bytes) -> None:
+        """``unit``, which is not running and holds no place, fails with ``status``."""
         s = self.s
         s.tasks.pop(unit.id, None)
+        if s.circuits.by_kind:
+            s.circuits.ended(unit)
         job = unit.job
         unit.state = DONE
         unit.batch = None
+        counter = "expired" if status == p.EXPIRED else "refused"
         if job is None:
             s.counts["failed"] += 1
-            s.counts["expired"] += 1
-            s.expired.append(Expired(unit, Fail(unit), payload))
+            s.counts[counter] += 1
+            s.unstarted.append(Unstarted(unit, Fail(unit), status, payload))
             return
         if job.task_id not in s.jobs:
             return  # the chunk has already been reported
         if job.err is None:
-            s.counts["expired"] += 1
-        job.add_error(unit.start, p.EXPIRED, payload)
+            s.counts[counter] += 1
+        job.add_error(unit.start, status, payload)
         job.parts.discard(unit)
         self._drop_parts_after(job, unit.start)
         if job.parts:
             return  # its running parts report first; the last one ends the chunk
         s.jobs.pop(job.task_id, None)
         s.counts["failed"] += 1
-        s.expired.append(Expired(unit, JobDone(job, unit), payload))
+        s.unstarted.append(Unstarted(unit, JobDone(job, unit), status, payload))
 
     # --- timeouts and deaths -------------------------------------------------------------------
     def timed_out(self, task: Task, now: float) -> Timeout:
@@ -321,6 +342,8 @@ class Outcomes:
         s = self.s
         task.crashes += 1
         task.failures += 1
+        if s.circuits.by_kind:
+            s.circuits.judge(task, False, now)
         s.counts["crashed"] += 1
         if task.crashes > task.opts.crash_retries:
             task.state = DONE
@@ -351,6 +374,8 @@ class Outcomes:
             s.requeue(task, now)  # the blocks before it ran; their results were lost
         unit.block = 1  # if it fails again, the failure names its item
         unit.failures = task.failures + 1
+        if s.circuits.by_kind:
+            s.circuits.judge(task, False, now)
         if timed_out:
             retry = unit.opts.retry_timeouts and unit.failures < unit.opts.max_attempts
         else:

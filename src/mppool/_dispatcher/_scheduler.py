@@ -42,6 +42,7 @@ from typing import Any
 
 from .. import _protocol as p
 from ._cancelling import Cancelling
+from ._circuits import Circuits
 from ._claims import ClaimCounters
 from ._estimates import Estimates
 from ._outcomes import Outcomes
@@ -51,16 +52,17 @@ from ._stealing import Stealing
 from ._tasks import (
     CANCELLED,
     DELAYED,
+    HELD,
     PART_IDS_FROM,
     QUEUED,
     SENT,
     Batch,
     ChunkJob,
-    Expired,
     Task,
     Timeout,
+    Unstarted,
 )
-from ._waiting import BUCKET, DEADLINE, RELEASE, Waiting
+from ._waiting import BUCKET, CIRCUIT, DEADLINE, RELEASE, Waiting
 
 # --- tunables (module constants so tests can change them) ------------------------------------
 PIPE_WINDOW_SECONDS = 0.001  # estimated work of tiny tasks batched into one write
@@ -76,6 +78,7 @@ COUNTERS = (
     "timed_out",
     "cancelled",
     "expired",
+    "refused",
 )
 
 
@@ -93,6 +96,7 @@ class Scheduler:
         aging_rate: priority levels a queued task gains per second of waiting (0: off).
         rng: random source for backoff jitter.
         rate_limits: per kind, ``(rate, per seconds, burst)`` of its token bucket.
+        circuit_breakers: per kind, ``CircuitBreaker.knobs()``.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class Scheduler:
         aging_rate: float,
         rng: random.Random | None = None,
         rate_limits: dict[str, tuple[float, float, int]] | None = None,
+        circuit_breakers: dict[str, tuple[int, float, float, bool]] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -119,6 +124,7 @@ class Scheduler:
         self.stealing = Stealing(self)
         self.outcomes = Outcomes(self)
         self.cancelling = Cancelling(self)
+        self.circuits = Circuits(self, circuit_breakers or {})
         self.tasks: dict[int, Task] = {}  # live tasks and parts by run id
         self.jobs: dict[int, ChunkJob] = {}  # live map chunks by client id
         self._up = [False] * workers
@@ -133,7 +139,8 @@ class Scheduler:
         # Events for the user's logs, at or above ``note_level`` (see ``Dispatcher.event``).
         self.note_level = p.LOG_WARNING
         self.notes: list[tuple[int, str, str, dict[str, Any]]] = []
-        self.expired: list[Expired] = []  # tasks past their deadline, for the dispatcher to report
+        # Tasks failed without running (deadline passed, circuit open), for the dispatcher.
+        self.unstarted: list[Unstarted] = []
 
     def note(self, level: int, name: str, message: str, **fields: Any) -> None:
         """Record an event for the user's logs, if anyone listens at ``level``."""
@@ -170,7 +177,10 @@ class Scheduler:
         return self._up[w] and not self.pipes.busy(w)
 
     def tick(self) -> None:
-        """A new round of the dispatcher's loop (clears ``recheck``)."""
+        """A new round of the dispatcher's loop: apply the outcomes circuit breakers judge
+        (noted while results and deaths were handled), clear ``recheck``."""
+        if self.circuits.pending:
+            self.circuits.apply()
         self.recheck = False
 
     # --- entering ------------------------------------------------------------------------------
@@ -191,6 +201,9 @@ class Scheduler:
             self._enqueue(task, now)
 
     def _enqueue(self, task: Task, now: float, take_back: bool = True) -> None:
+        circuits = self.circuits
+        if circuits.by_kind and task.opts.kind in circuits.by_kind and not circuits.gate(task, now):
+            return  # failed, or held until the circuit closes
         waiting = self.waiting
         if waiting.needs_token(task):
             self.queue.place(task, now)
@@ -208,6 +221,10 @@ class Scheduler:
             self._enqueue(ready, now)
         if self.waiting.rate_limited_waits > waits:
             self.note(p.LOG_DEBUG, "rate_limited", f"kind {kind!r} is out of tokens", kind=kind)
+
+    def release_held(self, task: Task, now: float) -> None:
+        """A task held by its kind's circuit may run (it closed, or the task probes)."""
+        self._enqueue(task, now)
 
     def requeue(self, task: Task, now: float) -> None:
         """Put a task taken back from a pipe (or a new part of one) into the heap."""
@@ -326,13 +343,17 @@ class Scheduler:
 
     def fire_timers(self) -> list[Timeout]:
         """Release due delayed/backoff tasks into the heap; report expired timeouts (and
-        put tasks that missed their deadline on ``expired``)."""
+        put tasks that missed their deadline on ``unstarted``)."""
         now = self.clock()
         out: list[Timeout] = []
         for kind, obj in self.waiting.due(now):
             if kind == BUCKET:
                 assert isinstance(obj, str)
                 self._release(obj, now)
+                continue
+            if kind == CIRCUIT:
+                assert isinstance(obj, str)
+                self.circuits.wake(obj, now)
                 continue
             assert isinstance(obj, Task)
             if kind == RELEASE:
@@ -356,8 +377,12 @@ class Scheduler:
         """``task`` is cancelled before it ran: its place in the heap or a wait is skipped."""
         if task.state == QUEUED:
             self.queue.discard(task)
+        elif task.state == HELD:
+            self.circuits.leave(task)
         else:
             self.waiting.forget(task)
+        if self.circuits.by_kind:
+            self.circuits.ended(task)
         task.state = CANCELLED
 
     def abort_all(self) -> list[int]:
@@ -374,13 +399,14 @@ class Scheduler:
         self.outcomes.expired_parts.clear()
         self.queue.clear()
         self.waiting.clear()
+        self.circuits.clear()
         return sorted(ids)
 
     # --- introspection -------------------------------------------------------------------------
     @property
     def queued(self) -> int:
         """Tasks waiting for a worker (heap, delays, backoffs, rate limits)."""
-        return self.queue.live + self.waiting.delayed + self.waiting.limited
+        return self.queue.live + self.waiting.delayed + self.waiting.limited + self.circuits.held
 
     def empty(self) -> bool:
         """No task anywhere: nothing queued, delayed or running."""

@@ -130,6 +130,7 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
         uptime=uptime,
         latency=d.latency.snapshot(),
         workers=_workers(d, uptime),
+        circuits=sched.circuits.snapshot(d.clock(), d.wall()),
     )
     snap.update(d.sizing.snapshot())
     return snap

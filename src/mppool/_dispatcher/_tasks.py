@@ -27,9 +27,10 @@ QUEUED = "queued"  # in the heap
 SENT = "sent"  # in a worker's pipe (running, or claimable by the worker)
 BACKOFF = "retrying"  # waiting out a retry delay
 RATE_LIMITED = "rate-limited"  # waiting for a token of its kind
+HELD = "held"  # waiting for its kind's circuit to close (a circuit breaker with wait=True)
 DONE = "done"
 CANCELLED = "cancelled"
-LOCAL_STATES = frozenset({DELAYED, QUEUED, SENT, BACKOFF, RATE_LIMITED})  # still live
+LOCAL_STATES = frozenset({DELAYED, QUEUED, SENT, BACKOFF, RATE_LIMITED, HELD})  # still live
 
 PART_IDS_FROM = 1 << 62  # ids of parts made by splitting a chunk (clients count up from 1)
 
@@ -338,12 +339,16 @@ class JobDone(NamedTuple):
     task: Task  # the part that finished last
 
 
-class Expired(NamedTuple):
-    """A task could not start before its deadline: ``outcome`` says what to report."""
+class Unstarted(NamedTuple):
+    """A task fails without running: past its deadline, or its kind's circuit is open.
+
+    ``outcome`` says what to report: the task's failure, or its map chunk's end.
+    """
 
     task: Task
     outcome: Fail | JobDone
-    payload: bytes  # pickled (seconds since submitted, failures before)
+    status: int  # p.EXPIRED or p.CIRCUIT_OPEN
+    payload: bytes
 
 
 class Timeout(NamedTuple):

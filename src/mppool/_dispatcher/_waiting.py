@@ -27,6 +27,7 @@ RELEASE = 0  # a delayed or backing-off task becomes runnable
 TIMEOUT = 1  # a running task's timeout
 BUCKET = 2  # a kind's token bucket has a token again
 DEADLINE = 3  # a task must have started by now
+CIRCUIT = 4  # an open circuit lets a probe through
 
 
 class Waiting:
@@ -64,6 +65,9 @@ class Waiting:
     def arm_deadline(self, task: Task) -> None:
         self._push(task.deadline, DEADLINE, task, 0)
 
+    def arm_circuit(self, kind: str, at: float) -> None:
+        self._push(at, CIRCUIT, kind, 0)
+
     def _push(self, at: float, kind: int, obj: Task | str, attempt: int) -> None:
         heapq.heappush(self._timers, (at, next(self._seq), kind, obj, attempt))
 
@@ -89,13 +93,15 @@ class Waiting:
 
     def due(self, now: float) -> Iterator[tuple[int, Task | str]]:
         """The timers due at ``now``, as ``(RELEASE, task)``, ``(TIMEOUT, task)``,
-        ``(DEADLINE, task)`` or ``(BUCKET, kind)``; stale ones are skipped."""
+        ``(DEADLINE, task)``, ``(BUCKET, kind)`` or ``(CIRCUIT, kind)``; stale ones are
+        skipped."""
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, kind, obj, attempt = heapq.heappop(timers)
             if isinstance(obj, str):
-                self._bucket_timer.pop(obj, None)
-                yield BUCKET, obj
+                if kind == BUCKET:
+                    self._bucket_timer.pop(obj, None)
+                yield kind, obj
             elif self._live(kind, obj, attempt):
                 if kind == RELEASE:
                     self.delayed -= 1

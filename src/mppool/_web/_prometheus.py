@@ -48,6 +48,7 @@ _COUNTERS = (
     ("timed_out", "tasks_timed_out", "Tasks killed at their timeout."),
     ("cancelled", "tasks_cancelled", "Tasks removed before they ran."),
     ("expired", "tasks_expired", "Tasks that failed, not started by their deadline."),
+    ("refused", "tasks_refused", "Tasks failed fast by an open circuit."),
     ("deduplicated", "tasks_deduplicated", "Submits answered by an in-flight task's future."),
     ("respawns", "worker_respawns", "Worker processes replaced."),
     ("steals", "steals", "Steal operations between workers' local queues."),
@@ -105,6 +106,7 @@ class PoolCollector(Collector):
         yield from _queue(stats)
         yield from _workers(stats)
         yield from _latency(stats)
+        yield from _circuits(stats)
 
 
 def _counters(stats: PoolStats) -> Iterator[Metric]:
@@ -113,6 +115,36 @@ def _counters(stats: PoolStats) -> Iterator[Metric]:
         family = CounterMetricFamily(_name(name), doc)
         family.add_metric([], float(value))
         yield family
+
+
+_CIRCUIT_STATES = ("closed", "half-open", "open")
+
+
+def _circuits(stats: PoolStats) -> Iterator[Metric]:
+    """Per kind with a circuit breaker: its state (one gauge per state), openings, refusals."""
+    if not stats.circuits:
+        return
+    state = GaugeMetricFamily(
+        _name("circuit_state"),
+        "1 for a circuit's current state (closed, half-open, open), per kind.",
+        labels=["kind", "state"],
+    )
+    opened = CounterMetricFamily(
+        _name("circuit_opened"), "Times a kind's circuit opened.", labels=["kind"]
+    )
+    rejected = CounterMetricFamily(
+        _name("circuit_rejected"),
+        "Tasks failed fast or held because their kind's circuit was not closed.",
+        labels=["kind"],
+    )
+    for kind, c in sorted(stats.circuits.items()):
+        for name in _CIRCUIT_STATES:
+            state.add_metric([kind, name], 1.0 if c.state == name else 0.0)
+        opened.add_metric([kind], float(c.opened))
+        rejected.add_metric([kind], float(c.rejected))
+    yield state
+    yield opened
+    yield rejected
 
 
 def _queue(stats: PoolStats) -> Iterator[Metric]:
