@@ -361,3 +361,16 @@ def call(fn: Any) -> Any:
 def spin_then_stamp_value(seconds: float, value: Any) -> Any:
     spin(seconds)
     return value
+
+
+def total(values: Any, *more: Any) -> float:
+    """The sum of every value in ``values`` (arrays and lists included) plus ``more``."""
+    import numpy as np
+
+    return float(sum(float(np.sum(v)) for v in values) + sum(more))
+
+
+def post_then_square(path: str, x: int) -> int:
+    """Square ``x`` after posting a token on the FIFO at ``path``."""
+    fifo_post(path)
+    return x * x

@@ -12,10 +12,12 @@ import itertools
 import math
 import pickle
 
+import pytest
+
 from mppool import _protocol as p
 from mppool._breaker import CircuitBreaker
 from mppool._dispatcher import _scheduler as s
-from mppool._dispatcher._tasks import Batch, Fail, JobDone, Task, TaskOptions
+from mppool._dispatcher._tasks import QUEUED, Batch, Fail, JobDone, Task, TaskOptions
 
 from .test_scheduler import FakeClaims, FakeClock, drain, make
 
@@ -289,3 +291,90 @@ def test_cancelling_a_held_task_or_the_probe_frees_the_circuit() -> None:
     sched.submit(nxt)
     assert run_next(sched, claims, ok=True) is nxt  # the next task could probe
     assert sched.circuits.by_kind["io"].state == "closed"
+
+
+# --- weighted fair share -------------------------------------------------------------------------
+DURATION = {"etl": 0.02, "adhoc": 0.08, "other": 0.05}  # seconds per task, by kind
+FN = {"etl": 1, "adhoc": 2, "other": 3}
+
+
+def share_sched(workers: int = 2) -> tuple[s.Scheduler, FakeClock, FakeClaims]:
+    clock, claims = FakeClock(), FakeClaims()
+    sched = s.Scheduler(workers, clock, claims, aging_rate=0.1, shares={"etl": 3.0, "adhoc": 1.0})
+    for w in range(workers):
+        sched.worker_up(w)
+    return sched, clock, claims
+
+
+def simulate(
+    sched: s.Scheduler,
+    clock: FakeClock,
+    claims: FakeClaims,
+    seconds: float,
+    kinds: tuple[str, ...],
+    backlog: int = 20,
+) -> dict[str, float]:
+    """Keep ``backlog`` tasks of each kind queued; run the workers for ``seconds`` of fake
+    time, each task for its kind's duration. Returns busy seconds per kind."""
+    busy = dict.fromkeys(kinds, 0.0)
+    queued = {
+        k: sum(1 for t in sched.tasks.values() if t.opts.kind == k and t.state == QUEUED)
+        for k in kinds
+    }
+    running: dict[int, tuple[Task, float]] = {}
+    end = clock.now + seconds
+    while clock.now < end:
+        for kind in kinds:
+            while queued[kind] < backlog:
+                t = Task(next(_ids), FN[kind], 0, TaskOptions(kind=kind), b"")
+                sched.submit(t)
+                queued[kind] += 1
+        for w in range(sched.workers):
+            if w in running:
+                continue
+            batch = sched.assign(w)
+            assert batch is not None and len(batch.tasks) == 1 and claims.claim(batch)
+            t = batch.tasks[0]
+            queued[t.opts.kind] -= 1
+            running[w] = (t, clock.now + DURATION[t.opts.kind])
+        w = min(running, key=lambda v: running[v][1])
+        t, at = running.pop(w)
+        clock.now = at
+        assert sched.outcomes.complete(w, t.id, t.attempt, DURATION[t.opts.kind]) is t
+        busy[t.opts.kind] += DURATION[t.opts.kind]
+    for w, (t, at) in sorted(running.items(), key=lambda item: item[1][1]):
+        clock.now = max(clock.now, at)  # let what runs finish (counted where it started)
+        assert sched.outcomes.complete(w, t.id, t.attempt, DURATION[t.opts.kind]) is t
+    return busy
+
+
+def test_fair_share_splits_measured_busy_time_by_weight() -> None:
+    sched, clock, claims = share_sched()
+    busy = simulate(sched, clock, claims, 120.0, ("etl", "adhoc"))
+    # 3:1 by run time, though an adhoc task runs 4x longer than an etl one (by task count
+    # the split would be 12:1).
+    assert busy["etl"] / busy["adhoc"] == pytest.approx(3.0, rel=0.10)
+    stats = sched.fair.snapshot() if sched.fair is not None else {}
+    assert stats["etl"]["weight"] == 3.0 and stats["adhoc"]["weight"] == 1.0
+    assert stats["etl"]["busy_seconds"] == pytest.approx(busy["etl"])
+
+
+def test_an_idle_kinds_share_goes_to_the_others_and_banks_no_credit() -> None:
+    sched, clock, claims = share_sched()
+    alone = simulate(sched, clock, claims, 30.0, ("adhoc",))
+    assert alone["adhoc"] == pytest.approx(2 * 30.0, rel=0.05)  # all of both workers
+    # etl arrives after 30 s of adhoc alone: it gets its 3:1 from then on, not all the
+    # workers until it has "caught up" on the time it did not use.
+    both = simulate(sched, clock, claims, 60.0, ("etl", "adhoc"))
+    assert both["etl"] / both["adhoc"] == pytest.approx(3.0, rel=0.10)
+
+
+def test_a_kind_not_listed_weighs_one_and_priorities_order_within_a_kind() -> None:
+    sched, clock, claims = share_sched()
+    busy = simulate(sched, clock, claims, 120.0, ("etl", "other"))
+    assert busy["etl"] / busy["other"] == pytest.approx(3.0, rel=0.10)
+    sched, clock, claims = share_sched(workers=1)
+    low, high = (Task(next(_ids), 1, 0, TaskOptions(kind="etl", priority=p), b"") for p in (0, 9))
+    sched.submit(low)
+    sched.submit(high)
+    assert [t.id for t in drain(sched, claims, duration=0.02)] == [high.id, low.id]

@@ -129,3 +129,23 @@ def test_size_metrics_follow_a_resize(make_pool: PoolTracker) -> None:
     assert value(families, "mppool_worker_process_seconds") > value(
         before, "mppool_worker_process_seconds"
     )
+
+
+def test_policy_metrics_circuits_and_shares(make_pool: PoolTracker) -> None:
+    breaker = mppool.CircuitBreaker(failures=1, within=30, reset_after=300)
+    pool = make_pool(2, shares={"etl": 3, "adhoc": 1}, circuit_breakers={"io": breaker})
+    try:
+        pool.options(kind="io").submit(tasks.raise_value_error, "down").result(TIMEOUT)
+    except ValueError:
+        pass
+    refused = pool.options(kind="io").submit(tasks.square, 2)
+    assert isinstance(refused.exception(TIMEOUT), mppool.CircuitOpenError)
+    for kind in ("etl", "adhoc"):
+        assert pool.options(kind=kind).submit(tasks.spin, 0.01).result(TIMEOUT) >= 0.0
+    families = scrape(pool)
+    assert value(families, "mppool_circuit_state", kind="io", state="open") == 1.0
+    assert value(families, "mppool_circuit_state", kind="io", state="closed") == 0.0
+    assert value(families, "mppool_circuit_opened", kind="io") == 1.0
+    assert value(families, "mppool_tasks_refused") == 1.0
+    assert value(families, "mppool_share_weight", kind="etl") == 3.0
+    assert value(families, "mppool_share_busy_seconds", kind="adhoc") > 0.0

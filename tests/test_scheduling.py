@@ -102,3 +102,17 @@ def test_policy_arguments_are_checked(make_pool: PoolTracker) -> None:
         make_pool(1, shares={"etl": 0})
     with pytest.raises(TypeError, match="shares"):
         make_pool(1, shares=[("etl", 1)])
+
+
+def test_fair_share_pool_runs_every_kind_and_reports_shares(make_pool: PoolTracker) -> None:
+    pool = make_pool(2, shares={"etl": 3, "adhoc": 1})
+    etl = [pool.options(kind="etl").submit(tasks.spin, 0.002) for _ in range(30)]
+    adhoc = [pool.options(kind="adhoc").submit(tasks.spin, 0.002) for _ in range(10)]
+    plain = pool.submit(tasks.square, 3)
+    assert all(f.result(timeout=T) >= 0.0 for f in etl + adhoc)
+    assert plain.result(timeout=T) == 9
+    shares = pool.stats().shares
+    assert shares["etl"].weight == 3.0 and shares["adhoc"].weight == 1.0
+    assert shares[""].weight == 1.0  # a kind not listed (here: none) weighs 1
+    assert all(s.busy_seconds > 0 for s in shares.values())
+    assert "share" in str(pool.stats())

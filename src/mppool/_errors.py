@@ -12,6 +12,7 @@ The tree::
     ├── TaskTimeoutError         a task ran past its timeout (also a TimeoutError)
     ├── DeadlineExceededError    a task could not start before its deadline
     ├── CircuitOpenError         a task's kind had its circuit open: it failed fast
+    ├── DependencyFailedError    a task it depended on failed or was cancelled: it did not run
     ├── TaskAbortedError         a task raised SystemExit or KeyboardInterrupt
     ├── CancelledByShutdownError a running task was killed by a shutdown deadline
     └── StoreError               a job store cannot be opened, read or written
@@ -27,6 +28,7 @@ __all__ = [
     "CancelledByShutdownError",
     "CircuitOpenError",
     "DeadlineExceededError",
+    "DependencyFailedError",
     "MppoolError",
     "PoolClosedError",
     "QueueFullError",
@@ -187,6 +189,27 @@ class CircuitOpenError(MppoolError):
 
 def _rebuild_circuit(message: str, kind: str, retry_in: float) -> CircuitOpenError:
     return CircuitOpenError(message, kind=kind, retry_in=retry_in)
+
+
+class DependencyFailedError(MppoolError):
+    """A task this one depended on (a future passed as an argument, or ``options(after=)``)
+    failed, was cancelled, or could not run; so this one did not run. The dependency's own
+    error is the ``__cause__`` (for a chain, a ``DependencyFailedError`` in turn).
+
+    Attributes:
+        dependency: the task id of the dependency that failed.
+    """
+
+    def __init__(self, message: str, *, dependency: int = 0) -> None:
+        super().__init__(message)
+        self.dependency = dependency
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_dependency, (str(self), self.dependency))
+
+
+def _rebuild_dependency(message: str, dependency: int) -> DependencyFailedError:
+    return DependencyFailedError(message, dependency=dependency)
 
 
 class TaskAbortedError(MppoolError):

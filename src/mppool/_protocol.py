@@ -84,6 +84,8 @@ BROKEN = 9  # payload: pickled (message, traceback text or None)
 CLOSED = 10  # payload: b"": the pool ended before the task reached the dispatcher
 EXPIRED = 11  # payload: pickled (seconds since submitted, failures): not started by its deadline
 CIRCUIT_OPEN = 12  # payload: pickled (kind, seconds until a probe may run): failed fast
+DEP_FAILED = 13  # payload: pickled (dependency id, its status, attempts, its payload)
+DEP_GONE = 14  # payload: b"": a dependency had finished; the client submits the task again
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
 # is a pickled list of arguments; FLAG_STAR marks a list of argument tuples (several iterables).
@@ -156,6 +158,8 @@ class Submit(NamedTuple):
     payload: bytes
     key: str  # its dedup key, shown in task listings ("" if none)
     deadline: float  # dispatcher clock time by which it must start; 0: none
+    needs: tuple[int, ...]  # tasks whose results it takes (mppool._deps.DepRef i: needs[i])
+    after: tuple[int, ...]  # tasks it waits for, without their results
 
     @staticmethod
     def view(msg: Message) -> Submit:
@@ -172,9 +176,24 @@ def submit(
     payload: bytes,
     key: str,
     deadline: float = 0.0,
+    needs: tuple[int, ...] = (),
+    after: tuple[int, ...] = (),
 ) -> Message:
     """Build a :class:`Submit` as a plain tuple."""
-    return (C_SUBMIT, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key, deadline)
+    return (
+        C_SUBMIT,
+        task_id,
+        fn_id,
+        opts_id,
+        n_items,
+        flags,
+        not_before,
+        payload,
+        key,
+        deadline,
+        needs,
+        after,
+    )
 
 
 class Cancel(NamedTuple):

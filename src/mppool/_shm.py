@@ -225,6 +225,16 @@ def loads(payload: bytes) -> Any:
     return _rebuild(mapping, layout)
 
 
+def kept(payload: bytes) -> tuple[bytes, str | None]:
+    """A segment payload whose readers leave the segment in place, and the segment's name
+    (the caller removes it); any other payload as it is, and ``None``. For a result that
+    several readers map: the user process and the tasks that depend on it."""
+    if not names_segment(payload):
+        return payload, None
+    name, layout, _ = _header(payload)
+    return MAGIC + pickle.dumps((name, layout, False), 5), name
+
+
 def discard(payload: bytes) -> None:
     """A payload nobody will read (a stale or dropped result): remove its segment, if any."""
     if names_segment(payload):

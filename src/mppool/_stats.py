@@ -9,6 +9,7 @@ from ._scaling import ScalingEvent
 
 __all__ = [
     "CircuitStats",
+    "ShareStats",
     "LatencyStats",
     "Percentiles",
     "PoolStats",
@@ -62,6 +63,21 @@ class CircuitStats:
     rejected: int
     held: int
     retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShareStats:
+    """One kind's fair share (``Pool(shares=...)``).
+
+    Attributes:
+        weight: its weight (1.0 for a kind ``shares`` does not list).
+        busy_seconds: run time its tasks have had, measured by the workers.
+        queued: its tasks waiting in the heap.
+    """
+
+    weight: float
+    busy_seconds: float
+    queued: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +158,7 @@ class PoolStats:
             counted in ``failed``).
         refused: tasks failed fast by an open circuit (also counted in ``failed``).
         circuits: per kind with a circuit breaker, its state.
+        shares: with ``Pool(shares=...)``, per kind seen: its weight and busy time.
     """
 
     submitted: int
@@ -172,6 +189,7 @@ class PoolStats:
     expired: int = 0
     refused: int = 0
     circuits: dict[str, CircuitStats] = field(default_factory=dict)
+    shares: dict[str, ShareStats] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> int:
@@ -185,10 +203,16 @@ class PoolStats:
         latency = LatencyStats(**{k: Percentiles(*v) for k, v in snap["latency"].items()})
         events = tuple(ScalingEvent(*row) for row in snap["scaling_events"])
         circuits = {k: CircuitStats(**v) for k, v in snap.get("circuits", {}).items()}
-        skip = ("workers", "latency", "scaling_events", "circuits")
+        shares = {k: ShareStats(**v) for k, v in snap.get("shares", {}).items()}
+        skip = ("workers", "latency", "scaling_events", "circuits", "shares")
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
         return cls(
-            workers=workers, latency=latency, scaling_events=events, circuits=circuits, **fields
+            workers=workers,
+            latency=latency,
+            scaling_events=events,
+            circuits=circuits,
+            shares=shares,
+            **fields,
         )
 
     def __str__(self) -> str:
@@ -246,6 +270,14 @@ class PoolStats:
             lines += ["", f"  {'circuit':<12}{'state':>10}{'failures':>10}{'opened':>8}{'held':>8}"]
             for kind, c in sorted(self.circuits.items()):
                 lines.append(f"  {kind:<12}{c.state:>10}{c.failures:>10}{c.opened:>8}{c.held:>8}")
+        if self.shares:
+            total = sum(s.busy_seconds for s in self.shares.values()) or 1.0
+            lines += ["", f"  {'share':<12}{'weight':>10}{'busy s':>10}{'of all':>8}{'queued':>8}"]
+            for kind, s in sorted(self.shares.items()):
+                lines.append(
+                    f"  {kind or '(none)':<12}{s.weight:>10g}{s.busy_seconds:>10.2f}"
+                    f"{s.busy_seconds / total:>8.0%}{s.queued:>8}"
+                )
         return "\n".join(lines)
 
 

@@ -29,8 +29,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from . import _deps, _shm
 from . import _protocol as p
-from . import _shm
 
 FLUSH_SECONDS = 0.001  # a worker holds finished results at most this long while it keeps busy
 # The interpreter's collector settings, read when the dispatcher imports this module (before it
@@ -189,9 +189,12 @@ class _Runner:
         try:
             fn = self.function(r.fn_id)
             payload = r.payload
-            args, kwargs = (
-                _shm.loads(payload) if payload.startswith(_shm.MAGIC) else pickle.loads(payload)
-            )
+            if payload.startswith(_deps.BUNDLE):  # with the results of the tasks it waited for
+                args, kwargs = _deps.unbundle_call(payload)
+            else:
+                args, kwargs = (
+                    _shm.loads(payload) if payload.startswith(_shm.MAGIC) else pickle.loads(payload)
+                )
         except BaseException as exc:
             return _serial_error("could not unpickle the task in the worker", exc)
         if _shm.names_segment(r.payload):

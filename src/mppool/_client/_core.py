@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as p
 from .. import _shm
 from .._errors import BrokenPoolError, PoolClosedError
-from . import _delivery, _events, _future
+from . import _delivery, _dependencies, _events, _future
 from ._admission import Keys, Slots
 from ._connection import Connection
 from ._delivery import _BROKEN, _CLOSED, _CLOSING, _RUNNING
@@ -121,6 +121,8 @@ class _Core:
             raise TypeError("initializer must be callable")
         blob = None if initializer is None else dumps((initializer, initargs), "the initializer")
         self.shm_prefix = _shm.new_prefix()
+        # task id -> what a task with dependencies needs to be submitted again (DEP_GONE)
+        self.dep_waiting: dict[int, _dependencies.Waiting] = {}
         # task id -> (segment, Shared handles) its arguments use, released at its outcome
         self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         config = p.Config(
@@ -266,12 +268,22 @@ class _Core:
         key: str | None,
         created: set[int] | None,
     ) -> Future[Any]:
+        found = None
+        if opts.after or _dependencies.has_future(args, kwargs):
+            found = _dependencies.find(self, args, kwargs, opts.after)
+            if found.failed is not None:  # already failed: this task cannot run
+                failed: Future[Any] = Future()
+                failed.set_exception(found.failed)
+                return failed
+            if key is not None and self.store is not None and (found.needs or found.after):
+                raise TypeError("a keyed task of a pool with a job store cannot wait for futures")
+            args, kwargs = found.args, found.kwargs
         catalog = self.catalog
         fn_id = catalog.function_id(fn)
         opts_id = catalog.options_id(opts)
         kept = None
+        what = f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
         try:
-            what = f"the arguments of {getattr(fn, '__qualname__', fn)!r}"
             payload, kept = pack((args, kwargs or None), what, self.shm_prefix)
             if self.slots is not None:
                 self.slots.acquire(block, timeout)
@@ -298,17 +310,20 @@ class _Core:
             fut._stored = (self.store, key, fn, payload, time.time())
         if kept is not None:
             self.segments[task_id] = kept
+        not_before, deadline = opts.not_before(), opts.deadline_time()
+        needs: tuple[int, ...] = ()
+        after: tuple[int, ...] = ()
+        if found is not None and (found.needs or found.after):
+            needs = tuple(f._task_id for f in found.needs)
+            after = tuple(f._task_id for f in found.after)
+            self.dep_waiting[task_id] = _dependencies.Waiting(
+                fn_id, opts_id, args, kwargs, found.needs, found.after, not_before, deadline,
+                key or "", what,
+            )  # fmt: skip
         msg = p.submit(
-            task_id,
-            fn_id,
-            opts_id,
-            p.SINGLE,
-            0,
-            opts.not_before(),
-            payload,
-            key or "",
-            opts.deadline_time(),
-        )
+            task_id, fn_id, opts_id, p.SINGLE, 0, not_before, payload, key or "", deadline,
+            needs, after,
+        )  # fmt: skip
         self.register_entry(task_id, fut, msg)
         return fut
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _protocol as p
 from .. import _shm
 from .._errors import BrokenPoolError, PoolClosedError, RemoteTraceback
-from . import _events, _sizing
+from . import _dependencies, _events, _sizing
 from ._future import report_resolve_failure
 
 if TYPE_CHECKING:
@@ -32,6 +32,11 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
     for msg in msgs:
         tag = msg[0]
         if tag == p.D_RESULT or tag == p.D_CHUNK:
+            if core.dep_waiting:
+                if tag == p.D_RESULT and msg[2] == p.DEP_GONE:
+                    _dependencies.gone(core, msg[1])
+                    continue
+                core.dep_waiting.pop(msg[1], None)
             entry = entries.pop(msg[1], None)
             if entry is not None:
                 try:

@@ -170,6 +170,18 @@ class Future(concurrent.futures.Future[T], Generic[T]):
                 core.catalog.release(self._fn_id, self._opts_id)
                 self._fn_id = self._opts_id = 0
 
+    def _mppool_fail(self, exc: BaseException) -> None:
+        """Fail with ``exc``, decided in this process (the dispatcher will not answer)."""
+        try:
+            self._finish(None, exc)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled by the user meanwhile
+        finally:
+            core = self._core
+            if core is not None and self._fn_id:
+                core.catalog.release(self._fn_id, self._opts_id)
+                self._fn_id = self._opts_id = 0
+
 
 def report_resolve_failure(entry: Any, exc: BaseException) -> None:
     """Give a resolution failure to whoever waits on the entry, else log it (mppool.futures)."""

@@ -106,6 +106,7 @@ class _Options:
 
     __slots__ = (
         "_signature",
+        "after",
         "at",
         "crash_retries",
         "deadline",
@@ -132,6 +133,7 @@ class _Options:
         deadline: float | None = None,
         deadline_at: float | None = None,
         run_late: bool = False,
+        after: tuple[Any, ...] = (),
     ) -> None:
         if isinstance(crash_retries, bool) or not isinstance(crash_retries, int):
             raise TypeError(f"crash_retries must be an int, not {crash_retries!r}")
@@ -156,6 +158,7 @@ class _Options:
         self.deadline = deadline  # seconds from each submit
         self.deadline_at = deadline_at  # a wall-clock time
         self.run_late = run_late
+        self.after = after  # futures every task of these options waits for (checked)
         # What the dispatcher sees of these options: equal signatures share one id.
         self._signature = (self.priority, self.timeout, retry, crash_retries, kind, run_late)
 

@@ -22,6 +22,7 @@ from .._scaling import Autoscale
 from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
+from ._dependencies import check_after
 from ._future import Future
 from ._options import (
     UNSET,
@@ -186,6 +187,7 @@ class _Submitter:
         at: float | datetime.datetime | None = UNSET,
         deadline: float | datetime.datetime | None = UNSET,
         run_late: bool = UNSET,
+        after: Any = UNSET,
     ) -> PoolView:
         """A view of this pool whose tasks carry other options; it has the same methods.
 
@@ -210,6 +212,9 @@ class _Submitter:
                 fails with ``DeadlineExceededError`` instead of running late. A task already
                 running goes on (``timeout`` bounds a run).
             run_late: with a deadline, only order by it: never fail for being late.
+            after: a future of this pool, or several: the task starts only once they have
+                all succeeded (and fails with ``DependencyFailedError`` if one does not).
+                A future passed as an argument does the same and passes its result.
 
         Returns:
             A :class:`PoolView`.
@@ -232,6 +237,8 @@ class _Submitter:
             changes.update(deadline=relative, deadline_at=absolute)
         if run_late is not UNSET:
             changes.update(run_late=run_late)
+        if after is not UNSET:
+            changes.update(after=check_after(after))
         changes = {name: value for name, value in changes.items() if value is not UNSET}
         return self._view(self._opts.replace(**changes))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from concurrent.futures import CancelledError
 from typing import Any
 
 import cloudpickle
@@ -13,6 +14,7 @@ from .._errors import (
     CancelledByShutdownError,
     CircuitOpenError,
     DeadlineExceededError,
+    DependencyFailedError,
     PoolClosedError,
     RemoteError,
     RemoteTraceback,
@@ -123,6 +125,19 @@ def decode_error(status: int, attempts: int, payload: bytes) -> BaseException:
                 kind=kind,
                 retry_in=retry_in,
             )
+        if status == p.DEP_FAILED:
+            dep_id, dep_status, dep_attempts, dep_payload = pickle.loads(payload)
+            if dep_status == p.CANCELLED:
+                cause: BaseException = CancelledError(f"task {dep_id} was cancelled")
+            else:
+                cause = decode_error(dep_status, dep_attempts, dep_payload)
+            dep_err = DependencyFailedError(
+                f"dependency {dep_id} failed ({type(cause).__name__}: {cause}); "
+                "this task did not run",
+                dependency=dep_id,
+            )
+            dep_err.__cause__ = cause
+            return dep_err
         if status == p.CLOSED:
             return PoolClosedError("the pool was shut down before this task could run")
         if status == p.KILLED:

@@ -16,6 +16,7 @@ from .. import _protocol as p
 from ._tasks import Task
 
 if TYPE_CHECKING:
+    from ._fairshare import FairQueue
     from ._runqueue import RunQueue
 
 EWMA_ALPHA = 0.3  # weight of the newest duration in a function's estimate
@@ -47,7 +48,7 @@ class Estimates:
             total += est
         return total
 
-    def backlog(self, queue: RunQueue, rng: random.Random, sample: int = 64) -> float:
+    def backlog(self, queue: RunQueue | FairQueue, rng: random.Random, sample: int = 64) -> float:
         """Estimated run time of the tasks in ``queue``, from a random sample of them; a task
         of a function never measured counts as ``UNKNOWN_SECONDS``."""
         tasks = queue.sample(sample, rng)

@@ -71,6 +71,14 @@ def submit(d: Dispatcher, m: p.Submit) -> None:
         not_before=m.not_before,
         deadline=m.deadline or math.inf,
     )
+    if m.needs or m.after:
+        if d.sched.dependencies.missing(m.needs + m.after):
+            # One finished since the client looked: its result is on its way there, ahead of
+            # this answer; the client submits the task again with the values it has.
+            d.results.append(p.result(m.task_id, p.DEP_GONE, 0, 0.0, b""))
+            return
+        d.sched.submit(task, m.needs, m.after)
+        return
     d.sched.submit(task)
 
 

@@ -78,6 +78,7 @@ class Dispatcher:
             aging_rate=config.aging_rate,
             rate_limits=config.rate_limits,
             circuit_breakers=config.circuit_breakers,
+            shares=config.shares,
         )
         self.sched.note_level = config.log_level
         self.table = TaskTable()
@@ -96,6 +97,11 @@ class Dispatcher:
         self.doomed_fns: set[int] = set()
         self.doomed_opts: set[int] = set()
         self.results: list[p.Message] = []
+        # Results in shared memory that waiting tasks took: per task, the segments it holds,
+        # and per segment, how many tasks still hold it (see _forward).
+        self.shared_results: dict[int, list[str]] = {}
+        self.segment_readers: dict[str, int] = {}
+        self._settled = 0  # results (of this round) already applied to waiting tasks
         self.closing = False
         self.kill_at: float | None = None
         self.broken: tuple[str, str | None] | None = None
@@ -211,6 +217,63 @@ class Dispatcher:
             self.results.append(p.result(task_id, p.KILLED, 0, 0.0, b""))
         self.workers.kill_all("shutdown")
 
+    def _settle(self, now: float) -> bool:
+        """Report tasks failed without running, and apply the outcomes on their way to the
+        client to the tasks that wait for them. True if some of those may run now."""
+        if self.sched.unstarted:
+            self._report_unstarted(now)
+        if not (self.sched.dependencies.dependents or self.shared_results):
+            return False
+        released = self.sched.dependencies.released
+        self._settle_dependencies(now)
+        return self.sched.dependencies.released != released
+
+    def _settle_dependencies(self, now: float) -> None:
+        """Apply the final outcomes on their way to the client to the tasks that wait for
+        them (failing a waiting task is such an outcome too: it cascades)."""
+        deps = self.sched.dependencies
+        results = self.results
+        i = self._settled
+        while True:
+            while i < len(results):
+                msg = results[i]
+                if msg[0] == p.D_RESULT:
+                    task_id = msg[1]
+                    if task_id in self.shared_results:
+                        self._release_shared(task_id)
+                    if task_id in deps.dependents:
+                        self._forward(i, msg)
+                i += 1
+            self._settled = i
+            if not self.sched.unstarted:
+                return
+            self._report_unstarted(now)  # dependents failed: their outcomes cascade
+
+    def _forward(self, i: int, msg: p.Message) -> None:
+        """Give a finished task's outcome to the tasks waiting for it. A result in shared
+        memory is then read by several processes: none of them removes it; the dispatcher
+        does, once every task that took it has ended."""
+        task_id, status, attempts, payload = msg[1], msg[2], msg[3], msg[5]
+        name = None
+        if status == p.OK and _shm.names_segment(payload):
+            payload, name = _shm.kept(payload)
+        readers = self.sched.dependencies.finished(task_id, status, attempts, payload)
+        if name is not None and readers:
+            self.results[i] = p.result(task_id, status, attempts, msg[4], payload)
+            for reader in readers:
+                self.shared_results.setdefault(reader.id, []).append(name)
+            self.segment_readers[name] = len(readers)
+
+    def _release_shared(self, task_id: int) -> None:
+        """A task that read shared results has ended: remove those nobody else needs."""
+        for name in self.shared_results.pop(task_id, ()):
+            left = self.segment_readers.get(name, 0) - 1
+            if left > 0:
+                self.segment_readers[name] = left
+            else:
+                self.segment_readers.pop(name, None)
+                _shm.remove(name)
+
     def _report_unstarted(self, now: float) -> None:
         """Tasks failed without running (past their deadline, or their circuit open)."""
         for task, outcome, status, payload in self.sched.unstarted:
@@ -278,6 +341,7 @@ class Dispatcher:
             self.poller.unwatch(fd)
 
     def _flush_results(self) -> None:
+        self._settled = 0
         if self.results and not self.client_gone:
             data = p.encode(self.results)
             self.results = []
@@ -349,13 +413,15 @@ class Dispatcher:
             self.workers.check_init(now)
         if self.broken is None:
             self.sched.tick()
+        self._settle(now)
+        if self.broken is None:
             self.workers.send_work()
             self.workers.finish_draining()
             self.sizing.check(now)  # after: what is still queued, no worker could take
         if (self.doomed_fns or self.doomed_opts) and self.sched.empty():
             self._forget_unused()
-        if self.sched.unstarted:
-            self._report_unstarted(now)
+        if self._settle(now) and self.broken is None:
+            self.workers.send_work()  # tasks whose dependencies just succeeded
         if self.sched.notes:
             for level, name, message, fields in self.sched.notes:
                 self.event(level, name, message, **fields)

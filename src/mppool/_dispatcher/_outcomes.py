@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 Outcome = Retry | Fail | JobDone | None
+_COUNTER = {p.EXPIRED: "expired", p.CIRCUIT_OPEN: "refused"}  # statuses with their own count
 
 
 class Outcomes:
@@ -75,6 +76,8 @@ class Outcomes:
             s.estimates.learn(task, duration, 1)
             s.done_by[w] += 1
             s.busy_by[w] += duration
+            if s.fair is not None:
+                s.fair.settle(task, duration)
         return task
 
     def complete(self, w: int, run_id: int, attempt: int, duration: float) -> Task | None:
@@ -142,6 +145,8 @@ class Outcomes:
         if task.job is not None and task.id == task.job.task_id:
             s.done_by[w] += 1  # a chunk counts once, for its first part
         s.busy_by[w] += msg.duration
+        if s.fair is not None:
+            s.fair.settle(task, msg.duration)
         job = task.job
         assert job is not None
         job.duration += msg.duration
@@ -265,15 +270,16 @@ class Outcomes:
         job = unit.job
         unit.state = DONE
         unit.batch = None
-        counter = "expired" if status == p.EXPIRED else "refused"
+        counter = _COUNTER.get(status)
         if job is None:
             s.counts["failed"] += 1
-            s.counts[counter] += 1
+            if counter:
+                s.counts[counter] += 1
             s.unstarted.append(Unstarted(unit, Fail(unit), status, payload))
             return
         if job.task_id not in s.jobs:
             return  # the chunk has already been reported
-        if job.err is None:
+        if job.err is None and counter:
             s.counts[counter] += 1
         job.add_error(unit.start, status, payload)
         job.parts.discard(unit)
@@ -289,6 +295,8 @@ class Outcomes:
         s = self.s
         w = task.worker
         s.busy_by[w] += now - task.started_at
+        if s.fair is not None:
+            s.fair.settle(task, now - task.started_at)
         s.counts["timed_out"] += 1
         if task.job is not None:
             # Decided when the worker is gone, from how far it got (see worker_lost).

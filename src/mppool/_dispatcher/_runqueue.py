@@ -26,6 +26,7 @@ import heapq
 import itertools
 import math
 import random
+from collections.abc import Iterator
 
 from ._tasks import QUEUED, Task
 
@@ -40,10 +41,11 @@ def rank(task: Task) -> Rank:
 class RunQueue:
     """Runnable tasks in priority order, with a count per priority level."""
 
-    def __init__(self, aging_rate: float) -> None:
+    def __init__(self, aging_rate: float, seq: Iterator[int] | None = None) -> None:
         self.aging_rate = aging_rate
         self._heap: list[tuple[float, float, int, int, Task]] = []
-        self._seq = itertools.count(1)  # from 1: an order of 0 means "not yet placed"
+        # From 1: an order of 0 means "not yet placed". Queues of one pool may share it.
+        self._seq = seq if seq is not None else itertools.count(1)
         self.live = 0  # entries whose task is still queued
         self.arrivals = 0  # entries made so far (a task's ``arrived`` is its entry's number)
         self._levels: dict[float, int] = {}

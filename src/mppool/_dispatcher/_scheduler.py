@@ -44,11 +44,13 @@ from .. import _protocol as p
 from ._cancelling import Cancelling
 from ._circuits import Circuits
 from ._claims import ClaimCounters
+from ._dependencies import Dependencies
 from ._estimates import Estimates
+from ._fairshare import FairQueue
 from ._outcomes import Outcomes
 from ._pipes import Pipes
 from ._runqueue import Rank, RunQueue, rank
-from ._stealing import Stealing
+from ._stealing import UNKNOWN_COST, Stealing
 from ._tasks import (
     CANCELLED,
     DELAYED,
@@ -56,6 +58,7 @@ from ._tasks import (
     PART_IDS_FROM,
     QUEUED,
     SENT,
+    WAITING,
     Batch,
     ChunkJob,
     Task,
@@ -97,6 +100,7 @@ class Scheduler:
         rng: random source for backoff jitter.
         rate_limits: per kind, ``(rate, per seconds, burst)`` of its token bucket.
         circuit_breakers: per kind, ``CircuitBreaker.knobs()``.
+        shares: per kind, its weight in a fair share of the workers' time (None: one heap).
     """
 
     def __init__(
@@ -109,13 +113,16 @@ class Scheduler:
         rng: random.Random | None = None,
         rate_limits: dict[str, tuple[float, float, int]] | None = None,
         circuit_breakers: dict[str, tuple[int, float, float, bool]] | None = None,
+        shares: dict[str, float] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.workers = workers
         self.clock = clock
         self.rng = rng or random.Random()
-        self.queue = RunQueue(aging_rate)
+        # With shares, the heap is split by kind (``_fairshare``); it has the same interface.
+        self.fair = FairQueue(aging_rate, shares) if shares else None
+        self.queue: RunQueue | FairQueue = self.fair or RunQueue(aging_rate)
         # A new run id for a part split off a map chunk.
         self.part_id: Callable[[], int] = functools.partial(next, itertools.count(PART_IDS_FROM))
         self.pipes = Pipes(workers, claims, self.part_id)
@@ -125,6 +132,7 @@ class Scheduler:
         self.outcomes = Outcomes(self)
         self.cancelling = Cancelling(self)
         self.circuits = Circuits(self, circuit_breakers or {})
+        self.dependencies = Dependencies(self)
         self.tasks: dict[int, Task] = {}  # live tasks and parts by run id
         self.jobs: dict[int, ChunkJob] = {}  # live map chunks by client id
         self._up = [False] * workers
@@ -184,8 +192,10 @@ class Scheduler:
         self.recheck = False
 
     # --- entering ------------------------------------------------------------------------------
-    def submit(self, task: Task) -> None:
-        """Accept a new task: queue it now, or hold it until ``task.not_before``."""
+    def submit(self, task: Task, needs: tuple[int, ...] = (), after: tuple[int, ...] = ()) -> None:
+        """Accept a new task: queue it now, hold it until ``task.not_before``, or until the
+        tasks it depends on have succeeded (``needs``: their results are its arguments;
+        ``after``: only their success; all live, see ``Dependencies.missing``)."""
         now = self.clock()
         task.submitted_at = now
         self.tasks[task.id] = task
@@ -195,6 +205,13 @@ class Scheduler:
             task.job.parts.add(task)
         if task.deadline != math.inf and not task.opts.run_late:
             self.waiting.arm_deadline(task)
+        if needs or after:
+            self.dependencies.wait(task, needs, after)
+        else:
+            self.enter(task, now)
+
+    def enter(self, task: Task, now: float) -> None:
+        """``task`` may run (as far as its dependencies go): queue it, or wait for its time."""
         if task.not_before > now:
             self.waiting.hold(task, task.not_before, DELAYED)
         else:
@@ -230,6 +247,8 @@ class Scheduler:
         """Put a task taken back from a pipe (or a new part of one) into the heap."""
         if task.job is not None and task not in task.job.parts:
             task.job.parts.add(task)
+        if self.fair is not None:
+            self.fair.settle(task, 0.0)  # it comes back unrun: its charge is refunded
         self.tasks[task.id] = task
         task.batch = None
         self._enqueue(task, now, take_back=False)
@@ -251,6 +270,10 @@ class Scheduler:
             return None
         self._extend(tasks, min(limit, MAX_IN_PIPE))
         now = self.clock()
+        if self.fair is not None:
+            for task in tasks:
+                est = self.estimates.of(task)
+                self.fair.charge(task, UNKNOWN_COST if est is None else est)
         for task in tasks:
             task.has_token = False  # spent: a retry or requeue needs a new one
             task.running_item = -1
@@ -379,6 +402,8 @@ class Scheduler:
             self.queue.discard(task)
         elif task.state == HELD:
             self.circuits.leave(task)
+        elif task.state == WAITING:
+            self.dependencies.leave(task)
         else:
             self.waiting.forget(task)
         if self.circuits.by_kind:
@@ -400,13 +425,21 @@ class Scheduler:
         self.queue.clear()
         self.waiting.clear()
         self.circuits.clear()
+        self.dependencies.clear()
         return sorted(ids)
 
     # --- introspection -------------------------------------------------------------------------
     @property
     def queued(self) -> int:
         """Tasks waiting for a worker (heap, delays, backoffs, rate limits)."""
-        return self.queue.live + self.waiting.delayed + self.waiting.limited + self.circuits.held
+        waiting = self.waiting
+        return (
+            self.queue.live
+            + waiting.delayed
+            + waiting.limited
+            + self.circuits.held
+            + self.dependencies.waiting
+        )
 
     def empty(self) -> bool:
         """No task anywhere: nothing queued, delayed or running."""

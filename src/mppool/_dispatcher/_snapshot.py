@@ -131,6 +131,7 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
         latency=d.latency.snapshot(),
         workers=_workers(d, uptime),
         circuits=sched.circuits.snapshot(d.clock(), d.wall()),
+        shares=sched.fair.snapshot() if sched.fair is not None else {},
     )
     snap.update(d.sizing.snapshot())
     return snap

@@ -28,9 +28,10 @@ SENT = "sent"  # in a worker's pipe (running, or claimable by the worker)
 BACKOFF = "retrying"  # waiting out a retry delay
 RATE_LIMITED = "rate-limited"  # waiting for a token of its kind
 HELD = "held"  # waiting for its kind's circuit to close (a circuit breaker with wait=True)
+WAITING = "waiting"  # waiting for the tasks it depends on
 DONE = "done"
 CANCELLED = "cancelled"
-LOCAL_STATES = frozenset({DELAYED, QUEUED, SENT, BACKOFF, RATE_LIMITED, HELD})  # still live
+LOCAL_STATES = frozenset({DELAYED, QUEUED, SENT, BACKOFF, RATE_LIMITED, HELD, WAITING})
 
 PART_IDS_FROM = 1 << 62  # ids of parts made by splitting a chunk (clients count up from 1)
 
@@ -135,9 +136,12 @@ class Task:
         "attempt",
         "batch",
         "block",
+        "charged",
         "crashes",
         "deadline",
         "dedup_key",
+        "dep_results",
+        "deps",
         "failures",
         "flags",
         "fn_id",
@@ -151,6 +155,7 @@ class Task:
         "opts_id",
         "order",
         "payload",
+        "pending",
         "running_item",
         "start",
         "started_at",
@@ -201,6 +206,10 @@ class Task:
         self.has_token = False
         self.dedup_key = dedup_key
         self.deadline = deadline  # start before this (dispatcher clock), or fail; inf: none
+        self.charged = 0.0  # run time charged to its kind's fair share, not yet measured
+        self.deps: tuple[int, ...] = ()  # tasks whose results it takes (see _dependencies)
+        self.dep_results: list[bytes] | None = None  # their result payloads, while waiting
+        self.pending: set[int] | None = None  # tasks it still waits for
 
     @property
     def n_items(self) -> int:

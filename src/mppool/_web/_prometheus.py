@@ -107,6 +107,7 @@ class PoolCollector(Collector):
         yield from _workers(stats)
         yield from _latency(stats)
         yield from _circuits(stats)
+        yield from _shares(stats)
 
 
 def _counters(stats: PoolStats) -> Iterator[Metric]:
@@ -145,6 +146,23 @@ def _circuits(stats: PoolStats) -> Iterator[Metric]:
     yield state
     yield opened
     yield rejected
+
+
+def _shares(stats: PoolStats) -> Iterator[Metric]:
+    """Per kind in a fair share: its weight and the run time it has had."""
+    if not stats.shares:
+        return
+    weight = GaugeMetricFamily(
+        _name("share_weight"), "A kind's weight in the fair share.", labels=["kind"]
+    )
+    busy = CounterMetricFamily(
+        _name("share_busy_seconds"), "Run time a kind's tasks have had.", labels=["kind"]
+    )
+    for kind, s in sorted(stats.shares.items()):
+        weight.add_metric([kind], s.weight)
+        busy.add_metric([kind], s.busy_seconds)
+    yield weight
+    yield busy
 
 
 def _queue(stats: PoolStats) -> Iterator[Metric]:
