@@ -289,3 +289,34 @@ def test_dashboard_takes_a_token_from_the_address(
         assert not browser.find_element(By.ID, "auth").is_displayed()
         pool.submit(tasks.square, 3).result(TASK_TIMEOUT)
         wait(browser, lambda d: number(d, "stat-completed") == 1, "no update with the token")
+
+
+def test_dashboard_shows_batches_circuits_and_shares(
+    make_pool: PoolTracker, browser: WebDriver
+) -> None:
+    breaker = mppool.CircuitBreaker(failures=1, within=30, reset_after=300)
+    pool = make_pool(2, shares={"etl": 3}, circuit_breakers={"io": breaker})
+    with serve(pool) as server:
+        browser.get(server.url)
+        wait(browser, lambda d: polls(d) >= 1, "the page did not poll")
+        assert texts(browser, "#batches td") == ["no batch yet"]
+        with pool.batch("nightly") as b:
+            for x in range(4):
+                b.submit(tasks.square, x)
+        failed = pool.options(kind="io").submit(tasks.raise_value_error, "down")
+        assert isinstance(failed.exception(TASK_TIMEOUT), ValueError)
+        pool.options(kind="etl").submit(tasks.spin, 0.01).result(TASK_TIMEOUT)
+        wait(
+            browser,
+            lambda d: texts(d, "#batches tr[data-batch] td")[:1] == ["nightly"],
+            "the batch is not listed",
+        )
+        cells = texts(browser, "#batches tr[data-batch='nightly'] td")
+        assert cells[2:6] == ["4", "0", "0", "4"]
+        wait(
+            browser,
+            lambda d: texts(d, "#circuits tr[data-kind='io'] .pill") == ["open"],
+            "the open circuit is not shown",
+        )
+        wait(browser, lambda d: "etl" in texts(d, "#shares td"), "the shares are not shown")
+        no_console_errors(browser)

@@ -156,7 +156,49 @@ def test_a_dependency_finished_before_its_dependent_arrives_still_gives_its_resu
     done.take(1)
     assert not parent.done()  # its result waits behind the held reader
     child = pool.submit(tasks.add, parent, 1)
+    grandchild = pool.submit(tasks.add, child, 1)  # arrives after the child was sent back
     hold_reader.set()
     assert child.result(timeout=T) == 26
+    assert grandchild.result(timeout=T) == 27  # it waited for the child's second coming
     assert marker.result(timeout=T) == 0
     assert gone == [child.task_id]
+
+
+def test_a_chain_behind_a_failing_head_waits_for_its_retry(
+    make_pool: PoolTracker, fifos: Any, tmp_path: Any
+) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    blocker = pool.submit(tasks.gated, started.path, gate.path)
+    started.take(1)
+    # Queued behind the blocker, so they go out together: the dependents chained behind
+    # their head, which fails once (and is retried) before it succeeds.
+    head = pool.options(retries=mppool.RetryPolicy(max_attempts=2, initial_delay=0.01)).submit(
+        tasks.flaky_first,
+        str(tmp_path),
+        7,  # 7: fails its first run
+    )
+    middle = pool.submit(tasks.square, head)
+    tail = pool.submit(tasks.add, middle, 1)
+    gate.post()
+    blocker.result(timeout=T)
+    assert tail.result(timeout=T) == 49**2 + 1
+    assert middle.result(timeout=T) == 49**2 and head.result(timeout=T) == 49
+    assert pool.stats().retried == 1
+
+
+def test_a_long_chain_runs_as_fast_as_it_is_submitted_and_fails_down_from_a_bad_link(
+    make_pool: PoolTracker,
+) -> None:
+    pool = make_pool(2)
+    fut = pool.submit(tasks.add_one, 0)
+    chain = [fut]
+    for i in range(1, 300):
+        fut = pool.submit(tasks.fail_on, fut, 150) if i == 150 else pool.submit(tasks.add_one, fut)
+        chain.append(fut)
+    assert chain[149].result(timeout=T) == 150
+    with pytest.raises(ValueError):
+        chain[150].result(timeout=T)
+    with pytest.raises(mppool.DependencyFailedError):
+        chain[-1].result(timeout=T)
+    assert pool.submit(tasks.square, 2).result(timeout=T) == 4

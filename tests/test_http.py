@@ -6,6 +6,7 @@ runs, so a thread, socket or event loop left behind fails the test.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import json
 import re
@@ -479,3 +480,36 @@ def test_a_growing_pool_stays_ready(make_pool: Any, tmp_path: Any, fifos: Any) -
         assert pool.submit(tasks.square, 4).result(TIMEOUT) == 16  # it serves meanwhile
         gate.post()
         assert wait_until(lambda: probe.get("/readyz")[1].get("workers") == 2, TIMEOUT)
+
+
+def test_batches_over_http_list_filter_and_cancel(
+    client: Client, pool: mppool.Pool, fifos: Any
+) -> None:
+    started, gate = fifos("started"), fifos("gate")
+    blockers = [pool.submit(tasks.gated, started.path, gate.path) for _ in range(pool.workers)]
+    started.take(pool.workers)  # every worker is held: the batch's tasks wait
+    with_batch = client.submit({"name": "primes", "args": [100], "batch": "nightly"})
+    in_process = pool.batch("nightly")
+    queued = [in_process.submit(tasks.square, x) for x in range(3)]
+    status, listing = client.get("/api/batches")
+    assert status == 200
+    nightly = listing["batches"]["nightly"]
+    assert nightly["submitted"] == 4 and nightly["live"] == {"queued": 4}
+    assert nightly["progress"] == 0.0
+    status, rows = client.get("/api/tasks?batch=nightly")
+    assert status == 200 and {r["id"] for r in rows["tasks"]} == {
+        with_batch,
+        *(f.task_id for f in queued),
+    }
+    assert all(r["batch"] == "nightly" for r in rows["tasks"])
+    status, answer, _ = client.call("DELETE", "/api/batches/nightly")
+    assert status == 200 and answer == {"batch": "nightly", "cancelled": True}
+    for f in queued:
+        with pytest.raises(concurrent.futures.CancelledError):
+            f.result(timeout=TIMEOUT)
+    status, listing = client.get("/api/batches")
+    assert listing["batches"]["nightly"]["cancelled"] == 4
+    assert client.call("DELETE", "/api/batches/nope")[0] == 404
+    gate.post(pool.workers)
+    for b in blockers:
+        b.result(timeout=TIMEOUT)

@@ -14,10 +14,11 @@ import pickle
 
 import pytest
 
+from mppool import _deps
 from mppool import _protocol as p
 from mppool._breaker import CircuitBreaker
 from mppool._dispatcher import _scheduler as s
-from mppool._dispatcher._tasks import QUEUED, Batch, Fail, JobDone, Task, TaskOptions
+from mppool._dispatcher._tasks import QUEUED, Batch, Fail, JobDone, Retry, Task, TaskOptions
 
 from .test_scheduler import FakeClaims, FakeClock, drain, make
 
@@ -378,3 +379,78 @@ def test_a_kind_not_listed_weighs_one_and_priorities_order_within_a_kind() -> No
     sched.submit(low)
     sched.submit(high)
     assert [t.id for t in drain(sched, claims, duration=0.02)] == [high.id, low.id]
+
+
+# --- dependencies: chaining a task behind the one it waits for -----------------------------------
+def dep_task(fn_id: int = 1, opts: TaskOptions | None = None) -> Task:
+    return Task(next(_ids), fn_id, 0, opts or TaskOptions(), b"payload")
+
+
+def test_a_chain_goes_to_one_worker_behind_its_head_and_is_not_stolen() -> None:
+    sched, clock, claims = make(workers=2)
+    a, d, e = dep_task(), dep_task(), dep_task()
+    sched.submit(a)
+    sched.submit(d, needs=(a.id,))
+    sched.submit(e, needs=(d.id,))
+    batch = sched.assign(0)
+    assert batch is not None and batch.tasks == [a, d, e]
+    assert a.flags & p.FLAG_KEEP and d.flags & p.FLAG_CHAINED and e.flags & p.FLAG_CHAINED
+    assert d.payload.startswith(_deps.CHAINED)
+    clock.advance(1.0)  # long past a fresh write: the idle worker may look for work
+    assert sched.assign(1) is None  # a chain is not split between workers
+    assert claims.claim(batch)
+    assert sched.outcomes.complete(0, a.id, a.attempt, 0.01) is a
+    assert claims.claim(batch)
+    assert sched.outcomes.complete(0, d.id, d.attempt, 0.01) is d
+    assert claims.claim(batch)
+    assert sched.outcomes.complete(0, e.id, e.attempt, 0.01) is e
+    assert sched.empty()
+
+
+def test_a_chained_task_whose_head_failed_here_waits_and_runs_on_the_retry() -> None:
+    sched, clock, claims = make(workers=1)
+    a = dep_task(opts=TaskOptions(max_attempts=2, initial_delay=1.0))
+    d = dep_task()
+    sched.submit(a)
+    sched.submit(d, needs=(a.id,))
+    batch = sched.assign(0)
+    assert batch is not None and batch.tasks == [a, d] and claims.claim(batch)
+    assert isinstance(sched.outcomes.fail(0, a.id, a.attempt, 0.01, retryable=True), Retry)
+    assert claims.claim(batch)  # the worker goes on to d, finds no value: UNCHAINED
+    sched.outcomes.unchained(0, d.id, d.attempt)
+    assert d.state == "waiting" and d.chained_to is None and d.payload == b"payload"
+    clock.advance(1.0)
+    sched.fire_timers()  # a's retry
+    retry = sched.assign(0)
+    assert retry is not None and retry.tasks == [a, d]  # chained behind it again
+    assert claims.claim(retry)
+    assert sched.outcomes.complete(0, a.id, a.attempt, 0.01) is a
+    # d takes the result, in case it comes back unrun; here it runs on the worker's value.
+    assert sched.dependencies.finished(a.id, p.OK, 2, b"a's result") == [d]
+    assert claims.claim(retry)
+    assert sched.outcomes.complete(0, d.id, d.attempt, 0.01) is d
+    assert sched.empty()
+
+
+def test_a_late_dependent_takes_a_recent_outcome_or_waits_for_a_bounced_task() -> None:
+    sched, _, claims = make(workers=1)
+    deps = sched.dependencies
+    a = dep_task()
+    sched.submit(a)
+    assert [t.id for t in drain(sched, claims)] == [a.id]
+    assert deps.missing((a.id,))  # ended, and nothing kept yet
+    deps.record(a.id, p.OK, 1, b"a's result")  # the dispatcher keeps outcomes once enabled
+    assert not deps.missing((a.id,))
+    late = dep_task()
+    sched.submit(late, needs=(a.id,))
+    assert late.state == "queued" and late.payload.startswith(_deps.BUNDLE)
+    deps.bounced.add(999_999)  # a task sent back to the client, to come again
+    waiting = dep_task()
+    assert not deps.missing((999_999,))
+    sched.submit(waiting, needs=(999_999,))
+    assert waiting.state == "waiting"
+    deps.record(a.id, p.ERROR, 1, b"boom")
+    failing = dep_task()
+    sched.submit(failing, after=(a.id,))
+    (refused,) = [u for u in sched.unstarted if u.task is failing]
+    assert refused.status == p.DEP_FAILED

@@ -149,3 +149,9 @@ def test_policy_metrics_circuits_and_shares(make_pool: PoolTracker) -> None:
     assert value(families, "mppool_tasks_refused") == 1.0
     assert value(families, "mppool_share_weight", kind="etl") == 3.0
     assert value(families, "mppool_share_busy_seconds", kind="adhoc") > 0.0
+    with pool.batch("nightly") as b:
+        b.submit(tasks.square, 2)
+        b.submit(tasks.raise_value_error, "bad")
+    families = scrape(pool)
+    assert value(families, "mppool_batch_tasks", batch="nightly", outcome="submitted") == 2.0
+    assert value(families, "mppool_batch_tasks", batch="nightly", outcome="failed") == 1.0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._breaker import CircuitBreaker
+    from ._client._batch import Batch
     from ._client._future import Future
     from ._client._pool import Pool, PoolView
     from ._client._schedule import Run, Schedule
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ._scaling import Autoscale, ScalingEvent
     from ._shm import Shared
     from ._stats import (
+        BatchStats,
         CircuitStats,
         LatencyStats,
         Percentiles,
@@ -97,6 +99,8 @@ _WHERE = {
     "Run": "_client._schedule",
     "Schedule": "_client._schedule",
     "CircuitStats": "_stats",
+    "BatchStats": "_stats",
+    "Batch": "_client._batch",
     "LatencyStats": "_stats",
     "Percentiles": "_stats",
     "PoolStats": "_stats",
@@ -123,6 +127,8 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Autoscale",
+    "Batch",
+    "BatchStats",
     "BrokenPoolError",
     "CancelledByShutdownError",
     "CircuitBreaker",

@@ -15,11 +15,14 @@ future inside a list); ``options(after=[...])`` orders without passing results.
 from __future__ import annotations
 
 import pickle
+import struct
 from typing import Any
 
 from . import _shm
 
 BUNDLE = b"mppool-deps\x00"  # a bundled payload starts with this (no pickle or segment does)
+CHAINED = b"mppool-chained\x00"  # a chained payload: the dependency runs just before it
+_PREVIOUS = struct.Struct("<qq")  # a chained payload's dependency: run id, attempt
 
 
 class DepRef:
@@ -40,6 +43,28 @@ class DepRef:
 def bundle(payload: bytes, results: list[bytes]) -> bytes:
     """The task's payload with its dependencies' result payloads (dispatcher: opaque bytes)."""
     return BUNDLE + pickle.dumps((payload, results), pickle.HIGHEST_PROTOCOL)
+
+
+def chained(payload: bytes, run_id: int, attempt: int) -> bytes:
+    """The payload of a task sent right behind its one dependency, to the same worker: the
+    worker takes that task's value as it is, if it ran there just before and succeeded."""
+    return CHAINED + _PREVIOUS.pack(run_id, attempt) + payload
+
+
+def unchain_call(
+    data: bytes, last: tuple[int, int, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any] | None] | None:
+    """A chained payload's ``(args, kwargs)`` with the previous task's value in every
+    ``DepRef``'s place; ``None`` unless ``last`` (run id, attempt, value) is that task."""
+    run_id, attempt = _PREVIOUS.unpack_from(data, len(CHAINED))
+    if last is None or last[0] != run_id or last[1] != attempt:
+        return None
+    args, kwargs = _load(data[len(CHAINED) + _PREVIOUS.size :])
+    value = last[2]
+    args = tuple(value if isinstance(a, DepRef) else a for a in args)
+    if kwargs:
+        kwargs = {k: value if isinstance(v, DepRef) else v for k, v in kwargs.items()}
+    return args, kwargs
 
 
 def _load(payload: bytes) -> Any:

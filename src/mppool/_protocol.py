@@ -44,6 +44,8 @@ C_UNSCHEDULE = 10
 C_FORGET = 11
 C_RESIZE = 12
 C_DEMAND = 13
+C_CANCEL_BATCH = 14
+C_ENDED = 15
 # dispatcher -> client
 D_READY = 20
 D_RESULT = 21
@@ -86,12 +88,15 @@ EXPIRED = 11  # payload: pickled (seconds since submitted, failures): not starte
 CIRCUIT_OPEN = 12  # payload: pickled (kind, seconds until a probe may run): failed fast
 DEP_FAILED = 13  # payload: pickled (dependency id, its status, attempts, its payload)
 DEP_GONE = 14  # payload: b"": a dependency had finished; the client submits the task again
+UNCHAINED = 15  # worker: a chained task's dependency did not succeed just before it: not run
 
 # Single calls carry n_items == 0; a map chunk carries its item count (> 0). A chunk payload
 # is a pickled list of arguments; FLAG_STAR marks a list of argument tuples (several iterables).
 SINGLE = 0
 FLAG_TIMED = 1  # the worker announces R_STARTED before running (each item of) the task
 FLAG_STAR = 2  # chunk items are argument tuples
+FLAG_KEEP = 4  # keep the value: the next task in this batch is chained to it (mppool._deps)
+FLAG_CHAINED = 8  # its dependency is the task before it in this batch (mppool._deps)
 
 
 # --- client -> dispatcher --------------------------------------------------------------------
@@ -135,6 +140,7 @@ class Options(NamedTuple):
     retry_on: bytes | None  # pickled tuple of exception classes, None when max_attempts == 1
     retry_timeouts: bool  # whether a timeout counts as a retryable failure
     run_late: bool  # a deadline orders the task only: it does not fail for being late
+    batch: str  # the batch its tasks belong to ("" if none)
 
 
 class Function(NamedTuple):
@@ -167,33 +173,15 @@ class Submit(NamedTuple):
 
 
 def submit(
-    task_id: int,
-    fn_id: int,
-    opts_id: int,
-    n_items: int,
-    flags: int,
-    not_before: float,
-    payload: bytes,
-    key: str,
-    deadline: float = 0.0,
-    needs: tuple[int, ...] = (),
+    task_id: int, fn_id: int, opts_id: int, n_items: int, flags: int, not_before: float,
+    payload: bytes, key: str, deadline: float = 0.0, needs: tuple[int, ...] = (),
     after: tuple[int, ...] = (),
-) -> Message:
+) -> Message:  # fmt: skip
     """Build a :class:`Submit` as a plain tuple."""
     return (
-        C_SUBMIT,
-        task_id,
-        fn_id,
-        opts_id,
-        n_items,
-        flags,
-        not_before,
-        payload,
-        key,
-        deadline,
-        needs,
-        after,
-    )
+        C_SUBMIT, task_id, fn_id, opts_id, n_items, flags, not_before, payload, key, deadline,
+        needs, after,
+    )  # fmt: skip
 
 
 class Cancel(NamedTuple):
@@ -202,6 +190,23 @@ class Cancel(NamedTuple):
     tag: int
     task_id: int
     kill: bool
+
+
+class CancelBatch(NamedTuple):
+    """Cancel every live task of a batch (``Batch.cancel``); with ``kill``, running ones too."""
+
+    tag: int
+    batch: str
+    kill: bool
+
+
+class Ended(NamedTuple):
+    """A task the dispatcher answered ``DEP_GONE`` will not come back: the client failed it,
+    as ``dependency`` had failed. Tasks waiting for it fail in turn."""
+
+    tag: int
+    task_id: int
+    dependency: int
 
 
 class Forget(NamedTuple):
@@ -559,6 +564,8 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     C_FORGET: Forget,
     C_RESIZE: Resize,
     C_DEMAND: Demand,
+    C_CANCEL_BATCH: CancelBatch,
+    C_ENDED: Ended,
     D_READY: Ready,
     D_RESULT: Result,
     D_STATS: StatsReply,

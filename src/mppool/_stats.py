@@ -8,6 +8,7 @@ from typing import Any
 from ._scaling import ScalingEvent
 
 __all__ = [
+    "BatchStats",
     "CircuitStats",
     "ShareStats",
     "LatencyStats",
@@ -63,6 +64,36 @@ class CircuitStats:
     rejected: int
     held: int
     retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """One batch (``pool.batch(name)``), as the dispatcher counts it (a map chunk is one).
+
+    Attributes:
+        submitted: its tasks that reached the dispatcher.
+        completed: those that succeeded.
+        failed: those that failed (after any retries; a dependency's failure included).
+        cancelled: those cancelled.
+        live: its unfinished tasks by state (``queued``, ``running``, ``waiting``,
+            ``delayed``, ``retrying``, ``held``).
+    """
+
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    live: dict[str, int]
+
+    @property
+    def finished(self) -> int:
+        """Tasks that have ended, one way or another."""
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def progress(self) -> float:
+        """The share of its tasks that have ended (1.0 for a batch with none yet)."""
+        return self.finished / self.submitted if self.submitted else 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +190,7 @@ class PoolStats:
         refused: tasks failed fast by an open circuit (also counted in ``failed``).
         circuits: per kind with a circuit breaker, its state.
         shares: with ``Pool(shares=...)``, per kind seen: its weight and busy time.
+        batches: per batch (``pool.batch(name)``): its tasks by outcome and state.
     """
 
     submitted: int
@@ -190,6 +222,7 @@ class PoolStats:
     refused: int = 0
     circuits: dict[str, CircuitStats] = field(default_factory=dict)
     shares: dict[str, ShareStats] = field(default_factory=dict)
+    batches: dict[str, BatchStats] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> int:
@@ -204,7 +237,8 @@ class PoolStats:
         events = tuple(ScalingEvent(*row) for row in snap["scaling_events"])
         circuits = {k: CircuitStats(**v) for k, v in snap.get("circuits", {}).items()}
         shares = {k: ShareStats(**v) for k, v in snap.get("shares", {}).items()}
-        skip = ("workers", "latency", "scaling_events", "circuits", "shares")
+        batches = {k: BatchStats(**v) for k, v in snap.get("batches", {}).items()}
+        skip = ("workers", "latency", "scaling_events", "circuits", "shares", "batches")
         fields = {k: snap[k] for k in cls.__dataclass_fields__ if k not in skip}
         return cls(
             workers=workers,
@@ -212,6 +246,7 @@ class PoolStats:
             scaling_events=events,
             circuits=circuits,
             shares=shares,
+            batches=batches,
             **fields,
         )
 
@@ -278,6 +313,16 @@ class PoolStats:
                     f"  {kind or '(none)':<12}{s.weight:>10g}{s.busy_seconds:>10.2f}"
                     f"{s.busy_seconds / total:>8.0%}{s.queued:>8}"
                 )
+        if self.batches:
+            lines += [
+                "",
+                f"  {'batch':<16}{'done':>8}{'failed':>8}{'cancelled':>10}{'of':>8}{'live':>8}",
+            ]
+            for name, b in sorted(self.batches.items()):
+                lines.append(
+                    f"  {name:<16}{b.completed:>8}{b.failed:>8}{b.cancelled:>10}"
+                    f"{b.submitted:>8}{sum(b.live.values()):>8}"
+                )
         return "\n".join(lines)
 
 
@@ -305,6 +350,7 @@ class TaskInfo:
         pid: the worker that runs or ran it (None while waiting).
         error: for a failure kept in a job store: ``"TypeName: message"``.
         stored: whether the row comes from the job store (an earlier run; ``id`` is 0).
+        batch: the batch it belongs to (``pool.batch(name)``), if any.
     """
 
     id: int
@@ -321,3 +367,4 @@ class TaskInfo:
     pid: int | None
     error: str | None = None
     stored: bool = False
+    batch: str | None = None

@@ -158,6 +158,7 @@ class _Runner:
         self.last_flush = time.perf_counter()
         self.cut_batch = 0  # the last batch whose counter was found empty
         self.held: Any = None  # the last task's arguments from shared memory, until sent
+        self.last: tuple[int, int, Any] | None = None  # (run id, attempt, value) to chain on
 
     def flush(self) -> None:
         if self.out:
@@ -191,6 +192,12 @@ class _Runner:
             payload = r.payload
             if payload.startswith(_deps.BUNDLE):  # with the results of the tasks it waited for
                 args, kwargs = _deps.unbundle_call(payload)
+            elif r.flags & p.FLAG_CHAINED:  # with the value of the task just before it
+                call = _deps.unchain_call(payload, self.last)
+                self.last = None
+                if call is None:
+                    return p.UNCHAINED, b""  # that task did not succeed here: the dispatcher
+                args, kwargs = call  # gives this one its result another way
             else:
                 args, kwargs = (
                     _shm.loads(payload) if payload.startswith(_shm.MAGIC) else pickle.loads(payload)
@@ -201,10 +208,13 @@ class _Runner:
             self.held = args  # unmapping a large argument waits until its result is sent
         if r.flags & p.FLAG_TIMED:
             self._announce(r.run_id, r.attempt, 0)
+        self.last = None
         try:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
             return self._classify(exc, r.opts_id)
+        if r.flags & p.FLAG_KEEP:  # a task chained to this one is next in the batch
+            self.last = (r.run_id, r.attempt, value)
         try:
             return p.OK, dumps_result(value)
         except Exception as exc:

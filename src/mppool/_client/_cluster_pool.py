@@ -39,6 +39,10 @@ class _OnCluster:
     def _view(self, opts: _Options) -> ClusterView:
         if opts.deadline is not None or opts.deadline_at is not None:
             raise ValueError("options(deadline=...) " + _NOT_ON_A_CLUSTER)
+        if opts.after:
+            raise ValueError("options(after=...) " + _NOT_ON_A_CLUSTER)
+        if opts.batch:
+            raise ValueError("batch() " + _NOT_ON_A_CLUSTER)
         return ClusterView(self._core, opts, self._owner)
 
     def _mapping(

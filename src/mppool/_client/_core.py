@@ -15,6 +15,7 @@ Every state change happens under ``lock``, with the check that goes with it.
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import os
 import pickle
@@ -123,6 +124,9 @@ class _Core:
         self.shm_prefix = _shm.new_prefix()
         # task id -> what a task with dependencies needs to be submitted again (DEP_GONE)
         self.dep_waiting: dict[int, _dependencies.Waiting] = {}
+        self.dep_again: collections.deque[tuple[int, _dependencies.Waiting]] = collections.deque()
+        self.dep_lock = threading.Lock()
+        self.dep_draining = False
         # task id -> (segment, Shared handles) its arguments use, released at its outcome
         self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         config = p.Config(
@@ -334,6 +338,10 @@ class _Core:
     def cancel_task(self, task_id: int, kill: bool) -> None:
         if self.alive():
             self.conn.send(p.Cancel(p.C_CANCEL, task_id, kill))
+
+    def cancel_batch(self, batch: str, kill: bool) -> None:
+        if self.alive():
+            self.conn.send(p.CancelBatch(p.C_CANCEL_BATCH, batch, kill))
 
     # --- requests ------------------------------------------------------------------------------
     def check_answering(self) -> None:

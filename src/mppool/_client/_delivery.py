@@ -32,10 +32,10 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
     for msg in msgs:
         tag = msg[0]
         if tag == p.D_RESULT or tag == p.D_CHUNK:
+            if tag == p.D_RESULT and msg[2] == p.DEP_GONE:
+                _dependencies.gone(core, msg[1])
+                continue
             if core.dep_waiting:
-                if tag == p.D_RESULT and msg[2] == p.DEP_GONE:
-                    _dependencies.gone(core, msg[1])
-                    continue
                 core.dep_waiting.pop(msg[1], None)
             entry = entries.pop(msg[1], None)
             if entry is not None:

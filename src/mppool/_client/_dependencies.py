@@ -147,7 +147,7 @@ def gone(core: _Core, task_id: int) -> None:
         return
     pending = [f for f in (*waiting.needs, *waiting.after) if not f.done()]
     if not pending:
-        _again(core, task_id, waiting)
+        _later(core, task_id, waiting)
         return
     left = [len(pending)]
     lock = threading.Lock()
@@ -157,10 +157,27 @@ def gone(core: _Core, task_id: int) -> None:
             left[0] -= 1
             last = left[0] == 0
         if last:
-            _again(core, task_id, waiting)
+            _later(core, task_id, waiting)
 
     for f in pending:
         f.add_done_callback(one_done)
+
+
+def _later(core: _Core, task_id: int, waiting: Waiting) -> None:
+    """Run :func:`_again` for the task, one at a time: failing a task runs its dependents'
+    callbacks, which would otherwise recurse once per link of a long chain."""
+    with core.dep_lock:
+        core.dep_again.append((task_id, waiting))
+        if core.dep_draining:
+            return  # the call draining the queue, further up this stack or in another thread
+        core.dep_draining = True
+    while True:
+        with core.dep_lock:
+            if not core.dep_again:
+                core.dep_draining = False
+                return
+            task_id, waiting = core.dep_again.popleft()
+        _again(core, task_id, waiting)
 
 
 def _again(core: _Core, task_id: int, w: Waiting) -> None:
@@ -174,6 +191,7 @@ def _again(core: _Core, task_id: int, w: Waiting) -> None:
             core.entries.pop(task_id, None)
             core.dep_waiting.pop(task_id, None)
             core.release_segments(task_id)
+            core.send(p.Ended(p.C_ENDED, task_id, f.task_id))  # for tasks waiting for it
             entry._mppool_fail(err)
             return
     from ._core import pack, release
@@ -186,6 +204,7 @@ def _again(core: _Core, task_id: int, w: Waiting) -> None:
     except BaseException as exc:
         core.entries.pop(task_id, None)
         core.dep_waiting.pop(task_id, None)
+        core.send(p.Ended(p.C_ENDED, task_id, task_id))
         entry._mppool_fail(exc)
         return
     release(core.segments.pop(task_id, None))

@@ -85,6 +85,44 @@ def _at(value: Any) -> float | None:
     return number
 
 
+def option_changes(
+    priority: Any,
+    timeout: Any,
+    retries: Any,
+    crash_retries: Any,
+    kind: Any,
+    key: Any,
+    delay: Any,
+    at: Any,
+    deadline: Any,
+    run_late: Any,
+    after: Any,
+) -> dict[str, Any]:
+    """``options(...)``'s arguments as changes to an :class:`_Options` (``UNSET``: no change)."""
+    changes = {
+        "priority": priority,
+        "timeout": timeout,
+        "retry": retries if retries is UNSET else _retry_policy(retries),
+        "crash_retries": crash_retries,
+        "kind": kind if kind is UNSET else str(kind),
+        "key": key,
+        "run_late": run_late,
+    }
+    if delay is not UNSET:
+        changes.update(delay=delay, at=None)
+    if at is not UNSET:
+        at = at.timestamp() if isinstance(at, datetime.datetime) else at
+        changes.update(at=at, delay=None)
+    if deadline is not UNSET:
+        relative, absolute = _deadline(deadline)
+        changes.update(deadline=relative, deadline_at=absolute)
+    if after is not UNSET:
+        from ._dependencies import check_after
+
+        changes.update(after=check_after(after))
+    return {name: value for name, value in changes.items() if value is not UNSET}
+
+
 def _deadline(value: Any) -> tuple[float | None, float | None]:
     """A deadline as ``(seconds from submission, wall-clock time)``: one of them, or neither."""
     if value is None:
@@ -108,6 +146,7 @@ class _Options:
         "_signature",
         "after",
         "at",
+        "batch",
         "crash_retries",
         "deadline",
         "deadline_at",
@@ -134,6 +173,7 @@ class _Options:
         deadline_at: float | None = None,
         run_late: bool = False,
         after: tuple[Any, ...] = (),
+        batch: str = "",
     ) -> None:
         if isinstance(crash_retries, bool) or not isinstance(crash_retries, int):
             raise TypeError(f"crash_retries must be an int, not {crash_retries!r}")
@@ -159,8 +199,9 @@ class _Options:
         self.deadline_at = deadline_at  # a wall-clock time
         self.run_late = run_late
         self.after = after  # futures every task of these options waits for (checked)
+        self.batch = batch  # the batch its tasks belong to (pool.batch(name))
         # What the dispatcher sees of these options: equal signatures share one id.
-        self._signature = (self.priority, self.timeout, retry, crash_retries, kind, run_late)
+        self._signature = (self.priority, self.timeout, retry, crash_retries, kind, run_late, batch)
 
     def message(self, opts_id: int) -> p.Options:
         retry = self.retry
@@ -183,6 +224,7 @@ class _Options:
             retry_on,
             retry_timeouts,
             self.run_late,
+            self.batch,
         )
 
     def signature(self) -> tuple[Any, ...]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
-import math
 import os
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -22,26 +21,25 @@ from .._scaling import Autoscale
 from .._shm import Shared
 from .._stats import PoolStats, TaskInfo
 from ._core import _Core, _finalize, _live_cores
-from ._dependencies import check_after
 from ._future import Future
 from ._options import (
     UNSET,
     _check,
     _circuit_breakers,
-    _deadline,
     _init_timeout,
     _open_store,
     _Options,
-    _retry_policy,
     _shares,
+    option_changes,
 )
-from ._schedule import Schedule, validate_cron
+from ._schedule import Schedule, check_interval, validate_cron
 from ._setup import WorkerSetup, core_placement, preload_modules, thread_environment
 from ._sizing import PolicyThread, check_size, send_resize, sizes
 
 if TYPE_CHECKING:
     from .._web._registry import Registry
     from .._web._server import Server
+    from ._batch import Batch
 
 T = TypeVar("T")
 DEFAULT_AGING_RATE = 0.1  # priority levels a waiting task gains per second
@@ -206,41 +204,28 @@ class _Submitter:
             delay: seconds to wait before the task becomes runnable.
             at: a wall-clock time (``time.time()`` seconds or a ``datetime``) before which
                 the task does not run.
-            deadline: seconds after its submission (for ``map``: each chunk's), or a
-                ``datetime``, by which the task must start. Among tasks of one priority the
-                earliest deadline starts first; a task that has not started by its deadline
-                fails with ``DeadlineExceededError`` instead of running late. A task already
-                running goes on (``timeout`` bounds a run).
+            deadline: seconds after submission (for ``map``: each chunk's) or a ``datetime``
+                by which the task must start: earliest deadline first within a priority; not
+                started by then, it fails with ``DeadlineExceededError`` (a run goes on).
             run_late: with a deadline, only order by it: never fail for being late.
-            after: a future of this pool, or several: the task starts only once they have
-                all succeeded (and fails with ``DependencyFailedError`` if one does not).
-                A future passed as an argument does the same and passes its result.
+            after: futures of this pool the task waits for (``DependencyFailedError`` if
+                one fails); a future passed as an argument also passes its result.
 
         Returns:
             A :class:`PoolView`.
         """
-        changes = {
-            "priority": priority,
-            "timeout": timeout,
-            "retry": retries if retries is UNSET else _retry_policy(retries),
-            "crash_retries": crash_retries,
-            "kind": kind if kind is UNSET else str(kind),
-            "key": key,
-        }
-        if delay is not UNSET:
-            changes.update(delay=delay, at=None)
-        if at is not UNSET:
-            at = at.timestamp() if isinstance(at, datetime.datetime) else at
-            changes.update(at=at, delay=None)
-        if deadline is not UNSET:
-            relative, absolute = _deadline(deadline)
-            changes.update(deadline=relative, deadline_at=absolute)
-        if run_late is not UNSET:
-            changes.update(run_late=run_late)
-        if after is not UNSET:
-            changes.update(after=check_after(after))
-        changes = {name: value for name, value in changes.items() if value is not UNSET}
+        changes = option_changes(
+            priority, timeout, retries, crash_retries, kind, key, delay, at, deadline, run_late,
+            after,
+        )  # fmt: skip
         return self._view(self._opts.replace(**changes))
+
+    def batch(self, name: str) -> Batch:
+        """A :class:`mppool.Batch`: a named group of tasks (with this view's options),
+        followed, waited for and cancelled together."""
+        from ._batch import Batch, check_name
+
+        return Batch(self._view(self._opts.replace(batch=check_name(name))), name)
 
     def _view(self, opts: _Options) -> PoolView:
         return PoolView(self._core, opts, self._owner)
@@ -323,13 +308,10 @@ class Pool(_Submitter, concurrent.futures.Executor):
             (``"tcp://host:8786"``). Each Dask worker runs a pool of its own (one worker
             process per Dask thread); see README, "Beyond one machine". Needs the ``dask``
             extra.
-        shares: weighted fair share of the workers' time between kinds, e.g.
-            ``{"etl": 3, "adhoc": 1}``: while several kinds have work queued, run time is
-            split by these weights (a kind not listed weighs 1); an idle kind's share goes
-            to the others. Priorities order the tasks within a kind.
-        circuit_breakers: per kind, a ``mppool.CircuitBreaker``: after repeated failures
-            the kind's queued and new tasks fail fast with ``CircuitOpenError`` (or wait)
-            until a probe task succeeds (see README, "Scheduling policies").
+        shares: weighted fair share of run time between kinds with work queued, e.g.
+            ``{"etl": 3, "adhoc": 1}`` (a kind not listed weighs 1).
+        circuit_breakers: per kind, a ``mppool.CircuitBreaker``: after repeated failures the
+            kind's tasks fail fast with ``CircuitOpenError`` until a probe task succeeds.
 
     Raises:
         ValueError: for out-of-range arguments.
@@ -565,15 +547,8 @@ class Pool(_Submitter, concurrent.futures.Executor):
         Returns:
             A :class:`Schedule` handle: ``cancel()``, ``next_run``, ``history()``.
         """
-        if isinstance(interval, bool) or not isinstance(interval, int | float):
-            raise TypeError(f"interval must be a number of seconds, not {interval!r}")
-        if not 0 < interval < math.inf:
-            raise ValueError(f"interval must be a finite number of seconds > 0, not {interval!r}")
-        handle: Schedule = self._core.schedules.add(
-            fn, args, kwargs, self._opts, float(interval), "", f"every {interval:g} s"
-        )
-        handle._owner = self  # a running schedule keeps its pool alive
-        return handle
+        every = check_interval(interval)
+        return self._schedule(fn, args, kwargs, every, "", f"every {every:g} s")
 
     def schedule_cron(
         self, expression: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
@@ -588,8 +563,13 @@ class Pool(_Submitter, concurrent.futures.Executor):
             ValueError: if the expression is not valid.
         """
         validate_cron(expression)
+        return self._schedule(fn, args, kwargs, 0.0, expression, f"cron {expression!r}")
+
+    def _schedule(
+        self, fn: Any, args: Any, kwargs: Any, every: float, cron: str, label: str
+    ) -> Schedule:
         handle: Schedule = self._core.schedules.add(
-            fn, args, kwargs, self._opts, 0.0, expression, f"cron {expression!r}"
+            fn, args, kwargs, self._opts, every, cron, label
         )
         handle._owner = self  # a running schedule keeps its pool alive
         return handle

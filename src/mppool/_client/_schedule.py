@@ -6,6 +6,7 @@ when the dispatcher starts it, and keeps that run's outcome in a bounded history
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -29,6 +30,15 @@ def validate_cron(expr: str) -> None:
 
     if not isinstance(expr, str) or not croniter.is_valid(expr):
         raise ValueError(f"not a valid cron expression: {expr!r}")
+
+
+def check_interval(interval: Any) -> float:
+    """``schedule_every``'s interval: a finite number of seconds > 0."""
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise TypeError(f"interval must be a number of seconds, not {interval!r}")
+    if not 0 < interval < math.inf:
+        raise ValueError(f"interval must be a finite number of seconds > 0, not {interval!r}")
+    return float(interval)
 
 
 def first_run(interval: float, cron: str, now: float) -> float:

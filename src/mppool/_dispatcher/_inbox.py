@@ -50,6 +50,11 @@ def client_messages(d: Dispatcher, msgs: list[p.Message]) -> None:
             d.sizing.resize(msg[2], msg[3], request_id=msg[1])
         elif tag == p.C_DEMAND:
             d.sizing.demand(msg[1], msg[2])
+        elif tag == p.C_ENDED:
+            ended(d, p.Ended(*msg))
+        elif tag == p.C_CANCEL_BATCH:
+            for task_id in d.batches.ids(msg[1]):
+                cancel(d, task_id, msg[2])
 
 
 def submit(d: Dispatcher, m: p.Submit) -> None:
@@ -71,15 +76,33 @@ def submit(d: Dispatcher, m: p.Submit) -> None:
         not_before=m.not_before,
         deadline=m.deadline or math.inf,
     )
+    deps = d.sched.dependencies
+    if deps.bounced:
+        deps.bounced.discard(m.task_id)  # back from the client
     if m.needs or m.after:
-        if d.sched.dependencies.missing(m.needs + m.after):
-            # One finished since the client looked: its result is on its way there, ahead of
-            # this answer; the client submits the task again with the values it has.
+        if deps.missing(m.needs + m.after):
+            # One ended since the client looked and its outcome is not kept here; it is on
+            # its way to the client, ahead of this answer: the client submits the task again
+            # with the values it has (tasks naming this one wait for that).
+            deps.bounced.add(m.task_id)
             d.results.append(p.result(m.task_id, p.DEP_GONE, 0, 0.0, b""))
             return
         d.sched.submit(task, m.needs, m.after)
-        return
-    d.sched.submit(task)
+    else:
+        d.sched.submit(task)
+    if opts.batch:
+        d.batches.submitted(m.task_id, opts.batch)
+
+
+def ended(d: Dispatcher, m: p.Ended) -> None:
+    """A task answered ``DEP_GONE`` failed in the client: its outcome, for its waiters."""
+    deps = d.sched.dependencies
+    deps.bounced.discard(m.task_id)
+    cause = deps.recent.get(m.dependency, (p.CANCELLED, 0, b""))
+    d.sched.counts["submitted"] += 1
+    d.sched.counts["failed"] += 1
+    payload = pickle.dumps((m.dependency, *cause))
+    d.results.append(p.result(m.task_id, p.DEP_FAILED, 0, 0.0, payload))
 
 
 def options(d: Dispatcher, o: p.Options) -> None:
@@ -91,10 +114,13 @@ def options(d: Dispatcher, o: p.Options) -> None:
 def cancel(d: Dispatcher, task_id: int, kill: bool) -> None:
     cancelled, kills = d.sched.cancel(task_id, kill)
     if not cancelled:
+        if task_id in d.sched.dependencies.bounced:  # cancelled at the client while it was
+            d.sched.dependencies.bounced.discard(task_id)  # there: its waiters learn it here
+            d.results.append(p.result(task_id, p.CANCELLED, 0, 0.0, b""))
         return
     for worker in kills:
         d.workers.kill(d.workers.slots[worker], "cancel")
-    d.table.cancelled(task_id, d.clock())
+    d.table.cancelled(task_id, d.clock(), d.batches.of.get(task_id, ""))
     d.results.append(p.result(task_id, p.CANCELLED, 0, 0.0, b""))
 
 
@@ -171,6 +197,9 @@ def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
             d.results.append(p.result(task.id, p.OK, task.failures + 1, r.duration, r.payload))
         else:  # stale, or its task was cancelled while it ran: nobody will read it
             _shm.discard(r.payload)
+        return
+    if r.status == p.UNCHAINED:
+        sched.outcomes.unchained(w.index, r.run_id, r.attempt)
         return
     retryable = r.status == p.ERROR_RETRYABLE
     outcome = sched.outcomes.fail(w.index, r.run_id, r.attempt, r.duration, retryable)

@@ -34,6 +34,7 @@ from .. import _protocol as p
 from .. import _shm
 from . import _inbox
 from . import _scheduler as s
+from ._batches import Batches
 from ._claims import Claims
 from ._clock import Clock
 from ._latency import LatencyWindow
@@ -102,6 +103,7 @@ class Dispatcher:
         self.shared_results: dict[int, list[str]] = {}
         self.segment_readers: dict[str, int] = {}
         self._settled = 0  # results (of this round) already applied to waiting tasks
+        self.batches = Batches()
         self.closing = False
         self.kill_at: float | None = None
         self.broken: tuple[str, str | None] | None = None
@@ -203,7 +205,7 @@ class Dispatcher:
         if cancel_queued:
             now = self.clock()
             for task_id in self.sched.drop_queued():
-                self.table.cancelled(task_id, now)
+                self.table.cancelled(task_id, now, self.batches.of.get(task_id, ""))
                 self.results.append(p.result(task_id, p.CANCELLED, 0, 0.0, b""))
         if deadline >= 0:
             self.kill_at = self.clock() + deadline
@@ -222,7 +224,8 @@ class Dispatcher:
         client to the tasks that wait for them. True if some of those may run now."""
         if self.sched.unstarted:
             self._report_unstarted(now)
-        if not (self.sched.dependencies.dependents or self.shared_results):
+        deps = self.sched.dependencies
+        if not (deps.enabled or deps.dependents or self.shared_results or self.batches.of):
             return False
         released = self.sched.dependencies.released
         self._settle_dependencies(now)
@@ -230,19 +233,27 @@ class Dispatcher:
 
     def _settle_dependencies(self, now: float) -> None:
         """Apply the final outcomes on their way to the client to the tasks that wait for
-        them (failing a waiting task is such an outcome too: it cascades)."""
+        them (failing a waiting task is such an outcome too: it cascades), and count them
+        for their batches."""
         deps = self.sched.dependencies
+        batches = self.batches
         results = self.results
         i = self._settled
         while True:
             while i < len(results):
                 msg = results[i]
-                if msg[0] == p.D_RESULT:
+                tag = msg[0]
+                if tag == p.D_RESULT or tag == p.D_CHUNK:
                     task_id = msg[1]
+                    if task_id in batches.of:
+                        batches.ended(msg)
                     if task_id in self.shared_results:
                         self._release_shared(task_id)
-                    if task_id in deps.dependents:
-                        self._forward(i, msg)
+                    if tag == p.D_RESULT and msg[2] != p.DEP_GONE:  # (not an outcome)
+                        if task_id in deps.dependents:
+                            self._forward(i, msg)
+                        if deps.enabled:
+                            deps.record(task_id, msg[2], msg[3], msg[5])
                 i += 1
             self._settled = i
             if not self.sched.unstarted:

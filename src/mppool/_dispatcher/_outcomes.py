@@ -93,6 +93,12 @@ class Outcomes:
             s.circuits.judge(task, True, s.clock())
         return task
 
+    def unchained(self, w: int, run_id: int, attempt: int) -> None:
+        """A chained task was not run: the task before it did not succeed on that worker."""
+        task = self._take(w, run_id, attempt)
+        if task is not None:
+            self.s.dependencies.unchain(task)
+
     def fail(
         self, w: int, run_id: int, attempt: int, duration: float, retryable: bool
     ) -> Retry | Fail | None:

@@ -251,6 +251,9 @@ class Scheduler:
             self.fair.settle(task, 0.0)  # it comes back unrun: its charge is refunded
         self.tasks[task.id] = task
         task.batch = None
+        if task.chained_to is not None:
+            self.dependencies.unchain(task)  # it no longer follows its dependency
+            return
         self._enqueue(task, now, take_back=False)
 
     # --- choosing work -------------------------------------------------------------------------
@@ -269,6 +272,8 @@ class Scheduler:
         if not tasks:
             return None
         self._extend(tasks, min(limit, MAX_IN_PIPE))
+        if self.dependencies.dependents:
+            self.dependencies.chain_behind(tasks, min(limit, MAX_IN_PIPE))
         now = self.clock()
         if self.fair is not None:
             for task in tasks:

@@ -132,6 +132,7 @@ def snapshot(d: Dispatcher) -> dict[str, Any]:
         workers=_workers(d, uptime),
         circuits=sched.circuits.snapshot(d.clock(), d.wall()),
         shares=sched.fair.snapshot() if sched.fair is not None else {},
+        batches=d.batches.snapshot(sched.tasks.values()),
     )
     snap.update(d.sizing.snapshot())
     return snap

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import _deps
 from ._runqueue import rank
 from ._tasks import Batch, Task
 
@@ -193,9 +194,27 @@ class Stealing:
         out: list[tuple[Batch | None, Task]] = []
         for other in pipes.batches[v]:
             first = pipes.first_unclaimed(other)
-            if first is not None and first is not head:
+            # A chained task stays behind its dependency (it would only come back unrun).
+            if first is not None and first is not head and first.chained_to is None:
                 out.append((other, first))
         return out
+
+    def _keep_chains(self, moved: list[Task]) -> list[Task]:
+        """A chained task moves with the task it follows (re-addressed to that task's new
+        attempt); one whose dependency stays behind comes back unrun instead."""
+        s = self.s
+        now = s.clock()
+        kept: list[Task] = []
+        for task in moved:
+            head = task.chained_to
+            if head is not None:
+                if not kept or kept[-1] is not head or task.plain_payload is None:
+                    s.tasks[task.id] = task
+                    s.requeue(task, now)  # unchained: it waits, or runs on the stored result
+                    continue
+                task.payload = _deps.chained(task.plain_payload, head.id, head.attempt)
+            kept.append(task)
+        return kept
 
     def _unstarted_work(self, w: int, v: int) -> tuple[float, int]:
         """Estimated seconds and claim tokens of what ``v`` holds and ``w`` could take."""
@@ -217,6 +236,8 @@ class Stealing:
             back = s.pipes.back(batch)
             if back is None or unclaimed <= 0 or not self.eligible(w, back):
                 continue
+            if back.chained_to is not None:
+                continue  # a chain runs where its head runs (see _dependencies)
             est = s.estimates.of(back)
             work += unclaimed * (UNKNOWN_COST if est is None else est / max(1, back.tokens()))
             total += unclaimed
@@ -224,6 +245,8 @@ class Stealing:
 
     def _moved_to(self, w: int, moved: list[Task]) -> list[Task]:
         s = self.s
+        if any(t.chained_to is not None for t in moved):
+            moved = self._keep_chains(moved)
         if moved:
             s.pipes.steals += 1
             s.pipes.stolen_tasks += len(moved)

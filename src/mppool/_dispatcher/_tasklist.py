@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ._tasks import BACKOFF, DELAYED, LOCAL_STATES, RATE_LIMITED, SENT, ChunkJob, Task
+from ._tasks import (
+    BACKOFF,
+    DELAYED,
+    HELD,
+    LOCAL_STATES,
+    RATE_LIMITED,
+    SENT,
+    WAITING,
+    ChunkJob,
+    Task,
+)
 
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
@@ -19,6 +29,8 @@ _LIVE_STATE = {
     DELAYED: "delayed",
     RATE_LIMITED: "queued",
     BACKOFF: "retrying",
+    WAITING: "waiting",  # for the tasks it depends on
+    HELD: "held",  # by its kind's open circuit
 }
 
 
@@ -60,11 +72,12 @@ class TaskTable:
                 duration,
                 pid,
                 items,
+                o.batch,
             )
         )
 
-    def cancelled(self, task_id: int, now: float) -> None:
-        self.history.append((task_id, "", "", 0.0, "cancelled", 0, 0.0, 0.0, now, 0.0, 0, 0))
+    def cancelled(self, task_id: int, now: float, batch: str = "") -> None:
+        self.history.append((task_id, "", "", 0.0, "cancelled", 0, 0.0, 0.0, now, 0.0, 0, 0, batch))
 
     def listing(
         self, sched: Scheduler, pids: list[int], now: float, wall_now: float, task_id: int = 0
@@ -86,7 +99,9 @@ class TaskTable:
         for rec in reversed(self.history):
             if task_id and rec[0] != task_id:
                 continue
-            (tid, key, kind, prio, state, attempts, sub_at, start_at, fin_at, dur, pid, items) = rec
+            (tid, key, kind, prio, state, attempts, sub_at, start_at, fin_at, dur, pid, items) = (
+                rec[:12]
+            )
             out.append(
                 {
                     "id": tid,
@@ -101,6 +116,7 @@ class TaskTable:
                     "finished_at": wall(fin_at),
                     "duration": dur,
                     "pid": pid or None,
+                    "batch": rec[12] or None,
                 }
             )
             if task_id:
@@ -123,6 +139,7 @@ class TaskTable:
             "finished_at": None,
             "duration": None,
             "pid": pid or None,
+            "batch": o.batch or None,
         }
 
 

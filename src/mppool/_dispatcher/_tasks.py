@@ -50,6 +50,7 @@ class TaskOptions(NamedTuple):
     kind: str = ""
     retry_timeouts: bool = False
     run_late: bool = False  # a deadline only orders the task: it never fails for being late
+    batch: str = ""  # the batch (pool.batch(name)) its tasks belong to
 
     @classmethod
     def from_message(cls, msg: p.Options) -> TaskOptions:
@@ -65,6 +66,7 @@ class TaskOptions(NamedTuple):
             kind=msg.kind,
             retry_timeouts=msg.retry_timeouts,
             run_late=msg.run_late,
+            batch=msg.batch,
         )
 
     def backoff(self, failures: int, rng: random.Random) -> float:
@@ -136,6 +138,8 @@ class Task:
         "attempt",
         "batch",
         "block",
+        "chain_failure",
+        "chained_to",
         "charged",
         "crashes",
         "deadline",
@@ -156,6 +160,7 @@ class Task:
         "order",
         "payload",
         "pending",
+        "plain_payload",
         "running_item",
         "start",
         "started_at",
@@ -210,6 +215,10 @@ class Task:
         self.deps: tuple[int, ...] = ()  # tasks whose results it takes (see _dependencies)
         self.dep_results: list[bytes] | None = None  # their result payloads, while waiting
         self.pending: set[int] | None = None  # tasks it still waits for
+        # Sent right behind its one dependency, to run on its value (see _dependencies):
+        self.chained_to: Task | None = None  # that dependency
+        self.plain_payload: bytes | None = None  # its payload when not chained
+        self.chain_failure: bytes | None = None  # the dependency's failure, once known
 
     @property
     def n_items(self) -> int:

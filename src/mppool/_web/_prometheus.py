@@ -108,6 +108,7 @@ class PoolCollector(Collector):
         yield from _latency(stats)
         yield from _circuits(stats)
         yield from _shares(stats)
+        yield from _batches(stats)
 
 
 def _counters(stats: PoolStats) -> Iterator[Metric]:
@@ -163,6 +164,27 @@ def _shares(stats: PoolStats) -> Iterator[Metric]:
         busy.add_metric([kind], s.busy_seconds)
     yield weight
     yield busy
+
+
+def _batches(stats: PoolStats) -> Iterator[Metric]:
+    """Per batch: its tasks by outcome (counters) and its live tasks by state."""
+    if not stats.batches:
+        return
+    ended = CounterMetricFamily(
+        _name("batch_tasks"),
+        "A batch's tasks by outcome (submitted, completed, failed, cancelled).",
+        labels=["batch", "outcome"],
+    )
+    live = GaugeMetricFamily(
+        _name("batch_live_tasks"), "A batch's unfinished tasks by state.", labels=["batch", "state"]
+    )
+    for name, b in sorted(stats.batches.items()):
+        for outcome in ("submitted", "completed", "failed", "cancelled"):
+            ended.add_metric([name, outcome], float(getattr(b, outcome)))
+        for state, count in sorted(b.live.items()):
+            live.add_metric([name, state], float(count))
+    yield ended
+    yield live
 
 
 def _queue(stats: PoolStats) -> Iterator[Metric]:

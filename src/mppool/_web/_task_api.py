@@ -33,10 +33,14 @@ MAX_REPR_CHARS = 10_000  # a result that is not JSON is returned as a repr cut t
 MAX_WAIT = 60.0  # longest ?wait= a GET /api/tasks/{id} may ask for
 FINISH_WAIT = 2.0  # seconds to wait for a future the dispatcher already reports finished
 
-TASK_STATES = frozenset({"queued", "delayed", "running", "retrying", "done", "failed", "cancelled"})
+TASK_STATES = frozenset(
+    {"queued", "delayed", "running", "retrying", "waiting", "held", "done", "failed", "cancelled"}
+)
 _FINISHED = frozenset({"done", "failed", "cancelled"})
 _MAX_LABEL = 200  # longest kind or key accepted over HTTP
-_SUBMIT_FIELDS = frozenset({"name", "args", "kwargs", "priority", "timeout", "kind", "key"})
+_SUBMIT_FIELDS = frozenset(
+    {"name", "args", "kwargs", "priority", "timeout", "kind", "key", "batch"}
+)
 
 Call = Callable[..., Awaitable[Any]]  # runs a blocking pool call off the event loop
 
@@ -63,6 +67,8 @@ class TaskApi:
         app.router.add_post("/api/tasks", self.submit)
         app.router.add_get(r"/api/tasks/{id:-?\d{1,18}}", self.get)
         app.router.add_delete(r"/api/tasks/{id:-?\d{1,18}}", self.cancel)
+        app.router.add_get("/api/batches", self.batches)
+        app.router.add_delete("/api/batches/{name}", self.cancel_batch)
 
     def forget(self) -> None:
         self._tracked.clear()
@@ -94,6 +100,9 @@ class TaskApi:
         infos = await self._call(self._pool.tasks)
         if state is not None:
             infos = [i for i in infos if i.state == state]
+        batch = request.query.get("batch")
+        if batch is not None:
+            infos = [i for i in infos if i.batch == batch]
         rows = [self._row(i) for i in infos[:limit]]
         return reply({"tasks": rows, "count": len(rows)})
 
@@ -181,6 +190,24 @@ class TaskApi:
         await self._call(functools.partial(self._pool.cancel_task, task_id, kill=kill))
         return reply({"id": task_id, "cancelled": True})
 
+    async def batches(self, request: web.Request) -> web.Response:
+        """Every batch the pool has seen: its counts by outcome and state, and progress."""
+        stats = await self._call(self._pool.stats)
+        rows = {
+            name: {**dataclasses.asdict(b), "progress": b.progress}
+            for name, b in sorted(stats.batches.items())
+        }
+        return reply({"batches": rows})
+
+    async def cancel_batch(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        kill = request.query.get("kill", "false").lower() in ("1", "true", "yes")
+        stats = await self._call(self._pool.stats)
+        if name not in stats.batches:
+            raise HTTPError(404, f"no batch named {name!r}")
+        await self._call(functools.partial(self._pool.batch(name).cancel, kill=kill))
+        return reply({"batch": name, "cancelled": True})
+
 
 def parse_submission(body: Any) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
     """A POSTed task as (name, args, kwargs, options); a 400 for anything malformed."""
@@ -209,7 +236,7 @@ def parse_submission(body: Any) -> tuple[str, list[Any], dict[str, Any], dict[st
         if timeout is not None and (not _is_finite(timeout) or not timeout > 0):
             raise HTTPError(400, "'timeout' must be a positive number or null")
         options["timeout"] = None if timeout is None else float(timeout)
-    for field in ("kind", "key"):
+    for field in ("kind", "key", "batch"):
         if body.get(field) is not None:
             value = body[field]
             if not isinstance(value, str) or not value or len(value) > _MAX_LABEL:
@@ -278,7 +305,10 @@ def _submit(
     kwargs: dict[str, Any],
     options: dict[str, Any],
 ) -> Any:
-    view = pool.options(**options) if options else pool
+    batch = options.pop("batch", None)
+    view: Any = pool.options(**options) if options else pool
+    if batch is not None:
+        view = view.batch(batch)
     if "timeout" in kwargs:
         # try_submit's own ``timeout`` keyword would swallow the task's argument.
         fn, kwargs = functools.partial(fn, **kwargs), {}
