@@ -36,8 +36,8 @@ from bench import child
 from bench import workloads as wl
 
 CHAIN = 1000
-FAN = 500
-FAN_SECONDS = 0.002
+FAN = 2000
+FAN_SECONDS = 0.0005
 GRAPHS = ("chain", "fan")
 VARIANTS = ("mppool", "dask", "by-hand")
 
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         graph, variant, _ = args.cell
         print(json_line(measure(graph, variant)))
         return 0
+    wl.publish_calibration()  # one CPU rate for every worker of every variant
     print(
         f"chain of {CHAIN} tasks; fan-out/fan-in of {FAN} x {FAN_SECONDS:g} s; 2 workers; "
         f"{os.cpu_count()} cores, {args.rounds} rounds"

@@ -39,7 +39,7 @@ from ._open_maps import OpenMaps
 from ._options import _Options
 from ._requests import Requests
 from ._schedule import Schedules
-from ._serial import dumps
+from ._serial import dumps, pack, release
 from ._setup import WorkerSetup
 
 if TYPE_CHECKING:
@@ -48,25 +48,6 @@ if TYPE_CHECKING:
 START_TIMEOUT = 60.0  # seconds to wait for a new dispatcher to report ready
 EXIT_TIMEOUT = 10.0  # seconds the atexit hook waits for a pool to end before killing it
 EXIT_POLL_SECONDS = 0.1  # an exit waiting for a closing pool wakes this often (for Ctrl-C)
-
-
-def release(kept: tuple[str | None, list[Any]] | None) -> None:
-    """Remove a task's argument segment (its ``Shared`` handles go with the tuple)."""
-    if kept is not None and kept[0] is not None:
-        _shm.remove(kept[0])
-
-
-def pack(obj: Any, what: str, prefix: str) -> tuple[bytes, Any]:
-    """A task's payload; large buffers go into a shared-memory segment named from ``prefix``.
-    Also returns what must live until the task's outcome (the segment, ``Shared`` handles),
-    or None."""
-    buffers: list[memoryview] = []
-    body = dumps(obj, what, buffers)
-    handles = _shm.handles_in(body, dumps, obj, what) if _shm.SHARED in body else []
-    if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
-        return body, (None, handles) if handles else None
-    payload, segment = _shm.place(body, buffers, prefix, lambda: dumps(obj, what), consume=False)
-    return payload, (segment, handles) if segment or handles else None
 
 
 class _Core:

@@ -23,6 +23,7 @@ from .. import _protocol as p
 from .._deps import DepRef
 from .._errors import DependencyFailedError
 from ._future import Future
+from ._serial import pack, release
 
 if TYPE_CHECKING:
     from ._core import _Core
@@ -182,7 +183,7 @@ def _later(core: _Core, task_id: int, waiting: Waiting) -> None:
 
 def _again(core: _Core, task_id: int, w: Waiting) -> None:
     entry = core.entries.get(task_id)
-    if entry is None:
+    if entry is None or entry.cancelled():  # (a cancel told the dispatcher already)
         core.dep_waiting.pop(task_id, None)
         return
     for f in (*w.needs, *w.after):
@@ -194,8 +195,6 @@ def _again(core: _Core, task_id: int, w: Waiting) -> None:
             core.send(p.Ended(p.C_ENDED, task_id, f.task_id))  # for tasks waiting for it
             entry._mppool_fail(err)
             return
-    from ._core import pack, release
-
     values = [f.result() for f in w.needs]
     args = tuple(values[a.index] if isinstance(a, DepRef) else a for a in w.args)
     kwargs = {k: values[v.index] if isinstance(v, DepRef) else v for k, v in w.kwargs.items()}

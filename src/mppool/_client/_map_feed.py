@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .._errors import SerializationError
-from ._core import pack
 from ._map_units import Chunk, Failed, Keyed, Stored, Unit
 from ._planner import MAX_CHUNK_ITEMS
-from ._serial import dumps
+from ._serial import dumps, pack
 from ._sizing import Demand
 from ._store import DONE, RUN
 

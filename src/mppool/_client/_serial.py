@@ -9,6 +9,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _protocol as p
+from .. import _shm
 from .._errors import (
     BrokenPoolError,
     CancelledByShutdownError,
@@ -177,3 +178,22 @@ def decode_value(payload: bytes) -> Any:
         return loads(payload) if payload.startswith(MAGIC) else pickle.loads(payload)
     except (Exception, SystemExit) as exc:  # even SystemExit from a __reduce__: contained
         raise SerializationError(f"the task's result could not be unpickled: {exc!r}") from exc
+
+
+def release(kept: tuple[str | None, list[Any]] | None) -> None:
+    """Remove a task's argument segment (its ``Shared`` handles go with the tuple)."""
+    if kept is not None and kept[0] is not None:
+        _shm.remove(kept[0])
+
+
+def pack(obj: Any, what: str, prefix: str) -> tuple[bytes, Any]:
+    """A task's payload; large buffers go into a shared-memory segment named from ``prefix``.
+    Also returns what must live until the task's outcome (the segment, ``Shared`` handles),
+    or None."""
+    buffers: list[memoryview] = []
+    body = dumps(obj, what, buffers)
+    handles = _shm.handles_in(body, dumps, obj, what) if _shm.SHARED in body else []
+    if not buffers and len(body) <= _shm.INBAND_MAX:  # the common case: all in the pipe
+        return body, (None, handles) if handles else None
+    payload, segment = _shm.place(body, buffers, prefix, lambda: dumps(obj, what), consume=False)
+    return payload, (segment, handles) if segment or handles else None
