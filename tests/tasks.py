@@ -374,3 +374,9 @@ def post_then_square(path: str, x: int) -> int:
     """Square ``x`` after posting a token on the FIFO at ``path``."""
     fifo_post(path)
     return x * x
+
+
+def post_then_sum(path: str, *values: float) -> float:
+    """Post a token on the FIFO at ``path``, then return the sum of ``values``."""
+    fifo_post(path)
+    return sum(values)

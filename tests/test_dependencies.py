@@ -60,7 +60,9 @@ def test_a_failure_propagates_down_the_graph_with_its_cause(make_pool: PoolTrack
     assert info.value.dependency == bad.task_id
     with pytest.raises(mppool.DependencyFailedError) as info2:
         grandchild.result(timeout=T)
-    assert isinstance(info2.value.__cause__, mppool.DependencyFailedError)
+    # Down a chain the cause is the failure that started it, not a wrapper per level.
+    assert isinstance(info2.value.__cause__, ValueError)
+    assert info2.value.dependency == child.task_id
     # A dependency that has already failed fails the task at once, without running it.
     late = pool.submit(tasks.square, bad)
     with pytest.raises(mppool.DependencyFailedError):
@@ -202,3 +204,55 @@ def test_a_long_chain_runs_as_fast_as_it_is_submitted_and_fails_down_from_a_bad_
     with pytest.raises(mppool.DependencyFailedError):
         chain[-1].result(timeout=T)
     assert pool.submit(tasks.square, 2).result(timeout=T) == 4
+
+
+def test_a_thousand_link_chain_failing_at_its_head_fails_every_link_with_the_root_cause(
+    make_pool: PoolTracker,
+) -> None:
+    pool = make_pool(2)
+    fut = pool.submit(tasks.raise_value_error, "bad start")
+    for _ in range(999):
+        fut = pool.submit(tasks.add_one, fut)
+    err = fut.exception(timeout=T)
+    assert isinstance(err, mppool.DependencyFailedError)
+    assert isinstance(err.__cause__, ValueError)  # decoded without recursing 1,000 levels
+    assert pool.stats().failed == 1000
+
+
+def test_a_task_chained_behind_one_of_two_dependencies_gets_both_values(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pool = make_pool(1)
+    started, gate = fifos("started"), fifos("gate")
+    blocker = pool.submit(tasks.gated, started.path, gate.path)
+    started.take(1)
+    a = pool.submit(tasks.square, 3)
+    b = pool.options(priority=5).submit(tasks.square, 4)  # runs before a
+    c = pool.submit(tasks.add, a, b)  # once b is done, it waits for a alone
+    gate.post()
+    blocker.result(timeout=T)
+    assert c.result(timeout=T) == 9 + 16
+
+
+def test_a_shared_result_outlives_its_dependents_until_this_process_read_it(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    pytest.importorskip("numpy")
+    pool = make_pool(1)
+    hold_reader, reader_held = threading.Event(), threading.Event()
+    first = pool.submit(tasks.square, 1)
+    first.add_done_callback(lambda _: (reader_held.set(), hold_reader.wait(T)))
+    assert reader_held.wait(T)  # results now queue up behind the held reader
+    done = fifos("done")
+    arrays = pool.submit(tasks.many_arrays, 40)  # a result in shared memory
+    two = pool.submit(tasks.square, 2)  # total waits for it too: it takes the arrays' bytes
+    total = pool.submit(tasks.total, arrays, two)
+    # Released by the dispatcher once it has taken total's end (it needs two results, so
+    # it is not chained behind total on the worker): it posts when it starts.
+    marker = pool.submit(tasks.post_then_sum, done.path, total, two)
+    done.take(1)
+    hold_reader.set()
+    assert len(arrays.result(timeout=T)) == 40  # mapped after its dependent had ended
+    expected = float(sum(i * 8192 for i in range(40))) + 4
+    assert total.result(timeout=T) == expected
+    assert marker.result(timeout=T) == expected + 4

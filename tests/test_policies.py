@@ -20,7 +20,7 @@ from mppool._breaker import CircuitBreaker
 from mppool._dispatcher import _scheduler as s
 from mppool._dispatcher._tasks import QUEUED, Batch, Fail, JobDone, Retry, Task, TaskOptions
 
-from .test_scheduler import FakeClaims, FakeClock, drain, make
+from .test_scheduler import FakeClaims, FakeClock, drain, finish, make
 
 _ids = itertools.count(10_000)
 
@@ -173,9 +173,11 @@ def test_a_chunk_past_its_deadline_ends_at_its_first_unstarted_item() -> None:
 
 
 # --- circuit breakers ----------------------------------------------------------------------------
-def breaker_sched(wait: bool = False) -> tuple[s.Scheduler, FakeClock, FakeClaims]:
+def breaker_sched(
+    wait: bool = False, failures: int = 3, reset_after: float = 60
+) -> tuple[s.Scheduler, FakeClock, FakeClaims]:
     clock, claims = FakeClock(), FakeClaims()
-    knobs = CircuitBreaker(failures=3, within=10, reset_after=60, wait=wait).knobs()
+    knobs = CircuitBreaker(failures, within=10, reset_after=reset_after, wait=wait).knobs()
     sched = s.Scheduler(1, clock, claims, aging_rate=0.0, circuit_breakers={"io": knobs})
     sched.worker_up(0)
     return sched, clock, claims
@@ -454,3 +456,43 @@ def test_a_late_dependent_takes_a_recent_outcome_or_waits_for_a_bounced_task() -
     sched.submit(failing, after=(a.id,))
     (refused,) = [u for u in sched.unstarted if u.task is failing]
     assert refused.status == p.DEP_FAILED
+
+
+def test_held_tasks_of_an_opened_circuit_run_once_each_when_it_closes() -> None:
+    sched, clock, claims = breaker_sched(wait=True, failures=1, reset_after=5)
+    bad = dl_task(kind="io", priority=9)
+    queued = [dl_task(kind="io") for _ in range(4)]
+    for t in (bad, *queued):
+        sched.submit(t)
+    run_next(sched, claims, ok=False)  # the circuit opens; the queued tasks are held
+    assert sched.queued == 4 and sched.queue.live == 0
+    clock.advance(5)
+    sched.fire_timers()  # half-open: the first held task probes
+    ran = [run_next(sched, claims, ok=True)]  # it succeeds: the rest is released
+    sched.estimates.per_item[1] = 1e-5  # tiny: the rest goes out in one batch
+    batch = sched.assign(0)
+    assert batch is not None and len(batch.tasks) == len({t.id for t in batch.tasks}) == 3
+    ran += finish(sched, claims, batch)
+    assert sorted(t.id for t in ran) == sorted(t.id for t in queued)  # each once
+    assert sched.queue.live == 0 and sched.queued == 0 and sched.empty()
+
+
+def test_a_cancelled_probe_lets_the_next_held_task_probe() -> None:
+    sched, clock, claims = breaker_sched(wait=True)
+    for _ in range(3):
+        sched.submit(dl_task(kind="io"))
+        run_next(sched, claims, ok=False)
+    held = [dl_task(kind="io") for _ in range(2)]
+    for t in held:
+        sched.submit(t)
+    clock.advance(60)
+    sched.fire_timers()  # the first held task probes
+    probe = sched.assign(0)
+    assert probe is not None and probe.tasks == [held[0]] and claims.claim(probe)
+    assert sched.cancel(held[0].id, kill=True) == (True, [0])  # killed: no outcome comes
+    sched.worker_down(0)
+    sched.outcomes.worker_lost(0, blame=False)
+    sched.worker_up(0)
+    sched.tick()  # the next round: the other held task probes, no new submit needed
+    assert run_next(sched, claims, ok=True) is held[1]
+    assert sched.circuits.by_kind["io"].state == "closed" and sched.empty()

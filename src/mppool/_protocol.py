@@ -57,6 +57,7 @@ D_FIRED = 26
 D_CHUNK = 27
 D_EVENT = 28
 D_RESIZED = 29
+D_UNLINK = 30
 LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERROR = 10, 20, 30, 40  # ``logging``'s levels
 # dispatcher -> worker
 W_FUNCTION = 40
@@ -386,6 +387,14 @@ class Resized(NamedTuple):
     error: str  # why the size asked for was not reached: "closed", "broken", an OS error
 
 
+class Unlink(NamedTuple):
+    """Remove a result's segment: the tasks that read it have ended, and this message comes
+    after the result itself, so the client has mapped it."""
+
+    tag: int
+    name: str
+
+
 class Bye(NamedTuple):
     """Last message of a dispatcher: every task is resolved and every worker is gone."""
 
@@ -576,6 +585,7 @@ MESSAGE_TYPES: dict[int, type[tuple[Any, ...]]] = {
     D_CHUNK: ChunkResult,
     D_EVENT: Event,
     D_RESIZED: Resized,
+    D_UNLINK: Unlink,
     W_FUNCTION: WorkerFunction,
     W_RUN: Run,
     W_RETRY_ON: WorkerRetryOn,

@@ -213,12 +213,13 @@ class _Runner:
             value = fn(*args, **kwargs) if kwargs else fn(*args)
         except BaseException as exc:
             return self._classify(exc, r.opts_id)
-        if r.flags & p.FLAG_KEEP:  # a task chained to this one is next in the batch
-            self.last = (r.run_id, r.attempt, value)
         try:
-            return p.OK, dumps_result(value)
+            body = dumps_result(value)
         except Exception as exc:
             return _serial_error("the task's result could not be pickled", exc)
+        if r.flags & p.FLAG_KEEP:  # a task chained to this one is next in the batch
+            self.last = (r.run_id, r.attempt, value)
+        return p.OK, body
 
     def run_part(self, r: p.Run, acquire: Callable[[bool], bool]) -> tuple[p.Message, bool]:
         """Run items ``r.start`` to ``r.stop`` of a chunk, a block per claim token.

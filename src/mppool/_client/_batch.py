@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,14 @@ from .._errors import PoolClosedError
 if TYPE_CHECKING:
     from .._stats import BatchStats
     from ._pool import PoolView
+
+
+def cancel_by_name(core: Any, name: str, kill: bool) -> None:
+    """Cancel batch ``name`` through every live handle of it (their maps stop reading),
+    and whatever of it the dispatcher holds."""
+    for handle in list(core.batch_handles.get(name, ())):
+        handle.cancel(kill)
+    core.cancel_batch(name, kill)
 
 
 def check_name(name: Any) -> str:
@@ -49,6 +58,8 @@ class Batch:
         self._futures: list[concurrent.futures.Future[Any]] = []
         self._maps: list[Any] = []
         self._cancelled = False
+        handles = view._core.batch_handles.setdefault(name, weakref.WeakSet())
+        handles.add(self)  # so that a cancel by name (HTTP) reaches its maps too
 
     # --- submitting ----------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:

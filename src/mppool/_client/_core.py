@@ -108,6 +108,7 @@ class _Core:
         self.dep_again: collections.deque[tuple[int, _dependencies.Waiting]] = collections.deque()
         self.dep_lock = threading.Lock()
         self.dep_draining = False
+        self.batch_handles: dict[str, weakref.WeakSet[Any]] = {}  # name -> live Batch handles
         # task id -> (segment, Shared handles) its arguments use, released at its outcome
         self.segments: dict[int, tuple[str | None, list[_shm.Shared]]] = {}
         config = p.Config(

@@ -65,6 +65,8 @@ def deliver(core: _Core, msgs: list[p.Message]) -> bool:
             _sizing.follow(core, msg[2])
             if msg[1]:
                 core.requests.answer(msg[1], (msg[2], msg[3]))
+        elif tag == p.D_UNLINK:
+            _shm.remove(msg[1])  # a result that tasks depending on it read too (see _deps)
         elif tag == p.D_EVENT:
             _events.log(p.Event(*msg))
         elif tag == p.D_BYE:

@@ -3,10 +3,10 @@
 ``pool.submit(fn, fut_a, x=fut_b)`` with futures of the same pool: the task runs once both
 have succeeded, and receives their results in their places; ``options(after=[f, g])`` waits
 for ``f`` and ``g`` without passing their results. The results go worker → dispatcher →
-worker (``mppool._deps``), never through this process, except for futures already done when
-the task is submitted, whose values are here anyway and are passed directly. If a dependency
-fails or is cancelled, the task fails with ``DependencyFailedError`` (its cause: the
-dependency's error) without running.
+worker (``mppool._deps``): a dependent never waits for this process (which gets every result
+too, for its futures). Futures already done when the task is submitted are replaced by their
+values here. If a dependency fails or is cancelled, the task fails with
+``DependencyFailedError`` (its cause: the failure that started it) without running.
 
 Only top-level arguments are looked at. A task can only name futures that exist when it is
 submitted, so dependencies never form a cycle.
@@ -81,6 +81,8 @@ def failure(future: Future[Any]) -> DependencyFailedError | None:
         if exc is None:
             return None
         cause = exc
+        if isinstance(exc, DependencyFailedError) and exc.__cause__ is not None:
+            cause = exc.__cause__  # the failure that started the chain
     err = DependencyFailedError(
         f"dependency {future.task_id} failed ({type(cause).__name__}: {cause}); "
         "this task did not run",

@@ -62,6 +62,8 @@ class MapIterator:
     ) -> None:
         if not iterables:
             raise TypeError("map() needs at least one iterable")
+        if opts.after:
+            raise ValueError("options(after=...) is for submit(): a map's items wait for nothing")
         core.check_open()
         self.core = core
         self.owner = owner  # keeps the pool alive while the results are being consumed

@@ -66,6 +66,10 @@ class Cancelling:
                     s.requeue(other, now)
         else:
             s.leave_queue(task)
+        if s.circuits.by_kind:
+            s.circuits.ended(task)  # cancelled: it judges nothing (if it probed, another may)
+        if s.fair is not None:
+            s.fair.settle(task, 0.0)
         task.state = CANCELLED
         s.tasks.pop(task.id, None)
         return running_on

@@ -46,6 +46,7 @@ class Circuits:
         # Outcomes noted in the middle of handling a result or a death, applied once that
         # is done (opening a circuit sweeps tasks that may be mid-move then).
         self.pending: list[tuple[Task, bool, float]] = []
+        self.probe_wanted: set[str] = set()  # kinds whose probe left unjudged (wait=True)
 
     def gate(self, task: Task, now: float) -> bool:
         """Whether ``task`` may go into the heap now. If not, it has been failed or held."""
@@ -78,10 +79,13 @@ class Circuits:
 
     def ended(self, task: Task) -> None:
         """``task`` ended without an outcome that judges its kind (cancelled, expired): if it
-        was the probe, the next task may probe instead."""
+        was the probe, the next task may probe instead (for a waiting breaker, the most
+        urgent held one, at the loop's next round: see :meth:`apply`)."""
         circuit = self.by_kind.get(task.opts.kind)
-        if circuit is not None:
+        if circuit is not None and circuit.probe is task:
             circuit.probe_gone(task)
+            if circuit.wait:
+                self.probe_wanted.add(task.opts.kind)
 
     # --- outcomes ------------------------------------------------------------------------------
     def judge(self, task: Task, ok: bool, now: float) -> None:
@@ -89,14 +93,21 @@ class Circuits:
         if task.opts.kind in self.by_kind:
             self.pending.append((task, ok, now))
 
-    def apply(self) -> None:
-        """Apply the outcomes noted since the last call, in order."""
+    def apply(self, now: float) -> None:
+        """Apply the outcomes noted since the last call, in order; then let a held task
+        probe where the probe left without an outcome."""
         pending, self.pending = self.pending, []
-        for task, ok, now in pending:
+        for task, ok, at in pending:
             if ok:
-                self.succeeded(task, now)
+                self.succeeded(task, at)
             else:
-                self.failed(task, now)
+                self.failed(task, at)
+        wanted, self.probe_wanted = self.probe_wanted, set()
+        for kind in wanted:
+            circuit = self.by_kind[kind]
+            held = self._held[kind]
+            while held and circuit.state == HALF_OPEN and circuit.probe is None:
+                self._release(heapq.heappop(held)[2], now)
 
     def failed(self, task: Task, now: float) -> None:
         """An attempt of ``task`` failed (an error, a crash, a timeout)."""

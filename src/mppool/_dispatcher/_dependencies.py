@@ -50,6 +50,14 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 
+def cause(dep_id: int, status: int, attempts: int, payload: bytes) -> bytes:
+    """A ``DEP_FAILED`` payload: the failed dependency and its outcome. Down a chain, the
+    outcome is the one that started it (a 1,000-link chain does not nest 1,000 levels)."""
+    if status == p.DEP_FAILED:
+        _, status, attempts, payload = pickle.loads(payload)  # our own message, not user data
+    return pickle.dumps((dep_id, status, attempts, payload))
+
+
 class Dependencies:
     """Tasks waiting for others, by the id of the task they wait for."""
 
@@ -62,6 +70,7 @@ class Dependencies:
         self.recent: OrderedDict[int, tuple[int, int, bytes]] = OrderedDict()
         self.recent_bytes = 0
         self.bounced: set[int] = set()  # answered DEP_GONE: the client will send them again
+        self.failed_chains = 0  # chained tasks whose dependency failed (a cheap gate; may run high)
 
     def missing(self, ids: tuple[int, ...]) -> bool:
         """Whether any of these tasks is neither live here nor among the recent outcomes."""
@@ -121,8 +130,7 @@ class Dependencies:
                 continue  # it left meanwhile
             if status != p.OK:
                 self.leave(task)
-                cause = pickle.dumps((dep_id, status, attempts, payload))
-                s.outcomes.refuse(task, p.DEP_FAILED, cause)
+                s.outcomes.refuse(task, p.DEP_FAILED, cause(dep_id, status, attempts, payload))
                 continue
             for i, needed in enumerate(task.deps):
                 if needed == dep_id:
@@ -152,7 +160,8 @@ class Dependencies:
         top = s.queue.peek()
         for _ in range(min(CHAIN_MAX, limit - len(tasks))):
             prev = tasks[-1]
-            nxt = next((t for t in self.dependents.get(prev.id, ()) if self._chainable(t)), None)
+            waiting = self.dependents.get(prev.id, ())
+            nxt = next((t for t in waiting if self._chainable(t, prev.id)), None)
             if nxt is None:
                 return
             s.queue.place(nxt, now)  # its rank, as if it had been queued now
@@ -166,13 +175,16 @@ class Dependencies:
             prev.flags |= p.FLAG_KEEP
             tasks.append(nxt)
 
-    def _chainable(self, task: Task) -> bool:
-        """Whether ``task`` may run right behind the one it waits for alone."""
+    def _chainable(self, task: Task, head: int) -> bool:
+        """Whether ``task`` may run right behind task ``head``: it waits for that one alone,
+        and every result it takes is that one's (the worker puts the value it has in every
+        place; results received earlier are not in the chained payload)."""
         s = self.s
         return (
             task.state == WAITING
             and task.pending is not None
             and len(task.pending) == 1
+            and all(d == head for d in task.deps)
             and task.not_before <= 0.0
             and task.job is None
             and s.fair is None
@@ -201,7 +213,8 @@ class Dependencies:
                         results[i] = payload
                 readers.append(task)
             return
-        task.chain_failure = pickle.dumps((dep_id, status, attempts, payload))
+        task.chain_failure = cause(dep_id, status, attempts, payload)
+        self.failed_chains += 1
         s = self.s
         moved = s.pipes.take_task(task) or []
         now = s.clock()
@@ -222,6 +235,7 @@ class Dependencies:
         task.batch = None
         failure, task.chain_failure = task.chain_failure, None
         if failure is not None:
+            self.failed_chains -= 1
             task.dep_results = None
             s.outcomes.refuse(task, p.DEP_FAILED, failure)
         elif not task.pending:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _protocol as p
 from .. import _shm
+from . import _dependencies
 from ._snapshot import snapshot
 from ._tasks import Fail, Task, TaskOptions
 
@@ -98,10 +99,10 @@ def ended(d: Dispatcher, m: p.Ended) -> None:
     """A task answered ``DEP_GONE`` failed in the client: its outcome, for its waiters."""
     deps = d.sched.dependencies
     deps.bounced.discard(m.task_id)
-    cause = deps.recent.get(m.dependency, (p.CANCELLED, 0, b""))
+    status, attempts, outcome = deps.recent.get(m.dependency, (p.CANCELLED, 0, b""))
     d.sched.counts["submitted"] += 1
     d.sched.counts["failed"] += 1
-    payload = pickle.dumps((m.dependency, *cause))
+    payload = _dependencies.cause(m.dependency, status, attempts, outcome)
     d.results.append(p.result(m.task_id, p.DEP_FAILED, 0, 0.0, payload))
 
 
@@ -186,6 +187,15 @@ def worker_messages(d: Dispatcher, w: WorkerSlot, msgs: list[p.Message]) -> None
 
 def result(d: Dispatcher, w: WorkerSlot, r: p.WorkerResult) -> None:
     sched = d.sched
+    if sched.dependencies.failed_chains:
+        task = sched.tasks.get(r.run_id)
+        if task is not None and task.chain_failure is not None:
+            # It ran on a value its worker had, but that task's outcome is a failure here
+            # (killed at its timeout as it finished, or cancelled): it fails with it.
+            if r.status == p.OK:
+                _shm.discard(r.payload)
+            sched.outcomes.unchained(w.index, r.run_id, r.attempt)
+            return
     if r.status == p.OK:
         task = sched.outcomes.complete(w.index, r.run_id, r.attempt, r.duration)
         if task is not None:

@@ -262,8 +262,8 @@ class Dispatcher:
 
     def _forward(self, i: int, msg: p.Message) -> None:
         """Give a finished task's outcome to the tasks waiting for it. A result in shared
-        memory is then read by several processes: none of them removes it; the dispatcher
-        does, once every task that took it has ended."""
+        memory is then read by several processes: none of them removes it; once every task
+        that took it has ended, the client is told to (after the result it reads)."""
         task_id, status, attempts, payload = msg[1], msg[2], msg[3], msg[5]
         name = None
         if status == p.OK and _shm.names_segment(payload):
@@ -283,7 +283,8 @@ class Dispatcher:
                 self.segment_readers[name] = left
             else:
                 self.segment_readers.pop(name, None)
-                _shm.remove(name)
+                # The client removes it, after the result it has read (same pipe, in order).
+                self.results.append(p.Unlink(p.D_UNLINK, name))
 
     def _report_unstarted(self, now: float) -> None:
         """Tasks failed without running (past their deadline, or their circuit open)."""

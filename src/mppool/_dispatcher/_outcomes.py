@@ -273,6 +273,8 @@ class Outcomes:
         s.tasks.pop(unit.id, None)
         if s.circuits.by_kind:
             s.circuits.ended(unit)
+        if s.fair is not None:
+            s.fair.settle(unit, 0.0)  # it never ran: its charge is refunded
         job = unit.job
         unit.state = DONE
         unit.batch = None
@@ -335,7 +337,9 @@ class Outcomes:
         now = s.clock()
         events: list[tuple[Task, Outcome]] = []
         for run_id in [i for i, t in self.forgotten.items() if t.worker == w]:
-            del self.forgotten[run_id]  # no result will come
+            forgotten = self.forgotten.pop(run_id)  # no result will come
+            if s.circuits.by_kind:
+                s.circuits.ended(forgotten)
         for entry in s.pipes.lost(w):
             task = entry.task
             if task.state != SENT or task.worker != w:

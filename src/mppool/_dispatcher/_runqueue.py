@@ -90,9 +90,8 @@ class RunQueue:
         task.arrived = self.arrivals
         # (key, first-arrival order, unique tiebreak): a requeued task keeps its place among
         # equals, and two entries never get as far as comparing Task objects.
-        heapq.heappush(
-            self._heap, (task.heap_key, task.deadline, task.order, next(self._seq), task)
-        )
+        task.gen = gen = next(self._seq)
+        heapq.heappush(self._heap, (task.heap_key, task.deadline, task.order, gen, task))
         self.live += 1
         level = task.opts.priority
         self._levels[level] = self._levels.get(level, 0) + 1
@@ -119,8 +118,9 @@ class RunQueue:
     def peek(self) -> Task | None:
         heap = self._heap
         while heap:
-            task = heap[0][4]
-            if task.state == QUEUED:
+            entry = heap[0]
+            task = entry[4]
+            if task.state == QUEUED and task.gen == entry[3]:
                 return task
             heapq.heappop(heap)
         return None
@@ -128,8 +128,9 @@ class RunQueue:
     def pop(self) -> Task | None:
         heap = self._heap
         while heap:
-            task = heapq.heappop(heap)[4]
-            if task.state == QUEUED:
+            entry = heapq.heappop(heap)
+            task = entry[4]
+            if task.state == QUEUED and task.gen == entry[3]:
                 self.live -= 1
                 self._drop_level(task)
                 return task
@@ -139,10 +140,10 @@ class RunQueue:
         """Up to ``k`` queued tasks picked at random (to estimate the queue's work cheaply)."""
         heap = self._heap
         if len(heap) <= k:
-            picked = [entry[4] for entry in heap]
+            picked = list(heap)
         else:
-            picked = [heap[i][4] for i in rng.sample(range(len(heap)), k)]
-        return [task for task in picked if task.state == QUEUED]
+            picked = [heap[i] for i in rng.sample(range(len(heap)), k)]
+        return [e[4] for e in picked if e[4].state == QUEUED and e[4].gen == e[3]]
 
     def level(self, priority: float) -> int:
         """Queued tasks of this priority."""

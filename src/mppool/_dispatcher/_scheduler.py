@@ -187,8 +187,8 @@ class Scheduler:
     def tick(self) -> None:
         """A new round of the dispatcher's loop: apply the outcomes circuit breakers judge
         (noted while results and deaths were handled), clear ``recheck``."""
-        if self.circuits.pending:
-            self.circuits.apply()
+        if self.circuits.pending or self.circuits.probe_wanted:
+            self.circuits.apply(self.clock())
         self.recheck = False
 
     # --- entering ------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ class Scheduler:
             self.jobs[task.id] = task.job
             task.job.parts.add(task)
         if task.deadline != math.inf and not task.opts.run_late:
-            self.waiting.arm_deadline(task)
+            self.waiting.arm_deadline(task, len(self.tasks))
         if needs or after:
             self.dependencies.wait(task, needs, after)
         else:

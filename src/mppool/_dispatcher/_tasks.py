@@ -149,6 +149,7 @@ class Task:
         "failures",
         "flags",
         "fn_id",
+        "gen",
         "given",
         "has_token",
         "heap_key",
@@ -212,6 +213,9 @@ class Task:
         self.dedup_key = dedup_key
         self.deadline = deadline  # start before this (dispatcher clock), or fail; inf: none
         self.charged = 0.0  # run time charged to its kind's fair share, not yet measured
+        # The entry that stands for it in the heap or a rate-limit queue: an entry left behind
+        # when it moved out otherwise than by a pop is skipped, even once it is queued again.
+        self.gen = 0
         self.deps: tuple[int, ...] = ()  # tasks whose results it takes (see _dependencies)
         self.dep_results: list[bytes] | None = None  # their result payloads, while waiting
         self.pending: set[int] | None = None  # tasks it still waits for

@@ -29,6 +29,8 @@ BUCKET = 2  # a kind's token bucket has a token again
 DEADLINE = 3  # a task must have started by now
 CIRCUIT = 4  # an open circuit lets a probe through
 
+COMPACT_AT = 4096  # timers beyond four per live task before ended ones are dropped
+
 
 class Waiting:
     """The timer heap, and the queues of rate-limited kinds.
@@ -62,8 +64,16 @@ class Waiting:
     def arm_timeout(self, task: Task, at: float) -> None:
         self._push(at, TIMEOUT, task, task.attempt)
 
-    def arm_deadline(self, task: Task) -> None:
+    def arm_deadline(self, task: Task, live: int) -> None:
+        """``task`` must start by its deadline. ``live``: tasks in the pool now (timers of
+        tasks that ended are dropped once they outnumber those by far: a far deadline would
+        keep an ended task, and its payload, until it comes)."""
         self._push(task.deadline, DEADLINE, task, 0)
+        if len(self._timers) > 4 * live + COMPACT_AT:
+            self._timers = [
+                e for e in self._timers if isinstance(e[3], str) or self._live(e[2], e[3], e[4])
+            ]
+            heapq.heapify(self._timers)
 
     def arm_circuit(self, kind: str, at: float) -> None:
         self._push(at, CIRCUIT, kind, 0)
@@ -115,7 +125,8 @@ class Waiting:
         """``task`` waits in its kind's queue (by ``rank``) for a token."""
         task.state = RATE_LIMITED
         task.worker = -1
-        heapq.heappush(self._limited[task.opts.kind], (rank, task.order, next(self._seq), task))
+        task.gen = gen = next(self._seq)
+        heapq.heappush(self._limited[task.opts.kind], (rank, task.order, gen, task))
         self.limited += 1
 
     def release(self, kind: str, now: float) -> list[Task]:
@@ -125,8 +136,8 @@ class Waiting:
         out: list[Task] = []
         while waiting:
             task = waiting[0][3]
-            if task.state != RATE_LIMITED:
-                heapq.heappop(waiting)  # cancelled meanwhile
+            if task.state != RATE_LIMITED or task.gen != waiting[0][2]:
+                heapq.heappop(waiting)  # it left meanwhile (cancelled, swept by a circuit)
                 continue
             if not bucket.take(now):
                 self.rate_limited_waits += 1

@@ -205,7 +205,9 @@ class TaskApi:
         stats = await self._call(self._pool.stats)
         if name not in stats.batches:
             raise HTTPError(404, f"no batch named {name!r}")
-        await self._call(functools.partial(self._pool.batch(name).cancel, kill=kill))
+        from .._client._batch import cancel_by_name
+
+        await self._call(cancel_by_name, self._pool._core, name, kill)
         return reply({"batch": name, "cancelled": True})
 
 
