@@ -380,3 +380,9 @@ def post_then_sum(path: str, *values: float) -> float:
     """Post a token on the FIFO at ``path``, then return the sum of ``values``."""
     fifo_post(path)
     return sum(values)
+
+
+def post_then_raise(path: str, message: str) -> None:
+    """Post a token on the FIFO at ``path``, then raise ``ValueError(message)``."""
+    fifo_post(path)
+    raise ValueError(message)

@@ -256,3 +256,28 @@ def test_a_shared_result_outlives_its_dependents_until_this_process_read_it(
     expected = float(sum(i * 8192 for i in range(40))) + 4
     assert total.result(timeout=T) == expected
     assert marker.result(timeout=T) == expected + 4
+
+
+def test_a_failed_dependency_that_ended_before_its_dependent_arrived_fails_the_chain_with_it(
+    make_pool: PoolTracker, fifos: Any
+) -> None:
+    """As above, with a dependency that failed: the task sent back fails here, and the
+    dispatcher hears why, for the task that waits for it there."""
+    pool = make_pool(1)
+    hold_reader, reader_held = threading.Event(), threading.Event()
+    first = pool.submit(tasks.square, 1)
+    first.add_done_callback(lambda _: (reader_held.set(), hold_reader.wait(T)))
+    assert reader_held.wait(T)
+    done = fifos("done")
+    parent = pool.submit(tasks.post_then_raise, done.path, "no data")
+    done.take(1)
+    marker = pool.submit(tasks.post_then_square, done.path, 0)  # once the parent has ended
+    done.take(1)
+    child = pool.submit(tasks.add, parent, 1)  # sent back: the parent is gone
+    grandchild = pool.submit(tasks.add, child, 1)  # waits there for the child
+    hold_reader.set()
+    for fut in (child, grandchild):
+        err = fut.exception(timeout=T)
+        assert isinstance(err, mppool.DependencyFailedError)
+        assert isinstance(err.__cause__, ValueError) and "no data" in str(err.__cause__)
+    assert marker.result(timeout=T) == 0

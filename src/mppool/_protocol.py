@@ -203,11 +203,14 @@ class CancelBatch(NamedTuple):
 
 class Ended(NamedTuple):
     """A task the dispatcher answered ``DEP_GONE`` will not come back: the client failed it,
-    as ``dependency`` had failed. Tasks waiting for it fail in turn."""
+    as ``dependency`` had failed (``status``, ``payload``: how, as in a result). Tasks
+    waiting for it fail in turn."""
 
     tag: int
     task_id: int
     dependency: int
+    status: int
+    payload: bytes
 
 
 class Forget(NamedTuple):

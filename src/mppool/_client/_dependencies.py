@@ -15,6 +15,7 @@ submitted, so dependencies never form a cycle.
 from __future__ import annotations
 
 import concurrent.futures
+import pickle
 import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -126,6 +127,19 @@ def find(
     return Found(new_args, new_kwargs, needs, pending_after, failed)
 
 
+def _encoded(exc: BaseException | None) -> tuple[int, bytes]:
+    """An error decided here as the dispatcher carries one: ``(status, payload)``."""
+    if exc is None or isinstance(exc, concurrent.futures.CancelledError):
+        return p.CANCELLED, b""
+    cls = type(exc)
+    try:
+        blob: bytes | None = pickle.dumps(exc)
+    except Exception:
+        blob = None
+    tb = getattr(exc.__cause__, "tb", None) or ""
+    return p.ERROR, pickle.dumps((blob, f"{cls.__module__}.{cls.__qualname__}", str(exc), tb))
+
+
 def has_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     if any(isinstance(a, Future) for a in args):
         return True
@@ -194,7 +208,8 @@ def _again(core: _Core, task_id: int, w: Waiting) -> None:
             core.entries.pop(task_id, None)
             core.dep_waiting.pop(task_id, None)
             core.release_segments(task_id)
-            core.send(p.Ended(p.C_ENDED, task_id, f.task_id))  # for tasks waiting for it
+            status, payload = _encoded(err.__cause__)  # for the tasks waiting for it there
+            core.send(p.Ended(p.C_ENDED, task_id, f.task_id, status, payload))
             entry._mppool_fail(err)
             return
     values = [f.result() for f in w.needs]
@@ -205,7 +220,8 @@ def _again(core: _Core, task_id: int, w: Waiting) -> None:
     except BaseException as exc:
         core.entries.pop(task_id, None)
         core.dep_waiting.pop(task_id, None)
-        core.send(p.Ended(p.C_ENDED, task_id, task_id))
+        status, payload = _encoded(exc)
+        core.send(p.Ended(p.C_ENDED, task_id, task_id, status, payload))
         entry._mppool_fail(exc)
         return
     release(core.segments.pop(task_id, None))

@@ -58,6 +58,18 @@ def cause(dep_id: int, status: int, attempts: int, payload: bytes) -> bytes:
     return pickle.dumps((dep_id, status, attempts, payload))
 
 
+def _place(task: Task, dep_id: int, payload: bytes) -> bool:
+    """Keep a dependency's result where ``task`` takes it; False if it takes none."""
+    places = task.dep_places.get(dep_id) if task.dep_places else None
+    if not places:
+        return False
+    results = task.dep_results
+    assert results is not None
+    for i in places:
+        results[i] = payload
+    return True
+
+
 class Dependencies:
     """Tasks waiting for others, by the id of the task they wait for."""
 
@@ -100,6 +112,11 @@ class Dependencies:
         task.state = WAITING
         task.deps = needs
         task.dep_results = [b""] * len(needs)
+        if needs:
+            places: dict[int, list[int]] = {}
+            for i, dep_id in enumerate(needs):
+                places.setdefault(dep_id, []).append(i)
+            task.dep_places = places  # a sink of 2,000 results takes each in O(1)
         task.pending = set(needs) | set(after)
         self.waiting += 1
         live = self.s.tasks
@@ -132,11 +149,8 @@ class Dependencies:
                 self.leave(task)
                 s.outcomes.refuse(task, p.DEP_FAILED, cause(dep_id, status, attempts, payload))
                 continue
-            for i, needed in enumerate(task.deps):
-                if needed == dep_id:
-                    task.dep_results[i] = payload
-                    if not readers or readers[-1] is not task:
-                        readers.append(task)
+            if _place(task, dep_id, payload):
+                readers.append(task)
             pending = task.pending
             assert pending is not None
             pending.discard(dep_id)
@@ -206,11 +220,7 @@ class Dependencies:
         assert pending is not None and task.dep_results is not None
         if status == p.OK:
             pending.discard(dep_id)  # should it come back unrun, it runs on this result
-            if task.deps:
-                results = task.dep_results
-                for i, needed in enumerate(task.deps):
-                    if needed == dep_id:
-                        results[i] = payload
+            if _place(task, dep_id, payload):
                 readers.append(task)
             return
         task.chain_failure = cause(dep_id, status, attempts, payload)

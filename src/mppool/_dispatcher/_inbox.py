@@ -99,10 +99,9 @@ def ended(d: Dispatcher, m: p.Ended) -> None:
     """A task answered ``DEP_GONE`` failed in the client: its outcome, for its waiters."""
     deps = d.sched.dependencies
     deps.bounced.discard(m.task_id)
-    status, attempts, outcome = deps.recent.get(m.dependency, (p.CANCELLED, 0, b""))
     d.sched.counts["submitted"] += 1
     d.sched.counts["failed"] += 1
-    payload = _dependencies.cause(m.dependency, status, attempts, outcome)
+    payload = _dependencies.cause(m.dependency, m.status, 0, m.payload)
     d.results.append(p.result(m.task_id, p.DEP_FAILED, 0, 0.0, payload))
 
 

@@ -144,6 +144,7 @@ class Task:
         "crashes",
         "deadline",
         "dedup_key",
+        "dep_places",
         "dep_results",
         "deps",
         "failures",
@@ -218,6 +219,7 @@ class Task:
         self.gen = 0
         self.deps: tuple[int, ...] = ()  # tasks whose results it takes (see _dependencies)
         self.dep_results: list[bytes] | None = None  # their result payloads, while waiting
+        self.dep_places: dict[int, list[int]] | None = None  # id -> places in ``deps``
         self.pending: set[int] | None = None  # tasks it still waits for
         # Sent right behind its one dependency, to run on its value (see _dependencies):
         self.chained_to: Task | None = None  # that dependency
