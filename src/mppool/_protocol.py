@@ -328,14 +328,9 @@ class ChunkResult(NamedTuple):
 
 
 def chunk_result(
-    task_id: int,
-    attempts: int,
-    duration: float,
-    pieces: list[bytes],
-    err_at: int,
-    err_status: int,
-    err_payload: bytes,
-) -> Message:
+    task_id: int, attempts: int, duration: float, pieces: list[bytes], err_at: int,
+    err_status: int, err_payload: bytes,
+) -> Message:  # fmt: skip
     """Build a :class:`ChunkResult` as a plain tuple."""
     return (D_CHUNK, task_id, attempts, duration, pieces, err_at, err_status, err_payload)
 
@@ -456,18 +451,9 @@ class Run(NamedTuple):
 
 
 def run(
-    run_id: int,
-    attempt: int,
-    fn_id: int,
-    opts_id: int,
-    flags: int,
-    payload: bytes,
-    batch: int,
-    slot: int,
-    start: int,
-    stop: int,
-    block: int,
-) -> Message:
+    run_id: int, attempt: int, fn_id: int, opts_id: int, flags: int, payload: bytes,
+    batch: int, slot: int, start: int, stop: int, block: int,
+) -> Message:  # fmt: skip
     """Build a :class:`Run` as a plain tuple."""
     return (W_RUN, run_id, attempt, fn_id, opts_id, flags, payload, batch, slot, start, stop, block)
 
@@ -531,14 +517,9 @@ class PartResult(NamedTuple):
 
 
 def part_result(
-    run_id: int,
-    attempt: int,
-    duration: float,
-    n_done: int,
-    results: bytes,
-    err_status: int,
+    run_id: int, attempt: int, duration: float, n_done: int, results: bytes, err_status: int,
     err_payload: bytes,
-) -> Message:
+) -> Message:  # fmt: skip
     """Build a :class:`PartResult` as a plain tuple."""
     return (R_PART, run_id, attempt, duration, n_done, results, err_status, err_payload)
 
