@@ -46,3 +46,11 @@ def test_numeric_tiles_match_a_local_check() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "256 tiles in" in done.stdout and "checked 20 tiles here: ok" in done.stdout
     assert "256/256" in done.stderr  # the progress bar reached the end
+
+
+def test_pipeline_graph_in_a_batch_counts_right() -> None:
+    done = run("pipeline.py", "--shards", "8", "--limit", "100000", "--workers", "2", "--check")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "primes below 100_000: 9_592" in done.stdout and "checked here: 9_592: ok" in done.stdout
+    # 8 counts, 8 summaries, the report: all in the batch, all done.
+    assert any(line.split()[:2] == ["primes", "17"] for line in done.stdout.splitlines())
