@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -37,6 +38,12 @@ def arguments(doc: str, cell: tuple[str, str, str], rounds: int) -> argparse.Arg
     parser.add_argument("--json", help="also write the raw figures to this file")
     parser.add_argument("--cell", nargs=3, metavar=cell)
     return parser
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """Median and range: ``"1.23 [1.10, 1.40]"``."""
+    f = f".{digits}f"
+    return f"{statistics.median(values):{f}} [{min(values):{f}}, {max(values):{f}}]"
 
 
 def interleave(

@@ -92,10 +92,6 @@ def measure(cluster: Any, workload: str, variant: str) -> float:
             return _pool(pool, workload)
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print()
     for workload in WORKLOADS:
-        line = ", ".join(f"{v} {_spread(times[workload][v])} s" for v in VARIANTS)
+        line = ", ".join(f"{v} {child.spread(times[workload][v])} s" for v in VARIANTS)
         print(f"{workload:9} {line}")
     checks = [
         ("submit: cluster / dask", "submit", "cluster", "dask", "<=", 1.5),
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             passed = median <= target if op == "<=" else median >= target
             ok = ok and passed
             verdict = f"  {'PASS' if passed else 'FAIL'} (target {op} {target:g})"
-        print(f"{label:25} {_spread(ratios)}{verdict}")
+        print(f"{label:25} {child.spread(ratios)}{verdict}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rounds": args.rounds, "times": times}, f, indent=1)

@@ -69,10 +69,6 @@ def cell(variant: str, most: int) -> dict[str, float]:
         }
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = child.arguments(__doc__ or "", ("VARIANT", "MAX", "UNUSED"), rounds=5)
     parser.add_argument("--max", type=int, default=os.cpu_count() or 2)
@@ -103,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant in VARIANTS:
         rows = cells[variant]
         print(
-            f"{variant:5} burst {_spread([r['burst'] for r in rows])} s, worker-seconds "
-            f"{_spread([r['worker_seconds'] for r in rows])}, peak "
+            f"{variant:5} burst {child.spread([r['burst'] for r in rows], 3)} s, worker-seconds "
+            f"{child.spread([r['worker_seconds'] for r in rows], 3)}, peak "
             f"{max(r['peak'] for r in rows):.0f}, end {max(r['end'] for r in rows):.0f} workers"
         )
     ok = True
@@ -114,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         passed = statistics.median(ratios) <= target
         ok = ok and passed
-        print(f"{label:27} {_spread(ratios)}  {'PASS' if passed else 'FAIL'} (target <= {target})")
+        verdict = "PASS" if passed else "FAIL"
+        print(f"{label:27} {child.spread(ratios, 3)}  {verdict} (target <= {target})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"max": args.max, "rounds": args.rounds, "cells": cells}, f, indent=1)

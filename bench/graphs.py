@@ -127,10 +127,6 @@ def measure(graph: str, variant: str) -> float:
     return run(graph)
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = child.arguments(__doc__ or "", ("GRAPH", "VARIANT", "WORKERS"), 5)
     args = parser.parse_args(argv)
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     for graph in GRAPHS:
-        line = ", ".join(f"{v} {_spread(times[graph][v])} s" for v in VARIANTS)
+        line = ", ".join(f"{v} {child.spread(times[graph][v])} s" for v in VARIANTS)
         print(f"{graph:6} {line}")
     ok = True
     print()
@@ -163,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             passed = statistics.median(ratios) > 1.0
             ok = ok and passed
             label = f"{graph}: {other} / mppool"
-            print(f"{label:24} {_spread(ratios)}  {'PASS' if passed else 'FAIL'} (target > 1)")
+            print(f"{label:24} {child.spread(ratios)}  {'PASS' if passed else 'FAIL'} (target > 1)")
     if args.json:
         import json
 

@@ -201,3 +201,13 @@ def fifos(leak_check: None, tmp_path: Any) -> Iterator[Callable[[str], Fifo]]:
     yield make
     for fifo in made:
         fifo.close()
+
+
+def hold(pool: mppool.Pool, fifos: Any, n: int = 1, tag: str = "") -> tuple[Fifo, list[Any]]:
+    """Occupy ``n`` workers with gated tasks, started for sure; post the gate to end them."""
+    started, gate = fifos(f"started-{tag}"), fifos(f"gate-{tag}")
+    from . import tasks
+
+    blockers = [pool.submit(tasks.gated, started.path, gate.path) for _ in range(n)]
+    started.take(n)
+    return gate, blockers

@@ -11,7 +11,7 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker
+from .conftest import PoolTracker, hold
 
 T = 60
 
@@ -94,9 +94,7 @@ def test_leaving_a_batch_block_by_an_exception_cancels_it(
     make_pool: PoolTracker, fifos: Any
 ) -> None:
     pool = make_pool(1)
-    started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)
+    gate, (blocker,) = hold(pool, fifos)
     with pytest.raises(RuntimeError, match="stop"), pool.batch("aborted") as b:
         pending = b.submit(tasks.square, 3)
         raise RuntimeError("stop")

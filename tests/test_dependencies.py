@@ -15,7 +15,7 @@ import mppool
 from mppool._client import _dependencies
 
 from . import tasks
-from .conftest import PoolTracker
+from .conftest import PoolTracker, hold
 
 T = 60
 
@@ -72,9 +72,7 @@ def test_a_failure_propagates_down_the_graph_with_its_cause(make_pool: PoolTrack
 
 def test_a_cancelled_dependency_fails_its_dependents(make_pool: PoolTracker, fifos: Any) -> None:
     pool = make_pool(1)
-    started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)
+    gate, (blocker,) = hold(pool, fifos)
     queued = pool.submit(tasks.square, 4)  # waits behind the blocker
     dependent = pool.submit(tasks.add, queued, 1)
     assert queued.cancel()
@@ -170,9 +168,7 @@ def test_a_chain_behind_a_failing_head_waits_for_its_retry(
     make_pool: PoolTracker, fifos: Any, tmp_path: Any
 ) -> None:
     pool = make_pool(1)
-    started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)
+    gate, (blocker,) = hold(pool, fifos)
     # Queued behind the blocker, so they go out together: the dependents chained behind
     # their head, which fails once (and is retried) before it succeeds.
     head = pool.options(retries=mppool.RetryPolicy(max_attempts=2, initial_delay=0.01)).submit(
@@ -223,9 +219,7 @@ def test_a_task_chained_behind_one_of_two_dependencies_gets_both_values(
     make_pool: PoolTracker, fifos: Any
 ) -> None:
     pool = make_pool(1)
-    started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)
+    gate, (blocker,) = hold(pool, fifos)
     a = pool.submit(tasks.square, 3)
     b = pool.options(priority=5).submit(tasks.square, 4)  # runs before a
     c = pool.submit(tasks.add, a, b)  # once b is done, it waits for a alone

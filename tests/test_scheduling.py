@@ -14,7 +14,7 @@ import pytest
 import mppool
 
 from . import tasks
-from .conftest import PoolTracker, wait_until
+from .conftest import PoolTracker, hold, wait_until
 
 T = 60
 
@@ -23,9 +23,7 @@ def test_deadlines_order_a_level_and_fail_what_cannot_start_in_time(
     make_pool: PoolTracker, fifos: Any
 ) -> None:
     pool = make_pool(1)
-    started, gate = fifos("started"), fifos("gate")
-    blocker = pool.submit(tasks.gated, started.path, gate.path)
-    started.take(1)  # the only worker is held: everything below waits
+    gate, (blocker,) = hold(pool, fifos)  # the only worker is held: everything below waits
     later = pool.options(deadline=60).submit(tasks.started_at, "later")
     sooner = pool.options(deadline=datetime.datetime.now() + datetime.timedelta(seconds=30))
     early = sooner.submit(tasks.started_at, "sooner")

@@ -23,17 +23,10 @@ import mppool
 from mppool._client import _map, _planner
 
 from . import tasks
-from .conftest import Fifo, PoolTracker, run_python
+from .conftest import PoolTracker, hold, run_python
 
 T = 60
 PRIORITIES = [0, 5, 1, 5, 9, 0, 1]
-
-
-def _hold(pool: mppool.Pool, fifos: Any, n: int, tag: str) -> tuple[Fifo, list[Any]]:
-    started, gate = fifos(f"started-{tag}"), fifos(f"gate-{tag}")
-    blockers = [pool.submit(tasks.gated, started.path, gate.path) for _ in range(n)]
-    started.take(n)
-    return gate, blockers
 
 
 def check_start_order(starts: list[tuple[Any, float, int]], workers: int) -> None:
@@ -62,7 +55,7 @@ def test_priority_order_holds_with_several_workers(
     if measured:  # teach the pool that started_at is short: it may then batch and prefetch it
         list(pool.map(tasks.started_at, range(50), chunksize=1, timeout=T))
     for trial in range(5):
-        gate, blockers = _hold(pool, fifos, n, f"{trial}")
+        gate, blockers = hold(pool, fifos, n, f"{trial}")
         # A function the pool has never measured, or the measured one.
         fn = tasks.started_at if measured else functools.partial(tasks.started_at, trial)
         futs = [pool.options(priority=p).submit(fn, p, i) for i, p in enumerate(PRIORITIES)]

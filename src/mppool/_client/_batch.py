@@ -29,9 +29,11 @@ if TYPE_CHECKING:
 def cancel_by_name(core: Any, name: str, kill: bool) -> None:
     """Cancel batch ``name`` through every live handle of it (their maps stop reading),
     and whatever of it the dispatcher holds."""
-    for handle in list(core.batch_handles.get(name, ())):
-        handle.cancel(kill)
-    core.cancel_batch(name, kill)
+    handles = list(core.batch_handles.get(name, ()))
+    for handle in handles:
+        handle.cancel(kill)  # (each tells the dispatcher too)
+    if not handles:
+        core.cancel_batch(name, kill)
 
 
 def check_name(name: Any) -> str:
