@@ -8,6 +8,7 @@ import asyncio
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -490,9 +491,16 @@ def test_a_map_is_read_after_the_pool_is_shut_down(make_cluster_pool: Any, tmp_p
 def test_a_dropped_pool_finishes_its_work(make_cluster_pool: Any, cluster: Any) -> None:
     import gc
 
-    future = mppool.Pool(cluster=cluster).submit(tasks.spin_then_stamp_value, 0.2, 7)
+    pool = mppool.Pool(cluster=cluster)
+    core, dropped = pool._core, weakref.ref(pool)
+    future = pool.submit(tasks.spin_then_stamp_value, 0.2, 7)
+    del pool
     gc.collect()
+    assert dropped() is None  # nothing holds the pool: its finaliser has started its end
     assert future.result(TIMEOUT) == 7
+    # It closes in the background once its work is done: wait for that here, so that the
+    # fixture's checks (threads, descriptors) see it finished.
+    assert wait_until(lambda: core.state == "closed" and core.client.status == "closed", TIMEOUT)
 
 
 def test_map_items_that_need_cloudpickle(make_cluster_pool: Any) -> None:
